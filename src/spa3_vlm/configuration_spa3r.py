@@ -1,0 +1,107 @@
+"""Configuration of Spa3R: latent spatial-field encoder, camera-conditioned decoder and field heads."""
+
+from __future__ import annotations
+
+from transformers import PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+from .configuration_vggt import VGGTConfig
+
+MASKING_MODES = ("two_pass", "masked_pass")
+POSE_SOURCES = ("backbone", "dataset")
+
+
+class Spa3RConfig(PreTrainedConfig):
+    r"""
+    Spa3R (Predictive Spatial Field Modeling). Defaults are the paper's model.
+
+    Args:
+        hidden_size / num_attention_heads: width and heads of the encoder and decoder Transformers.
+        num_queries: learnable query tokens; the latent field is ``[num_queries, hidden_size]``.
+        num_encoder_layers / num_decoder_layers: depth of each Transformer.
+        num_register_tokens: register tokens prepended inside each Transformer.
+        mlp_ratio: MLP hidden size / width, for the Transformers and the heads.
+        qk_norm: per-head RMSNorm on queries and keys.
+        rope_theta: base frequency of the encoder's 2D RoPE (the decoder uses PRoPE instead).
+        prope_freq_base: base frequency of the RoPE part of PRoPE.
+        layer_norm_eps: epsilon of the Transformers' LayerNorms.
+        patch_size: backbone patch size (image sizes must be multiples of it).
+        backbone_hidden_size: channels of the backbone tokens that are encoded (and predicted by ``geo``).
+        target_heads: name -> output channels of the field heads. ``geo`` is supervised with the backbone's
+            last-layer patch tokens, ``sem`` with the semantic teacher's patch features; any other name with
+            ``field_targets[name]`` given to the forward pass (e.g. per-patch RGB / depth of a renderer).
+        use_depth_probe: a depth probe on detached decoder features, supervised with the backbone's depth.
+        mask_ratio: fraction of views held out as target-only views during pre-training (view 0 is always context).
+        masking_mode: ``"two_pass"`` (backbone over the context views, then over all views; the paper's
+            setting) or ``"masked_pass"`` (one backbone pass with the asymmetric view mask).
+        pose_source: ``"backbone"`` (cameras from the VGGT camera head) or ``"dataset"`` (cameras passed in).
+        vggt_config: the geometry backbone; ``None`` builds no backbone (features are then passed in).
+        semantic_teacher_config: a transformers vision-backbone config (e.g. DINOv3 ViT) for the ``sem``
+            targets, or ``None``. The teacher is frozen and only used by ``Spa3RForFieldPrediction``.
+        semantic_image_size: square input size of the semantic teacher.
+        vggt_name_or_path / semantic_teacher_name_or_path: where training scripts load the frozen teachers'
+            pretrained weights from (hub id or folder); the model itself never downloads anything.
+    """
+
+    model_type = "spa3r"
+    sub_configs_defaults = {"vggt_config": SubConfigSpec(VGGTConfig, optional=True)}
+
+    hidden_size: int = 768
+    num_attention_heads: int = 12
+    num_queries: int = 256
+    num_encoder_layers: int = 6
+    num_decoder_layers: int = 6
+    num_register_tokens: int = 4
+    mlp_ratio: float = 4.0
+    qk_norm: bool = True
+    rope_theta: float = 100.0
+    prope_freq_base: float = 100.0
+    layer_norm_eps: float = 1e-6
+    patch_size: int = 14
+    backbone_hidden_size: int = 2048
+    target_heads: dict[str, int] | None = None
+    use_depth_probe: bool = True
+    mask_ratio: float = 0.5
+    masking_mode: str = "two_pass"
+    pose_source: str = "backbone"
+    initializer_range: float = 0.02
+    vggt_config: dict | PreTrainedConfig | None = None
+    semantic_teacher_config: dict | None = None
+    semantic_image_size: int = 224
+    vggt_name_or_path: str | None = None
+    semantic_teacher_name_or_path: str | None = None
+
+    def __post_init__(self, **kwargs):
+        if self.target_heads is None:
+            self.target_heads = {"geo": 2048, "sem": 1024}
+        if self.masking_mode not in MASKING_MODES:
+            raise ValueError(f"masking_mode must be one of {MASKING_MODES}, got {self.masking_mode!r}")
+        if self.pose_source not in POSE_SOURCES:
+            raise ValueError(f"pose_source must be one of {POSE_SOURCES}, got {self.pose_source!r}")
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        if self.hidden_size % self.num_attention_heads or (self.hidden_size // self.num_attention_heads) % 8:
+            raise ValueError(
+                f"hidden_size / num_attention_heads must be an integer divisible by 8 (PRoPE), got "
+                f"{self.hidden_size} / {self.num_attention_heads}"
+            )
+        super().__post_init__(**kwargs)
+        if self.vggt_config is not None:
+            if self.vggt_config.output_hidden_size != self.backbone_hidden_size:
+                raise ValueError(
+                    f"backbone_hidden_size {self.backbone_hidden_size} does not match the VGGT config's token size "
+                    f"2 * {self.vggt_config.hidden_size}"
+                )
+            if self.vggt_config.patch_size != self.patch_size:
+                raise ValueError(f"patch_size {self.patch_size} differs from the VGGT config's {self.vggt_config.patch_size}")
+        if "geo" in self.target_heads and self.target_heads["geo"] != self.backbone_hidden_size:
+            raise ValueError(
+                f"the 'geo' head predicts backbone tokens of size {self.backbone_hidden_size}, got {self.target_heads['geo']}"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+__all__ = ["Spa3RConfig"]

@@ -1,0 +1,94 @@
+"""Configuration of the VGGT geometry backbone (aggregator, camera head, DPT heads)."""
+
+from __future__ import annotations
+
+from transformers import PreTrainedConfig
+
+_QK_NORMS = ("layernorm", "rmsnorm")
+_PATCH_EMBEDS = ("dinov2_vitl14_reg", "conv")
+
+
+class VGGTConfig(PreTrainedConfig):
+    r"""
+    VGGT ("Visual Geometry Grounded Transformer"). Defaults describe facebook/VGGT-1B.
+
+    Args:
+        image_size: training resolution; sets the DINOv2 position-embedding grid (``image_size // patch_size``).
+        patch_size: pixels per patch side. Input height and width must be multiples of it.
+        hidden_size: aggregator width ``C``; aggregated tokens have ``2C`` channels (frame ‖ global).
+        num_hidden_layers: number of (frame block, global block) pairs.
+        patch_embed_type: ``"dinov2_vitl14_reg"`` (a DINOv2 ViT with registers, as VGGT-1B) or ``"conv"``
+            (one strided convolution, for tiny test models).
+        patch_embed_num_layers / patch_embed_num_heads: size of the DINOv2 patch embedder.
+        global_qk_norm: q/k normalisation of the *global* attention blocks: ``"layernorm"`` is VGGT-1B;
+            ``"rmsnorm"`` (weight only) is the variant Spa3R was trained on (its reference rebuilds the global
+            blocks and drops the q/k-norm biases when loading VGGT-1B).
+        rope_theta: base frequency of the aggregator's 2D RoPE.
+        layerscale_init: initial LayerScale value of the aggregator and camera-head blocks.
+        use_camera_head / use_depth_head / use_point_head: which heads to build.
+        camera_trunk_depth / camera_num_heads / camera_num_iterations: camera head size and refinement steps.
+        dpt_features / dpt_out_channels / dpt_intermediate_layers: DPT (depth / point) head sizes and the
+            aggregator layers they read.
+    """
+
+    model_type = "spa3_vggt"
+
+    image_size: int = 518
+    patch_size: int = 14
+    hidden_size: int = 1024
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 16
+    mlp_ratio: float = 4.0
+    num_register_tokens: int = 4
+    qkv_bias: bool = True
+    proj_bias: bool = True
+    ffn_bias: bool = True
+    patch_embed_type: str = "dinov2_vitl14_reg"
+    patch_embed_num_layers: int = 24
+    patch_embed_num_heads: int = 16
+    global_qk_norm: str = "layernorm"
+    rope_theta: float = 100.0
+    layerscale_init: float = 0.01
+    use_camera_head: bool = True
+    camera_trunk_depth: int = 4
+    camera_num_heads: int = 16
+    camera_num_iterations: int = 4
+    use_depth_head: bool = True
+    use_point_head: bool = True
+    dpt_features: int = 256
+    dpt_out_channels: list[int] | None = None
+    dpt_intermediate_layers: list[int] | None = None
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        if self.dpt_out_channels is None:
+            self.dpt_out_channels = [256, 512, 1024, 1024]
+        if self.dpt_intermediate_layers is None:
+            self.dpt_intermediate_layers = [4, 11, 17, 23]
+        if self.global_qk_norm not in _QK_NORMS:
+            raise ValueError(f"global_qk_norm must be one of {_QK_NORMS}, got {self.global_qk_norm!r}")
+        if self.patch_embed_type not in _PATCH_EMBEDS:
+            raise ValueError(f"patch_embed_type must be one of {_PATCH_EMBEDS}, got {self.patch_embed_type!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} must be divisible by num_attention_heads {self.num_attention_heads}"
+            )
+        if (self.use_depth_head or self.use_point_head) and max(self.dpt_intermediate_layers) >= self.num_hidden_layers:
+            raise ValueError(
+                f"dpt_intermediate_layers {self.dpt_intermediate_layers} must index the {self.num_hidden_layers} "
+                "aggregator layers"
+            )
+        super().__post_init__(**kwargs)
+
+    @property
+    def patch_start_idx(self) -> int:
+        """Index of the first patch token in each frame: 1 camera token + the register tokens."""
+        return 1 + self.num_register_tokens
+
+    @property
+    def output_hidden_size(self) -> int:
+        """Channels of an aggregated token (frame-block output ‖ global-block output)."""
+        return 2 * self.hidden_size
+
+
+__all__ = ["VGGTConfig"]

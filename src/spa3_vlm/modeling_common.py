@@ -1,0 +1,190 @@
+"""Transformer building blocks shared by the VGGT backbone and Spa3R.
+
+Parameter names follow the DINOv2/VGGT convention (`norm1`, `attn.qkv`, `attn.q_norm`, `ls1.gamma`,
+`mlp.fc1`, ...) so that released checkpoints load without renaming.
+
+Positional information reaches attention through small objects computed once per forward pass and
+shared by every block (``RotaryEmbedding2D`` tables, a ``PRoPE`` camera transform), instead of being
+recomputed inside each layer.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Mlp(nn.Module):
+    """fc1 -> exact GELU -> fc2. ``[..., in] -> [..., out]``."""
+
+    def __init__(self, in_features: int, hidden_features: int, out_features: Optional[int] = None, bias: bool = True):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features, bias=bias)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_features, out_features or in_features, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class LayerScale(nn.Module):
+    """Per-channel residual scale; the parameter is named ``gamma`` as in VGGT/DINOv2 checkpoints."""
+
+    def __init__(self, dim: int, init_values: float = 1e-5):
+        super().__init__()
+        self.init_values = init_values
+        self.gamma = nn.Parameter(torch.full((dim,), float(init_values)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+def make_qk_norm(kind: Optional[str], head_dim: int, eps: Optional[float]) -> nn.Module:
+    """Per-head query/key normalisation: ``"layernorm"`` (VGGT), ``"rmsnorm"`` (Spa3R) or ``None``."""
+    if kind is None or kind == "none":
+        return nn.Identity()
+    if kind == "layernorm":
+        return nn.LayerNorm(head_dim, eps=1e-5 if eps is None else eps)
+    if kind == "rmsnorm":
+        # eps=None means torch's default, the dtype's machine epsilon: that is what Spa3R was trained with.
+        return nn.RMSNorm(head_dim, eps=eps)
+    raise ValueError(f"qk_norm must be 'layernorm', 'rmsnorm' or None, got {kind!r}")
+
+
+class RotaryEmbedding2D:
+    """2D rotary tables for integer (row, col) positions, VGGT convention.
+
+    The first half of each head vector is rotated by the row, the second half by the column; each half
+    uses ``rotate_half`` pairing with inverse frequencies ``base^(-2j/d')``.
+
+    Args:
+        positions: ``[N, 2]`` or ``[B, N, 2]`` integer (row, col).
+        head_dim: attention head size (divisible by 4).
+    """
+
+    def __init__(self, positions: torch.Tensor, head_dim: int, base: float = 100.0, dtype: torch.dtype = torch.float32):
+        if head_dim % 4:
+            raise ValueError(f"2D RoPE needs a head dim divisible by 4, got {head_dim}")
+        half = head_dim // 2
+        inv_freq = 1.0 / (base ** (torch.arange(0, half, 2, device=positions.device).float() / half))
+        angles = positions.float()[..., None] * inv_freq  # [..., N, 2, half/2]
+        angles = torch.cat([angles, angles], dim=-1)  # [..., N, 2, half]
+        # Broadcast over heads: [B or 1, 1, N, 2, half].
+        if angles.dim() == 3:
+            angles = angles[None]
+        self.cos = angles.cos()[:, None].to(dtype)
+        self.sin = angles.sin()[:, None].to(dtype)
+
+    @staticmethod
+    def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat([-x2, x1], dim=-1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [B, heads, N, D]`` -> rotated ``x`` (same shape)."""
+        shape = x.shape
+        x = x.unflatten(-1, (2, shape[-1] // 2))  # [B, h, N, 2 (row/col half), D/2]
+        cos, sin = self.cos.to(x.dtype), self.sin.to(x.dtype)
+        out = x * cos + self._rotate_half(x) * sin
+        return out.flatten(-2)
+
+
+class PositionalTransform(Protocol):
+    """A per-forward camera/position transform applied around scaled dot-product attention."""
+
+    def transform_qkv(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]: ...
+
+    def transform_output(self, out: torch.Tensor) -> torch.Tensor: ...
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with optional QK-norm, 2D RoPE or a relative camera transform.
+
+    ``x [B, N, C] -> [B, N, C]``. ``num_context_tokens`` implements the asymmetric view mask of
+    Spa3R's masked VGGT without materialising an ``N x N`` mask: the first ``num_context_tokens`` queries
+    attend only to the first ``num_context_tokens`` keys, the remaining queries attend to all keys.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        proj_bias: bool = True,
+        qk_norm: Optional[str] = None,
+        qk_norm_eps: Optional[float] = None,
+    ):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"hidden size {dim} is not divisible by the number of heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.q_norm = make_qk_norm(qk_norm, self.head_dim, qk_norm_eps)
+        self.k_norm = make_qk_norm(qk_norm, self.head_dim, qk_norm_eps)
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: Optional[RotaryEmbedding2D] = None,
+        camera_transform: Optional[PositionalTransform] = None,
+        num_context_tokens: Optional[int] = None,
+    ) -> torch.Tensor:
+        batch, seq, dim = x.shape
+        q, k, v = self.qkv(x).reshape(batch, seq, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = rope(q), rope(k)
+        if camera_transform is not None:
+            q, k, v = camera_transform.transform_qkv(q, k, v)
+        if num_context_tokens is None or num_context_tokens >= seq:
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            n = num_context_tokens
+            context_out = F.scaled_dot_product_attention(q[:, :, :n], k[:, :, :n], v[:, :, :n])
+            target_out = F.scaled_dot_product_attention(q[:, :, n:], k, v)
+            out = torch.cat([context_out, target_out], dim=2)
+        if camera_transform is not None:
+            out = camera_transform.transform_output(out)
+        return self.proj(out.transpose(1, 2).reshape(batch, seq, dim))
+
+
+class Block(nn.Module):
+    """Pre-norm Transformer block: ``x + ls1(attn(norm1(x))) ; x + ls2(mlp(norm2(x)))``."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        proj_bias: bool = True,
+        ffn_bias: bool = True,
+        qk_norm: Optional[str] = None,
+        qk_norm_eps: Optional[float] = None,
+        norm_eps: float = 1e-5,
+        init_values: Optional[float] = None,
+    ):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim, num_heads, qkv_bias, proj_bias, qk_norm, qk_norm_eps)
+        self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), bias=ffn_bias)
+        self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
+
+    def forward(self, x: torch.Tensor, **attention_kwargs) -> torch.Tensor:
+        x = x + self.ls1(self.attn(self.norm1(x), **attention_kwargs))
+        return x + self.ls2(self.mlp(self.norm2(x)))
+
+
+def patch_grid_positions(height: int, width: int, device=None, offset: int = 0) -> torch.Tensor:
+    """Row-major ``[height*width, 2]`` integer (row, col) positions, shifted by ``offset``."""
+    rows = torch.arange(height, device=device)
+    cols = torch.arange(width, device=device)
+    grid = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1).reshape(-1, 2)
+    return grid + offset

@@ -1,0 +1,463 @@
+"""Spa3R: compress multi-view backbone tokens into a latent spatial field, and render it for any camera.
+
+- ``Spa3RModel`` (the encoder path, what Spa3-VLM uses): frozen VGGT -> last-layer patch tokens of the
+  context views -> linear projection -> ``[queries ; tokens]`` through a Transformer with 2D RoPE ->
+  latents ``[B, num_queries, hidden]``.
+- ``Spa3RForFieldPrediction`` (PSFM pre-training): adds a decoder that, for each view, reads
+  ``[latents ; camera-ray tokens]`` with PRoPE attention conditioned on that view's camera, field heads
+  (``geo`` = VGGT features, ``sem`` = semantic-teacher features, any extra named target) and a depth probe
+  on detached features, and returns the losses so the HF Trainer can train it directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_spa3r import Spa3RConfig
+from .modeling_common import Block, Mlp, RotaryEmbedding2D, patch_grid_positions
+from .modeling_geometry import ProjectiveRoPE, camera_rays, to_homogeneous
+from .modeling_vggt import VGGTModel, check_pixel_values, context_first_order, gather_views, imagenet_normalize
+
+
+class Spa3RTransformer(nn.Module):
+    """Pre-norm Transformer with register tokens: ``[B, T, C] -> [B, T, C]``.
+
+    Registers are prepended internally and dropped from the output. Positional information comes from
+    a ``RotaryEmbedding2D`` covering ``[registers ; tokens]`` (encoder) or a ``ProjectiveRoPE`` acting on
+    the trailing spatial tokens (decoder).
+    """
+
+    def __init__(self, config: Spa3RConfig, num_layers: int):
+        super().__init__()
+        dim = config.hidden_size
+        self.register_tokens = nn.Parameter(torch.zeros(1, config.num_register_tokens, dim))
+        self.blocks = nn.ModuleList(
+            Block(
+                dim,
+                config.num_attention_heads,
+                config.mlp_ratio,
+                qk_norm="rmsnorm" if config.qk_norm else None,
+                norm_eps=config.layer_norm_eps,
+            )
+            for _ in range(num_layers)
+        )
+        self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+
+    def forward(self, tokens: torch.Tensor, **attention_kwargs) -> torch.Tensor:
+        num_registers = self.register_tokens.shape[1]
+        x = torch.cat([self.register_tokens.expand(tokens.shape[0], -1, -1).to(tokens.dtype), tokens], dim=1)
+        for block in self.blocks:
+            x = block(x, **attention_kwargs)
+        return self.norm(x)[:, num_registers:]
+
+
+@dataclass
+class Spa3RModelOutput(ModelOutput):
+    """
+    Args:
+        latents: ``[B, num_queries, hidden]`` latent spatial field.
+        context_tokens: ``[B, Vc, N, C_backbone]`` backbone patch tokens that were encoded.
+    """
+
+    latents: Optional[torch.Tensor] = None
+    context_tokens: Optional[torch.Tensor] = None
+
+
+@dataclass
+class Spa3RFieldOutput(ModelOutput):
+    """
+    Args:
+        loss: sum of all losses (the depth probe's gradient only reaches the probe).
+        losses: name -> scalar: ``{head}_l1`` (smooth-L1), ``{head}_cos`` (1 - cosine) per head, ``depth_probe``.
+        latents: ``[B, num_queries, hidden]``.
+        hidden_states: ``[B, V, N, hidden]`` decoder output per view.
+        predictions / targets: name -> ``[B, V, N, C]`` field per head (and ``depth`` for the probe).
+        view_mask: ``[B, V]`` bool, ``True`` = target-only view.
+    """
+
+    loss: Optional[torch.Tensor] = None
+    losses: Optional[dict] = None
+    latents: Optional[torch.Tensor] = None
+    hidden_states: Optional[torch.Tensor] = None
+    predictions: Optional[dict] = None
+    targets: Optional[dict] = None
+    view_mask: Optional[torch.Tensor] = None
+
+
+class Spa3RPreTrainedModel(PreTrainedModel):
+    config_class = Spa3RConfig
+    base_model_prefix = "spa3r"
+    main_input_name = "pixel_values"
+    _no_split_modules = ["Block"]
+    _supports_sdpa = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.trunc_normal_(module.weight, std=std)
+        elif isinstance(module, nn.LayerNorm) and module.elementwise_affine:
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.RMSNorm):
+            init.ones_(module.weight)
+        elif isinstance(module, Spa3RTransformer):
+            init.normal_(module.register_tokens, std=1e-6)
+
+
+def _freeze(module: Optional[nn.Module]) -> None:
+    if module is not None:
+        module.requires_grad_(False)
+        module.eval()
+
+
+def encoder_positions(num_prefix_tokens: int, patch_grid: tuple[int, int], num_views: int, device=None) -> torch.Tensor:
+    """``[num_prefix + V*h*w, 2]`` RoPE positions of the encoder sequence ``[registers ; queries ; patches]``.
+
+    Registers and queries sit at (0, 0), the identity rotation; patches at (row+1, col+1) on the same grid for
+    every context view (views are told apart only by their backbone features).
+    """
+    return torch.cat(
+        [
+            torch.zeros(num_prefix_tokens, 2, dtype=torch.long, device=device),
+            patch_grid_positions(*patch_grid, device=device, offset=1).repeat(num_views, 1),
+        ]
+    )
+
+
+class Spa3RModel(Spa3RPreTrainedModel):
+    """Frozen VGGT + query-based encoder: multi-view images -> latent spatial field."""
+
+    # A field-prediction checkpoint also holds the decoder, heads and teachers; the encoder ignores them.
+    _keys_to_ignore_on_load_unexpected = [r"^(decoder|heads|depth_probe|pose_tokenizer|semantic_teacher)\."]
+
+    def __init__(self, config: Spa3RConfig):
+        super().__init__(config)
+        self.backbone = VGGTModel(config.vggt_config) if config.vggt_config is not None else None
+        self.projection = nn.Linear(config.backbone_hidden_size, config.hidden_size)
+        self.query_embed = nn.Embedding(config.num_queries, config.hidden_size)
+        self.encoder = Spa3RTransformer(config, config.num_encoder_layers)
+        self.post_init()
+        _freeze(self.backbone)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.backbone is not None:
+            self.backbone.eval()  # frozen: always in inference mode
+        return self
+
+    def backbone_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``[B, V, 3, H, W]`` in [0, 1] -> last-layer backbone patch tokens ``[B, V, N, C_backbone]``."""
+        if self.backbone is None:
+            raise ValueError("this Spa3R config has no vggt_config: pass backbone tokens to encode_tokens() instead")
+        with torch.no_grad():
+            out = self.backbone(pixel_values, compute_cameras=False, compute_depth=False, output_all_layers=False)
+        return out.last_patch_tokens
+
+    def encode_tokens(self, context_tokens: torch.Tensor, patch_grid: tuple[int, int]) -> torch.Tensor:
+        """Encode backbone tokens of the context views into the latent field.
+
+        Args:
+            context_tokens: ``[B, Vc, N, C_backbone]``, patches row-major on a ``patch_grid = (h, w)`` grid.
+        Returns:
+            ``[B, num_queries, hidden]``.
+        """
+        if context_tokens.dim() != 4:
+            raise ValueError(f"context_tokens must be [B, Vc, N, C_backbone], got shape {tuple(context_tokens.shape)}")
+        batch, views, num_patches, channels = context_tokens.shape
+        grid_h, grid_w = patch_grid
+        if views == 0 or batch == 0:
+            raise ValueError(f"context_tokens needs at least one sample and one context view, got {tuple(context_tokens.shape)}")
+        if channels != self.config.backbone_hidden_size:
+            raise ValueError(f"context_tokens have {channels} channels, expected backbone_hidden_size={self.config.backbone_hidden_size}")
+        if num_patches != grid_h * grid_w:
+            raise ValueError(f"context_tokens have {num_patches} tokens per view, but patch_grid {patch_grid} has {grid_h * grid_w}")
+        num_queries = self.config.num_queries
+        tokens = self.projection(context_tokens.to(self.projection.weight.dtype)).flatten(1, 2)
+        queries = self.query_embed.weight.expand(batch, -1, -1)
+        positions = encoder_positions(self.config.num_register_tokens + num_queries, patch_grid, views, tokens.device)
+        rope = RotaryEmbedding2D(positions, self.config.head_dim, self.config.rope_theta, dtype=tokens.dtype)
+        encoded = self.encoder(torch.cat([queries, tokens], dim=1), rope=rope)
+        return encoded[:, :num_queries]
+
+    def forward(self, pixel_values: torch.Tensor, **kwargs) -> Spa3RModelOutput:
+        """``pixel_values [B, V, 3, H, W]`` in [0, 1] (all views are context) -> latents."""
+        check_pixel_values(pixel_values, self.config.patch_size)
+        height, width = pixel_values.shape[-2:]
+        tokens = self.backbone_tokens(pixel_values)
+        patch = self.config.patch_size
+        latents = self.encode_tokens(tokens, (height // patch, width // patch))
+        return Spa3RModelOutput(latents=latents, context_tokens=tokens)
+
+
+def check_cameras(extrinsics: torch.Tensor, intrinsics: torch.Tensor, batch: int, views: int) -> None:
+    """Raise a ``ValueError`` unless extrinsics are ``[B, V, 3|4, 4]`` and intrinsics ``[B, V, 3, 3]``, finite."""
+    if extrinsics.dim() != 4 or extrinsics.shape[:2] != (batch, views) or extrinsics.shape[-2:] not in ((3, 4), (4, 4)):
+        raise ValueError(f"extrinsics must be [B={batch}, V={views}, 3 or 4, 4] world-to-camera, got {tuple(extrinsics.shape)}")
+    if intrinsics.dim() != 4 or intrinsics.shape[:2] != (batch, views) or intrinsics.shape[-2:] != (3, 3):
+        raise ValueError(f"intrinsics must be [B={batch}, V={views}, 3, 3] in pixels, got {tuple(intrinsics.shape)}")
+    if not (torch.isfinite(extrinsics).all() and torch.isfinite(intrinsics).all()):
+        raise ValueError(
+            "camera extrinsics / intrinsics contain NaN or infinite values (a camera head predicting a zero field of "
+            "view gives an infinite focal length: load pretrained backbone weights or use pose_source='dataset')"
+        )
+    if (intrinsics[..., 0, 0] <= 0).any() or (intrinsics[..., 1, 1] <= 0).any():
+        raise ValueError(
+            "intrinsics need finite, positive focal lengths fx, fy (a camera head predicting a zero field of view gives an "
+            "infinite focal length: load pretrained backbone weights or use pose_source='dataset')"
+        )
+
+
+def sample_view_mask(
+    batch: int, views: int, mask_ratio: float, device=None, generator: Optional[torch.Generator] = None
+) -> torch.Tensor:
+    """Random ``[B, V]`` view split (``True`` = target-only): ``floor(V (1 - r))`` context views, view 0 always among them."""
+    if views < 1:
+        raise ValueError(f"need at least one view, got {views}")
+    num_context = max(1, int(views * (1 - mask_ratio)))
+    scores = torch.rand(batch, views - 1, generator=generator, device=generator.device if generator else device)
+    chosen = scores.argsort(dim=1)[:, : num_context - 1] + 1
+    mask = torch.ones(batch, views, dtype=torch.bool, device=chosen.device)
+    mask[:, 0] = False
+    mask.scatter_(1, chosen, False)
+    return mask.to(device) if device is not None else mask
+
+
+class Spa3RForFieldPrediction(Spa3RPreTrainedModel):
+    """Spa3R with the camera-conditioned field decoder, heads and PSFM losses."""
+
+    def __init__(self, config: Spa3RConfig):
+        super().__init__(config)
+        dim = config.hidden_size
+        self.spa3r = Spa3RModel(config)
+        self.pose_tokenizer = nn.Linear(3, dim)
+        self.decoder = Spa3RTransformer(config, config.num_decoder_layers)
+        hidden = int(dim * config.mlp_ratio)
+        self.heads = nn.ModuleDict({name: Mlp(dim, hidden, size) for name, size in config.target_heads.items()})
+        self.depth_probe = Mlp(dim, hidden, 1) if config.use_depth_probe else None
+        self.semantic_teacher = None
+        if config.semantic_teacher_config is not None:
+            from transformers import AutoConfig
+
+            teacher_config = dict(config.semantic_teacher_config)
+            self.semantic_teacher = AutoModel.from_config(AutoConfig.for_model(**teacher_config))
+        self.post_init()
+        _freeze(self.semantic_teacher)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.semantic_teacher is not None:
+            self.semantic_teacher.eval()
+        self.spa3r.train(mode)
+        return self
+
+    def save_pretrained(self, save_directory, **kwargs):
+        # Let `AutoModel.from_pretrained(folder, trust_remote_code=True)` find the encoder class too.
+        if self._auto_class is not None:
+            module = Spa3RModel.__module__.rsplit(".", 1)[-1]
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), "AutoModel": f"{module}.Spa3RModel"}
+        return super().save_pretrained(save_directory, **kwargs)
+
+    # ---------------------------------------------------------------------------------------------- decoding
+
+    def decode_field(
+        self,
+        latents: torch.Tensor,
+        extrinsics: torch.Tensor,
+        intrinsics: torch.Tensor,
+        image_size: tuple[int, int],
+    ) -> dict[str, torch.Tensor]:
+        """Render the latent field for each camera.
+
+        Args:
+            latents: ``[B, num_queries, hidden]``.
+            extrinsics: ``[B, V, 3|4, 4]`` world-to-camera (world = the reference view's camera).
+            intrinsics: ``[B, V, 3, 3]`` in pixels of an ``image_size = (H, W)`` image.
+        Returns:
+            ``hidden_states [B, V, N, hidden]``, one ``[B, V, N, C]`` entry per head and, with the probe,
+            ``depth [B, V, N, 1]``; ``N = (H / patch) * (W / patch)``.
+        """
+        if latents.dim() != 3 or latents.shape[1:] != (self.config.num_queries, self.config.hidden_size):
+            raise ValueError(
+                f"latents must be [B, {self.config.num_queries}, {self.config.hidden_size}], got {tuple(latents.shape)}"
+            )
+        batch, views = extrinsics.shape[:2]
+        if latents.shape[0] != batch:
+            raise ValueError(f"latents have batch size {latents.shape[0]} but the cameras have {batch}")
+        check_cameras(extrinsics, intrinsics, batch, views)
+        height, width = image_size
+        patch = self.config.patch_size
+        if height % patch or width % patch or height <= 0 or width <= 0:
+            raise ValueError(f"image_size {tuple(image_size)} must be positive multiples of the patch size {patch}")
+        grid = (height // patch, width // patch)
+        num_patches = grid[0] * grid[1]
+
+        patch_intrinsics = intrinsics.float().clone()
+        patch_intrinsics[..., :2, :] = patch_intrinsics[..., :2, :] / patch
+        rays = camera_rays(patch_intrinsics, grid)  # [B, V, 3, h, w]
+        rays = rays.flatten(-2).transpose(-1, -2).reshape(batch * views, num_patches, 3)
+        ray_tokens = self.pose_tokenizer(rays.to(self.pose_tokenizer.weight.dtype))
+        view_latents = latents.repeat_interleave(views, dim=0).to(ray_tokens.dtype)
+        prope = ProjectiveRoPE(
+            to_homogeneous(extrinsics).reshape(batch * views, 1, 4, 4),
+            intrinsics.reshape(batch * views, 1, 3, 3),
+            image_size=(height, width),
+            patch_grid=grid,
+            head_dim=self.config.head_dim,
+            freq_base=self.config.prope_freq_base,
+        )
+        decoded = self.decoder(torch.cat([view_latents, ray_tokens], dim=1), camera_transform=prope)
+        hidden = decoded[:, self.config.num_queries :].reshape(batch, views, num_patches, -1)
+        field = {"hidden_states": hidden}
+        for name, head in self.heads.items():
+            field[name] = head(hidden)
+        if self.depth_probe is not None:
+            # A probe: it reads the features but must not shape them.
+            field["depth"] = self.depth_probe(hidden.detach())
+        return field
+
+    # ---------------------------------------------------------------------------------------------- teachers
+
+    @torch.no_grad()
+    def semantic_features(self, pixel_values: torch.Tensor, patch_grid: tuple[int, int]) -> torch.Tensor:
+        """Semantic-teacher patch features resized to the backbone patch grid: ``[B, V, N, C_sem]``."""
+        batch, views = pixel_values.shape[:2]
+        size = self.config.semantic_image_size
+        images = F.interpolate(pixel_values.flatten(0, 1).float(), size=(size, size), mode="bilinear", align_corners=False)
+        images = imagenet_normalize(images)
+        teacher_dtype = next(self.semantic_teacher.parameters()).dtype
+        hidden = self.semantic_teacher(pixel_values=images.to(teacher_dtype)).last_hidden_state
+        teacher_grid = size // self.semantic_teacher.config.patch_size
+        patches = hidden[:, hidden.shape[1] - teacher_grid * teacher_grid :]  # drop class / register tokens
+        patches = patches.transpose(1, 2).reshape(batch * views, -1, teacher_grid, teacher_grid)
+        patches = F.interpolate(patches.float(), size=patch_grid, mode="bilinear", align_corners=False)
+        return patches.flatten(2).transpose(1, 2).reshape(batch, views, patch_grid[0] * patch_grid[1], -1)
+
+    @torch.no_grad()
+    def teacher_targets(self, pixel_values: torch.Tensor, view_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Run the frozen teachers once: context tokens, field targets and cameras.
+
+        Returns a dict with ``context_tokens [B, Vc, N, Cb]``, ``geo``/``sem``/``depth`` targets
+        ``[B, V, N, C]`` (as configured) and, with ``pose_source="backbone"``, ``extrinsics``/``intrinsics``.
+        """
+        backbone = self.spa3r.backbone
+        if backbone is None:
+            raise ValueError("Spa3RForFieldPrediction needs a vggt_config to compute its teacher targets")
+        height, width = pixel_values.shape[-2:]
+        patch = self.config.patch_size
+        grid = (height // patch, width // patch)
+        order, num_context = context_first_order(view_mask)
+        need_cameras = self.config.pose_source == "backbone"
+        need_depth = self.depth_probe is not None
+        heads = dict(compute_cameras=need_cameras, compute_depth=need_depth, output_all_layers=False)
+        if self.config.masking_mode == "masked_pass":
+            full = backbone(pixel_values, view_mask=view_mask, **heads)
+            context_tokens = gather_views(full.last_patch_tokens, order[:, :num_context])
+        else:
+            full = backbone(pixel_values, **heads)
+            if num_context == pixel_values.shape[1]:
+                context_tokens = full.last_patch_tokens
+            else:
+                context_images = gather_views(pixel_values, order[:, :num_context])
+                context = backbone(context_images, compute_cameras=False, compute_depth=False, output_all_layers=False)
+                context_tokens = context.last_patch_tokens
+        targets = {"context_tokens": context_tokens}
+        if "geo" in self.heads:
+            targets["geo"] = full.last_patch_tokens
+        if "sem" in self.heads and self.semantic_teacher is not None:
+            targets["sem"] = self.semantic_features(pixel_values, grid)
+        if need_depth:
+            depth = full.depth[..., 0].flatten(0, 1)[:, None]  # [B*V, 1, H, W]
+            depth = F.interpolate(depth.float(), size=grid, mode="nearest")
+            targets["depth"] = depth.flatten(1).reshape(*pixel_values.shape[:2], -1, 1)
+        if need_cameras:
+            targets["extrinsics"] = full.extrinsics
+            targets["intrinsics"] = full.intrinsics
+        return targets
+
+    # ---------------------------------------------------------------------------------------------- losses
+
+    @staticmethod
+    def field_losses(predictions: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], head_names) -> dict[str, torch.Tensor]:
+        """Smooth-L1 (β = 1) + mean (1 - cosine) per head; smooth-L1 for the depth probe."""
+        losses = {}
+        for name in head_names:
+            if name not in targets:
+                continue
+            prediction, target = predictions[name].float(), targets[name].float()
+            losses[f"{name}_l1"] = F.smooth_l1_loss(prediction, target)
+            losses[f"{name}_cos"] = (1 - F.cosine_similarity(prediction, target, dim=-1, eps=1e-8)).mean()
+        if "depth" in predictions and "depth" in targets:
+            losses["depth_probe"] = F.smooth_l1_loss(predictions["depth"].float(), targets["depth"].float())
+        return losses
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        view_mask: Optional[torch.Tensor] = None,
+        extrinsics: Optional[torch.Tensor] = None,
+        intrinsics: Optional[torch.Tensor] = None,
+        field_targets: Optional[dict[str, torch.Tensor]] = None,
+        **kwargs,
+    ) -> Spa3RFieldOutput:
+        """One PSFM step.
+
+        Args:
+            pixel_values: ``[B, V, 3, H, W]`` in [0, 1], ``V >= 1``.
+            view_mask: ``[B, V]`` bool, ``True`` = target-only view. Default: a random split with
+                ``config.mask_ratio`` in training mode, all views as context in eval mode.
+            extrinsics / intrinsics: dataset cameras (``[B, V, 3|4, 4]`` world-to-camera relative to view 0,
+                ``[B, V, 3, 3]`` pixels); required with ``pose_source="dataset"``.
+            field_targets: extra per-patch targets ``name -> [B, V, N, C]`` for heads other than geo/sem.
+        """
+        check_pixel_values(pixel_values, self.config.patch_size)
+        batch, views, _, height, width = pixel_values.shape
+        if view_mask is None:
+            if self.training:
+                view_mask = sample_view_mask(batch, views, self.config.mask_ratio, device=pixel_values.device)
+            else:
+                view_mask = torch.zeros(batch, views, dtype=torch.bool, device=pixel_values.device)
+        elif view_mask.shape != (batch, views):
+            raise ValueError(f"view_mask must have shape [B, V] = {(batch, views)}, got {tuple(view_mask.shape)}")
+        view_mask = view_mask.to(device=pixel_values.device, dtype=torch.bool)
+
+        targets = self.teacher_targets(pixel_values, view_mask)
+        if self.config.pose_source == "dataset":
+            if extrinsics is None or intrinsics is None:
+                raise ValueError('pose_source="dataset" needs extrinsics and intrinsics in the batch')
+            targets["extrinsics"], targets["intrinsics"] = extrinsics, intrinsics
+        for name, value in (field_targets or {}).items():
+            if name not in self.heads:
+                raise ValueError(f"field target {name!r} has no head; configured heads: {sorted(self.heads)}")
+            targets[name] = value
+
+        patch = self.config.patch_size
+        latents = self.spa3r.encode_tokens(targets["context_tokens"], (height // patch, width // patch))
+        field = self.decode_field(latents, targets["extrinsics"], targets["intrinsics"], (height, width))
+        losses = self.field_losses(field, targets, self.heads.keys())
+        loss = torch.stack(list(losses.values())).sum() if losses else None
+        predictions = {name: value for name, value in field.items() if name != "hidden_states"}
+        field_targets_out = {name: targets[name] for name in predictions if name in targets}
+        return Spa3RFieldOutput(
+            loss=loss,
+            losses=losses,
+            latents=latents,
+            hidden_states=field["hidden_states"],
+            predictions=predictions,
+            targets=field_targets_out,
+            view_mask=view_mask,
+        )
+
+
+__all__ = ["Spa3RModel", "Spa3RForFieldPrediction", "Spa3RPreTrainedModel", "Spa3RModelOutput", "Spa3RFieldOutput"]

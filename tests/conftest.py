@@ -1,0 +1,28 @@
+"""Test-wide settings: offline, no analytics, a throw-away HF cache."""
+
+import os
+import tempfile
+from pathlib import Path
+
+# Set before any test module imports transformers/datasets/gradio, which read them at import.
+_HF_HOME = tempfile.mkdtemp(prefix="spa3-hf-home-")
+os.environ.setdefault("HF_HOME", _HF_HOME)
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
