@@ -6,7 +6,7 @@ from pathlib import Path
 
 # Set before any test module imports transformers/datasets/gradio, which read them at import.
 _HF_HOME = tempfile.mkdtemp(prefix="spa3-hf-home-")
-os.environ.setdefault("HF_HOME", _HF_HOME)
+os.environ["HF_HOME"] = _HF_HOME  # never the user's real cache
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"

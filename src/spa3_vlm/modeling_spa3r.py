@@ -92,6 +92,12 @@ class Spa3RFieldOutput(ModelOutput):
     view_mask: Optional[torch.Tensor] = None
 
 
+def _freeze(module: Optional[nn.Module]) -> None:
+    if module is not None:
+        module.requires_grad_(False)
+        module.eval()
+
+
 class Spa3RPreTrainedModel(PreTrainedModel):
     config_class = Spa3RConfig
     base_model_prefix = "spa3r"
@@ -115,11 +121,21 @@ class Spa3RPreTrainedModel(PreTrainedModel):
         elif isinstance(module, Spa3RTransformer):
             init.normal_(module.register_tokens, std=1e-6)
 
+    def freeze_teachers(self) -> None:
+        """Freeze the backbone and teachers (no gradients, eval mode). Loading replaces parameters, so
+        ``from_pretrained`` calls this again."""
+        for module in self.modules():
+            if isinstance(module, VGGTModel) or module is getattr(self, "semantic_teacher", None):
+                _freeze(module)
 
-def _freeze(module: Optional[nn.Module]) -> None:
-    if module is not None:
-        module.requires_grad_(False)
-        module.eval()
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        model = super().from_pretrained(*args, **kwargs)
+        if isinstance(model, Spa3RPreTrainedModel):  # not a (model, info) tuple
+            model.freeze_teachers()
+        elif isinstance(model, tuple):
+            model[0].freeze_teachers()
+        return model
 
 
 def encoder_positions(num_prefix_tokens: int, patch_grid: tuple[int, int], num_views: int, device=None) -> torch.Tensor:
@@ -149,7 +165,7 @@ class Spa3RModel(Spa3RPreTrainedModel):
         self.query_embed = nn.Embedding(config.num_queries, config.hidden_size)
         self.encoder = Spa3RTransformer(config, config.num_encoder_layers)
         self.post_init()
-        _freeze(self.backbone)
+        self.freeze_teachers()
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -253,7 +269,7 @@ class Spa3RForFieldPrediction(Spa3RPreTrainedModel):
             teacher_config = dict(config.semantic_teacher_config)
             self.semantic_teacher = AutoModel.from_config(AutoConfig.for_model(**teacher_config))
         self.post_init()
-        _freeze(self.semantic_teacher)
+        self.freeze_teachers()
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -356,8 +356,9 @@ class VGGTModel(VGGTPreTrainedModel):
             out_channels=tuple(config.dpt_out_channels),
             intermediate_layer_idx=tuple(config.dpt_intermediate_layers),
         )
-        self.depth_head = DPTHead(output_dim=2, activation="exp", **dpt) if config.use_depth_head else None
+        # Built in the release's order so state dicts list tensors the same way.
         self.point_head = DPTHead(output_dim=4, activation="inv_log", **dpt) if config.use_point_head else None
+        self.depth_head = DPTHead(output_dim=2, activation="exp", **dpt) if config.use_depth_head else None
         self.post_init()
 
     def forward(

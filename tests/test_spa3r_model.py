@@ -1,0 +1,229 @@
+"""Spa3R as a trainable, hub-native model: losses, freezing, masking, bad input, save/load, remote code."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel
+
+from spa3_vlm import Spa3RConfig, Spa3RForFieldPrediction, Spa3RModel
+from spa3_vlm.modeling_spa3r import sample_view_mask
+
+
+@pytest.fixture(scope="module")
+def tiny_config():
+    return AutoConfig.from_pretrained("hub_configs/spa3r-tiny")
+
+
+@pytest.fixture()
+def tiny_model(tiny_config):
+    torch.manual_seed(0)
+    return Spa3RForFieldPrediction(tiny_config)
+
+
+def images(batch=2, views=4, height=56, width=84, seed=0):
+    return torch.rand(batch, views, 3, height, width, generator=torch.Generator().manual_seed(seed))
+
+
+def test_hub_configs_describe_the_paper_and_a_tiny_model():
+    base = AutoConfig.from_pretrained("hub_configs/spa3r-base")
+    assert (base.hidden_size, base.num_attention_heads, base.num_queries) == (768, 12, 256)
+    assert (base.num_encoder_layers, base.num_decoder_layers, base.num_register_tokens) == (6, 6, 4)
+    assert base.target_heads == {"geo": 2048, "sem": 1024} and base.mask_ratio == 0.5 and base.masking_mode == "two_pass"
+    assert base.vggt_config.global_qk_norm == "rmsnorm" and base.vggt_config.hidden_size == 1024
+    assert base.semantic_teacher_config["model_type"] == "dinov3_vit" and base.semantic_teacher_config["patch_size"] == 16
+    vggt = AutoConfig.from_pretrained("hub_configs/vggt-1b")
+    assert vggt.global_qk_norm == "layernorm" and vggt.num_hidden_layers == 24
+
+
+def test_training_step_updates_only_trainable_parts(tiny_model):
+    model = tiny_model.train()
+    assert not model.spa3r.backbone.training and not model.semantic_teacher.training  # frozen stay in eval
+    frozen = {n for n, p in model.named_parameters() if n.startswith(("spa3r.backbone.", "semantic_teacher."))}
+    assert frozen and all(not p.requires_grad for n, p in model.named_parameters() if n in frozen)
+    out = model(images())
+    assert set(out.losses) == {"geo_l1", "geo_cos", "sem_l1", "sem_cos", "depth_probe"}
+    assert torch.allclose(out.loss, sum(out.losses.values()))
+    out.loss.backward()
+    for name, param in model.named_parameters():
+        if name in frozen:
+            assert param.grad is None, name
+        else:
+            assert param.grad is not None and param.grad.abs().sum() > 0, name
+    # The view split: view 0 is always context, floor(V/2) context views.
+    assert not out.view_mask[:, 0].any() and ((~out.view_mask).sum(1) == 2).all()
+
+
+def test_depth_probe_does_not_train_the_decoder(tiny_model):
+    out = tiny_model.train()(images())
+    out.losses["depth_probe"].backward()
+    assert tiny_model.depth_probe.fc1.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in tiny_model.decoder.parameters())
+    assert all(p.grad is None for p in tiny_model.spa3r.encoder.parameters())
+
+
+def test_eval_mode_uses_all_views_as_context_and_is_deterministic(tiny_model):
+    model = tiny_model.eval()
+    x = images(batch=1, views=3)
+    with torch.no_grad():
+        first, second = model(x), model(x)
+        latents = model.spa3r(x).latents
+    assert not first.view_mask.any()
+    assert torch.equal(first.loss, second.loss)
+    assert torch.allclose(first.latents, latents, atol=1e-6)
+
+
+def test_masking_modes_share_context_tokens(tiny_config):
+    torch.manual_seed(0)
+    two_pass = Spa3RForFieldPrediction(tiny_config).eval()
+    one_pass_config = Spa3RConfig.from_dict({**tiny_config.to_dict(), "masking_mode": "masked_pass"})
+    one_pass = Spa3RForFieldPrediction(one_pass_config).eval()
+    one_pass.load_state_dict(two_pass.state_dict())
+    x = images(batch=2, views=5)
+    view_mask = torch.tensor([[False, True, False, True, True], [False, False, True, True, True]])
+    a = two_pass.teacher_targets(x, view_mask)
+    b = one_pass.teacher_targets(x, view_mask)
+    assert torch.allclose(a["context_tokens"], b["context_tokens"], atol=1e-5)
+    # In the two-pass mode the geo targets come from the unmasked pass: context views differ from context tokens.
+    assert not torch.allclose(a["context_tokens"][0, 1], a["geo"][0, 2], atol=1e-4)
+    assert a["context_tokens"].shape == (2, 2, 24, 128)
+
+
+def test_view_mask_sampling():
+    generator = torch.Generator().manual_seed(0)
+    masks = torch.stack([sample_view_mask(3, 8, 0.5, generator=generator) for _ in range(50)])
+    assert not masks[..., 0].any()
+    assert ((~masks).sum(-1) == 4).all()
+    assert masks[..., 1:].float().mean(dim=(0, 1)).min() > 0.3  # every other view is sometimes context
+    assert ((~sample_view_mask(1, 1, 0.5)).sum() == 1).all()  # a single view is its own context
+    again = torch.stack([sample_view_mask(3, 8, 0.5, generator=torch.Generator().manual_seed(0)) for _ in range(1)])
+    assert torch.equal(again[0], masks[0])
+
+
+def test_dataset_cameras_and_extra_field_targets(tiny_config):
+    config = Spa3RConfig.from_dict(
+        {**tiny_config.to_dict(), "pose_source": "dataset", "target_heads": {"geo": 128, "rgb": 3}, "semantic_teacher_config": None}
+    )
+    model = Spa3RForFieldPrediction(config).train()
+    x = images(batch=1, views=3)
+    extrinsics = torch.eye(4).repeat(1, 3, 1, 1)
+    extrinsics[0, 1, 0, 3] = 0.5
+    intrinsics = torch.tensor([[60.0, 0, 42], [0, 60, 28], [0, 0, 1]]).repeat(1, 3, 1, 1)
+    rgb = torch.rand(1, 3, 24, 3)
+    out = model(x, extrinsics=extrinsics, intrinsics=intrinsics, field_targets={"rgb": rgb})
+    assert {"rgb_l1", "rgb_cos", "geo_l1"} <= set(out.losses)
+    assert torch.equal(out.targets["rgb"], rgb)
+    with pytest.raises(ValueError, match='pose_source="dataset" needs extrinsics and intrinsics'):
+        model(x)
+    with pytest.raises(ValueError, match="field target 'sem' has no head"):
+        model(x, extrinsics=extrinsics, intrinsics=intrinsics, field_targets={"sem": rgb})
+
+
+def test_bad_inputs_are_rejected_with_clear_messages(tiny_model):
+    model = tiny_model.eval()
+    encoder = model.spa3r
+    with pytest.raises(ValueError, match=r"context_tokens must be \[B, Vc, N, C_backbone\]"):
+        encoder.encode_tokens(torch.zeros(2, 24, 128), (4, 6))
+    with pytest.raises(ValueError, match="at least one sample and one context view"):
+        encoder.encode_tokens(torch.zeros(1, 0, 24, 128), (4, 6))
+    with pytest.raises(ValueError, match="have 64 channels, expected backbone_hidden_size=128"):
+        encoder.encode_tokens(torch.zeros(1, 2, 24, 64), (4, 6))
+    with pytest.raises(ValueError, match=r"24 tokens per view, but patch_grid \(4, 5\) has 20"):
+        encoder.encode_tokens(torch.zeros(1, 2, 24, 128), (4, 5))
+    latents = torch.zeros(1, 16, 64)
+    cams = torch.eye(4).repeat(1, 2, 1, 1)
+    intrinsics = torch.tensor([[50.0, 0, 42], [0, 50, 28], [0, 0, 1]]).repeat(1, 2, 1, 1)
+    with pytest.raises(ValueError, match=r"latents must be \[B, 16, 64\]"):
+        model.decode_field(torch.zeros(1, 8, 64), cams, intrinsics, (56, 84))
+    with pytest.raises(ValueError, match=r"extrinsics must be \[B=1, V=2, 3 or 4, 4\]"):
+        model.decode_field(latents, torch.eye(3).repeat(1, 2, 1, 1), intrinsics, (56, 84))
+    with pytest.raises(ValueError, match=r"intrinsics must be \[B=1, V=2, 3, 3\]"):
+        model.decode_field(latents, cams, intrinsics[:, :1], (56, 84))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        model.decode_field(latents, cams * float("nan"), intrinsics, (56, 84))
+    with pytest.raises(ValueError, match="positive focal lengths"):
+        model.decode_field(latents, cams, intrinsics * 0, (56, 84))
+    with pytest.raises(ValueError, match=r"image_size \(50, 84\) must be positive multiples of the patch size 14"):
+        model.decode_field(latents, cams, intrinsics, (50, 84))
+    with pytest.raises(ValueError, match="latents have batch size 1 but the cameras have 2"):
+        model.decode_field(latents, cams.repeat(2, 1, 1, 1), intrinsics.repeat(2, 1, 1, 1), (56, 84))
+    with pytest.raises(ValueError, match=r"view_mask must have shape \[B, V\]"):
+        model(images(batch=1, views=3), view_mask=torch.zeros(1, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="3 \\(RGB\\) channels"):
+        model(torch.rand(1, 2, 1, 56, 84))
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="masking_mode must be one of"):
+        Spa3RConfig(masking_mode="random")
+    with pytest.raises(ValueError, match="divisible by 8"):
+        Spa3RConfig(hidden_size=96, num_attention_heads=16)
+    with pytest.raises(ValueError, match="'geo' head predicts backbone tokens of size 2048"):
+        Spa3RConfig(target_heads={"geo": 1024})
+
+
+def test_save_and_load_round_trip(tiny_model, tmp_path):
+    model = tiny_model.eval()
+    model.save_pretrained(tmp_path)
+    files = set(os.listdir(tmp_path))
+    assert {"config.json", "model.safetensors", "modeling_spa3r.py", "configuration_spa3r.py"} <= files
+    auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoModel"] == "modeling_spa3r.Spa3RModel"
+    x = images(batch=1, views=3)
+    reloaded = Spa3RForFieldPrediction.from_pretrained(tmp_path).eval()
+    encoder = AutoModel.from_pretrained(tmp_path).eval()
+    assert type(encoder) is Spa3RModel
+    assert all(not p.requires_grad for p in reloaded.spa3r.backbone.parameters())
+    with torch.no_grad():
+        assert torch.equal(model(x).loss, reloaded(x).loss)
+        assert torch.equal(model.spa3r(x).latents, encoder(x).latents)
+
+
+REMOTE_CODE_SCRIPT = textwrap.dedent(
+    """
+    import sys
+
+    class BlockPackage:  # make the installed package unimportable: only the saved folder's code may be used
+        def find_spec(self, name, path=None, target=None):
+            if name == "spa3_vlm" or name.startswith("spa3_vlm."):
+                raise ImportError("spa3_vlm is blocked in this process")
+
+    sys.meta_path.insert(0, BlockPackage())
+    try:
+        import spa3_vlm  # noqa: F401
+        raise SystemExit("spa3_vlm should not be importable here")
+    except ImportError:
+        pass
+    import torch
+    from transformers import AutoModel
+
+    folder = sys.argv[1]
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    assert type(model).__name__ == "Spa3RModel", type(model)
+    assert "transformers_modules" in type(model).__module__, type(model).__module__
+    with torch.no_grad():
+        latents = model(torch.load(folder + "/x.pt", weights_only=True)).latents
+    torch.save(latents, folder + "/remote_latents.pt")
+    """
+)
+
+
+def test_remote_code_loads_without_the_package(tiny_model, tmp_path):
+    model = tiny_model.eval()
+    model.save_pretrained(tmp_path)
+    x = images(batch=1, views=2)
+    torch.save(x, tmp_path / "x.pt")
+    with torch.no_grad():
+        expected = model.spa3r(x).latents
+    script = tmp_path / "load_remote.py"
+    script.write_text(REMOTE_CODE_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert torch.equal(torch.load(tmp_path / "remote_latents.pt", weights_only=True), expected)
