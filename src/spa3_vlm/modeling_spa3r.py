@@ -406,14 +406,16 @@ class Spa3RForFieldPrediction(Spa3RPreTrainedModel):
 
     @staticmethod
     def field_losses(predictions: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], head_names) -> dict[str, torch.Tensor]:
-        """Smooth-L1 (β = 1) + mean (1 - cosine) per head; smooth-L1 for the depth probe."""
+        """Smooth-L1 (β = 1) + mean (1 - cosine) per head (cosine only for heads wider than 1); smooth-L1 for
+        the depth probe."""
         losses = {}
         for name in head_names:
             if name not in targets:
                 continue
             prediction, target = predictions[name].float(), targets[name].float()
             losses[f"{name}_l1"] = F.smooth_l1_loss(prediction, target)
-            losses[f"{name}_cos"] = (1 - F.cosine_similarity(prediction, target, dim=-1, eps=1e-8)).mean()
+            if prediction.shape[-1] > 1:  # the cosine of 1-d vectors only compares signs
+                losses[f"{name}_cos"] = (1 - F.cosine_similarity(prediction, target, dim=-1, eps=1e-8)).mean()
         if "depth" in predictions and "depth" in targets:
             losses["depth_probe"] = F.smooth_l1_loss(predictions["depth"].float(), targets["depth"].float())
         return losses

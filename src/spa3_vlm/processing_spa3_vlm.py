@@ -1,0 +1,638 @@
+"""`Spa3VLMProcessor`: one call prepares both visual branches of Spa3-VLM and the text.
+
+Pipeline per frame (identical for training, evaluation and inference):
+
+- geometry branch: :class:`Spa3RImageProcessor` (518-wide bicubic resize, height rounded to 14-px patches,
+  centre crop to <= 518 rows) -> ``geometry_pixel_values``: a list with one float32 ``[V, 3, H, W]`` tensor in
+  [0, 1] per sample (``None`` for a sample without images). A list, not a padded tensor: the Spa3R encoder runs
+  per sample and samples may differ in V, H and W.
+- Qwen branch: the *same resized frame*, cropped from the top-left to multiples of
+  ``patch_size * merge_size`` (28) as the reference does (518 -> 504 columns; ``crop_to_merge_multiple``),
+  then, only if outside the ``[min_pixels, max_pixels]`` budget, resized with Qwen's ``smart_resize`` rule
+  (bicubic, done here in PIL so every backend sees the same pixels), then the Qwen2-VL image processor
+  (CLIP normalisation, 14-px patches, temporal duplication, 2x2 merge) with resizing and rescaling off.
+  Default budget = the reference training values (16*28*28 .. 576*28*28), used for evaluation too.
+
+Videos (``{"type": "video"}`` chat entries or ``videos=``) are decoded into ``num_video_frames`` uniformly
+sampled frames (``linspace(0, n-1, k)`` cast to int; all frames if fewer) and handled as images: the single
+``<|vision_start|><|video_pad|><|vision_end|>`` placeholder becomes one image block per frame, as the reference
+does. A video is a file path, a directory of image files, a 4-D array/tensor or a list of frames.
+
+Shipped to the Hub with the model: imports only numpy, PIL, torch, transformers and the standard library.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from transformers import AutoTokenizer, Qwen2VLImageProcessorPil
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.image_processing_utils import BaseImageProcessor
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+from transformers.processing_utils import ProcessingKwargs, ProcessorMixin
+from transformers.utils import is_torchvision_available
+
+from .processing_spa3r import Spa3RImageProcessor, to_pil_rgb
+
+
+__all__ = [
+    "DEFAULT_SYSTEM_MESSAGE",
+    "SPA3_VLM_CHAT_TEMPLATE",
+    "SPECIAL_TOKENS",
+    "Spa3VLMProcessor",
+    "build_qwen_image_processor",
+    "default_video_loader",
+    "list_image_files",
+    "sample_frame_indices",
+    "special_token_ids",
+]
+
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+DEFAULT_SYSTEM_MESSAGE = "You are a helpful assistant."
+IMAGE_FILE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# Reference training budget (data args min_pixels / max_pixels); evaluation uses the same.
+DEFAULT_MIN_PIXELS = 16 * 28 * 28
+DEFAULT_MAX_PIXELS = 576 * 28 * 28
+DEFAULT_NUM_VIDEO_FRAMES = 8
+
+# Qwen2.5-VL's chat format (`<|im_start|>role\ncontent<|im_end|>\n`, default system message) with
+# {% generation %} around each assistant reply so `return_assistant_tokens_mask=True` (TRL's
+# assistant_only_loss) marks the answer, `<|im_end|>` and the newline: the tokens the reference supervises.
+SPA3_VLM_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if loop.first and message['role'] != 'system' -%}"
+    "{{- '<|im_start|>system\\n" + DEFAULT_SYSTEM_MESSAGE + "<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{%- generation -%}"
+    "{%- if message['content'] is string -%}{{- message['content'] -}}"
+    "{%- else -%}{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- endgeneration -%}"
+    "{%- else -%}"
+    "{%- if message['content'] is string -%}{{- message['content'] -}}"
+    "{%- else -%}{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' -%}{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
+    "{%- elif part['type'] == 'video' -%}{{- '<|vision_start|><|video_pad|><|vision_end|>' -}}"
+    "{%- elif part['type'] == 'text' -%}{{- part['text'] -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+
+
+def sample_frame_indices(num_frames_total: int, num_samples: int) -> list[int]:
+    """Uniform frame indices: ``linspace(0, n-1, k)`` cast to int (as the reference); all frames if n <= k."""
+    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive int; got {num_samples!r}.")
+    if not isinstance(num_frames_total, int) or isinstance(num_frames_total, bool) or num_frames_total < 1:
+        raise ValueError(f"The video has no frames to sample from (num_frames_total={num_frames_total!r}).")
+    if num_frames_total <= num_samples:
+        return list(range(num_frames_total))
+    return np.linspace(0, num_frames_total - 1, num_samples).astype(int).tolist()
+
+
+def _natural_key(name: str) -> list:
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def list_image_files(directory: str | os.PathLike) -> list[str]:
+    """Image files of a frame directory in natural order (``frame_2`` before ``frame_10``)."""
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"Frame directory not found: {directory}")
+    names = [
+        name
+        for name in os.listdir(directory)
+        if name.lower().endswith(IMAGE_FILE_EXTENSIONS)
+        and not name.startswith(".")
+        and os.path.isfile(os.path.join(directory, name))
+    ]
+    if not names:
+        raise ValueError(
+            f"Frame directory {directory} contains no image files (looked for {', '.join(IMAGE_FILE_EXTENSIONS)})."
+        )
+    return [os.path.join(directory, name) for name in sorted(names, key=_natural_key)]
+
+
+def default_video_loader(video: str | os.PathLike, num_frames: int) -> list[PIL.Image.Image]:
+    """Decode ``num_frames`` uniformly sampled RGB frames from a video file or a directory of images.
+
+    Files are decoded with PyAV through ``transformers.video_utils.load_video``. The ``spa3_vlm`` package's
+    ``spa3_vlm.video.load_video_frames`` returns the same frames and also handles containers that do not
+    store a frame count; pass it as ``video_loader`` when available.
+    """
+    path = os.fspath(video)
+    if os.path.isdir(path):
+        files = list_image_files(path)
+        return [to_pil_rgb(files[index]) for index in sample_frame_indices(len(files), num_frames)]
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Video file not found: {path}")
+    from transformers.video_utils import load_video
+
+    def indices_fn(metadata, **kwargs):
+        return np.asarray(sample_frame_indices(int(metadata.total_num_frames or 0), num_frames))
+
+    try:
+        frames, _ = load_video(path, backend="pyav", sample_indices_fn=indices_fn)
+    except ImportError:
+        raise
+    except ValueError as err:
+        if "no frames" in str(err):
+            raise ValueError(
+                f"Cannot sample frames from {path}: its container does not report a frame count. Use "
+                "spa3_vlm.video.load_video_frames (processor.video_loader) or pass decoded frames."
+            ) from err
+        raise ValueError(f"Cannot decode video file {path}: {err}") from err
+    except Exception as err:  # PyAV raises its own error types; this module may not import av.
+        raise ValueError(f"Cannot decode video file {path}: {type(err).__name__}: {err}") from err
+    return [PIL.Image.fromarray(frame) for frame in frames]
+
+
+def special_token_ids(tokenizer) -> dict[str, int]:
+    """Token ids the Spa3-VLM model config needs, read from a Qwen-style tokenizer."""
+    names = {
+        "image_token_id": "<|image_pad|>",
+        "video_token_id": "<|video_pad|>",
+        "vision_start_token_id": "<|vision_start|>",
+        "vision_end_token_id": "<|vision_end|>",
+    }
+    ids = {}
+    for key, token in names.items():
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if token_id is None or token_id == tokenizer.unk_token_id:
+            raise ValueError(f"The tokenizer has no {token} token; a Qwen2-VL style tokenizer is required.")
+        ids[key] = token_id
+    ids["eos_token_id"] = tokenizer.eos_token_id
+    ids["pad_token_id"] = tokenizer.pad_token_id
+    return ids
+
+
+def _qwen_image_processor_class():
+    if is_torchvision_available():
+        from transformers import Qwen2VLImageProcessor
+
+        return Qwen2VLImageProcessor
+    return Qwen2VLImageProcessorPil
+
+
+def build_qwen_image_processor(
+    min_pixels: int = DEFAULT_MIN_PIXELS, max_pixels: int = DEFAULT_MAX_PIXELS, **kwargs
+) -> BaseImageProcessor:
+    """Qwen2-VL image processor (torchvision backend if installed, PIL otherwise) with a pixel budget."""
+    return _qwen_image_processor_class()(min_pixels=min_pixels, max_pixels=max_pixels, **kwargs)
+
+
+def _describe(obj: Any) -> str:
+    if isinstance(obj, (np.ndarray, torch.Tensor)):
+        return f"{type(obj).__name__} of shape {tuple(obj.shape)}"
+    return type(obj).__name__
+
+
+def _is_image(obj: Any) -> bool:
+    if isinstance(obj, (PIL.Image.Image, str, os.PathLike)):
+        return True
+    return isinstance(obj, (np.ndarray, torch.Tensor)) and obj.ndim in (2, 3)
+
+
+def _is_frame_stack(obj: Any) -> bool:
+    return isinstance(obj, (np.ndarray, torch.Tensor)) and obj.ndim == 4
+
+
+def _is_video(obj: Any) -> bool:
+    """A path (file or frame directory), a 4-D array/tensor, or a non-empty list of decoded frames."""
+    if isinstance(obj, (str, os.PathLike)) or _is_frame_stack(obj):
+        return True
+    return (
+        isinstance(obj, (list, tuple))
+        and len(obj) > 0
+        and all(_is_image(frame) and not isinstance(frame, (str, os.PathLike)) for frame in obj)
+    )
+
+
+class Spa3VLMProcessor(ProcessorMixin):
+    """Qwen2.5-VL processor + Spa3R geometry preprocessing, image-only (no torchvision needed).
+
+    Args:
+        image_processor: Qwen2-VL image processor (its ``size`` holds the min/max pixel budget).
+        tokenizer: Qwen2-style tokenizer with ``<|image_pad|>``, ``<|video_pad|>``, ``<|vision_start|>``,
+            ``<|vision_end|>``.
+        geometry_image_processor: :class:`Spa3RImageProcessor`.
+        chat_template: defaults to :data:`SPA3_VLM_CHAT_TEMPLATE`.
+        num_video_frames: frames sampled per video when the call gives no ``num_frames`` (8 = training;
+            pass ``num_frames=32`` for VSI-Bench evaluation).
+        crop_to_merge_multiple: crop the Qwen-branch frame from the top-left to multiples of 28 (reference).
+        video_loader: ``(path, num_frames) -> list[PIL.Image]`` for video paths; not saved. Default:
+            :func:`default_video_loader`.
+        min_pixels / max_pixels: if given, set the Qwen image processor's pixel budget.
+
+    Call: ``processor(text=..., images=..., videos=..., return_tensors="pt")``. ``images`` is a flat list in
+    placeholder order (split over the texts by their ``<|image_pad|>`` counts) or one list per text.
+    Returns ``input_ids``, ``attention_mask``, ``mm_token_type_ids``, ``pixel_values`` ``[N_patches, 1176]``,
+    ``image_grid_thw`` ``[N_frames, 3]`` and ``geometry_pixel_values`` (list of ``[V,3,H,W]``, one per text).
+    """
+
+    return_mm_token_type_ids = True
+    skip_tensor_conversion = ["video_metadata", "text_replacement_offsets", "geometry_pixel_values"]
+
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        geometry_image_processor=None,
+        chat_template=None,
+        num_video_frames: int = DEFAULT_NUM_VIDEO_FRAMES,
+        crop_to_merge_multiple: bool = True,
+        video_loader: Callable[[str, int], list] | None = None,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+        **kwargs,
+    ):
+        if tokenizer is None:
+            raise ValueError("Spa3VLMProcessor needs a tokenizer (a Qwen2-style tokenizer with vision tokens).")
+        if image_processor is None:
+            image_processor = build_qwen_image_processor()
+        if geometry_image_processor is None:
+            geometry_image_processor = Spa3RImageProcessor()
+        if chat_template is None:
+            chat_template = SPA3_VLM_CHAT_TEMPLATE
+        if not isinstance(num_video_frames, int) or isinstance(num_video_frames, bool) or num_video_frames < 1:
+            raise ValueError(f"num_video_frames must be a positive int; got {num_video_frames!r}.")
+        self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
+        self.video_token = getattr(tokenizer, "video_token", None) or "<|video_pad|>"
+        self.vision_start_token = getattr(tokenizer, "vision_start_token", None) or "<|vision_start|>"
+        self.vision_end_token = getattr(tokenizer, "vision_end_token", None) or "<|vision_end|>"
+        ids = special_token_ids(tokenizer)
+        self.image_token_id = ids["image_token_id"]
+        self.video_token_id = ids["video_token_id"]
+        self.vision_start_token_id = ids["vision_start_token_id"]
+        self.vision_end_token_id = ids["vision_end_token_id"]
+        self.num_video_frames = num_video_frames
+        self.crop_to_merge_multiple = bool(crop_to_merge_multiple)
+        self.video_loader = video_loader
+        super().__init__(image_processor, tokenizer, geometry_image_processor, chat_template=chat_template, **kwargs)
+        if min_pixels is not None or max_pixels is not None:
+            self.set_pixel_budget(min_pixels=min_pixels, max_pixels=max_pixels)
+
+    # ------------------------------------------------------------------ config / loading
+    def set_pixel_budget(self, min_pixels: int | None = None, max_pixels: int | None = None) -> None:
+        """Set the Qwen branch's per-frame pixel budget (stored in the image processor's ``size``)."""
+        size = dict(self.image_processor.size)
+        if min_pixels is not None:
+            size["shortest_edge"] = int(min_pixels)
+        if max_pixels is not None:
+            size["longest_edge"] = int(max_pixels)
+        if size["shortest_edge"] > size["longest_edge"]:
+            raise ValueError(f"min_pixels={size['shortest_edge']} exceeds max_pixels={size['longest_edge']}.")
+        # Rebuilding keeps the processor's internal size representation consistent.
+        config = self.image_processor.to_dict()
+        config.pop("image_processor_type", None)
+        config["size"] = size
+        self.image_processor = type(self.image_processor)(**config)
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        # A callable is not serialisable; min/max pixels live in the image processor's size.
+        for key in ("video_loader", "min_pixels", "max_pixels"):
+            output.pop(key, None)
+        # custom_object_save tags every sub-processor with the processor's auto_map; it belongs at the top only.
+        for key in ("image_processor", "geometry_image_processor"):
+            if isinstance(output.get(key), dict):
+                output[key].pop("auto_map", None)
+        return output
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """Save as ProcessorMixin does (plus code files and auto_map), without leaving auto_map attributes behind."""
+        owners = [self, self.image_processor, self.geometry_image_processor]
+        had_auto_map = [("auto_map" in vars(owner), getattr(owner, "auto_map", None)) for owner in owners]
+        try:
+            return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        finally:
+            for owner, (had, value) in zip(owners, had_auto_map):
+                if had:
+                    owner.auto_map = value
+                elif "auto_map" in vars(owner):
+                    del owner.auto_map
+
+    @classmethod
+    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
+        # ProcessorMixin would resolve the Qwen image processor through AutoImageProcessor, which needs
+        # torchvision for Qwen2-VL, and cannot find the geometry processor class: build both directly.
+        processor_dict = processor_dict or {}
+        subfolder = kwargs.pop("subfolder", "")
+        tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        image_config = processor_dict.get("image_processor")
+        if image_config is None:
+            image_config, _ = Qwen2VLImageProcessorPil.get_image_processor_dict(
+                pretrained_model_name_or_path, subfolder=subfolder, **kwargs
+            )
+        not_settings = ("image_processor_type", "processor_class", "auto_map")
+        image_config = {k: v for k, v in image_config.items() if k not in not_settings}
+        image_processor = _qwen_image_processor_class()(**image_config)
+        geometry_config = processor_dict.get("geometry_image_processor") or {}
+        geometry_config = {k: v for k, v in geometry_config.items() if k not in not_settings}
+        geometry_image_processor = Spa3RImageProcessor(**geometry_config)
+        return [image_processor, tokenizer, geometry_image_processor]
+
+    @property
+    def model_input_names(self) -> list[str]:
+        names = list(self.tokenizer.model_input_names) + list(self.image_processor.model_input_names)
+        return names + ["mm_token_type_ids", "geometry_pixel_values"]
+
+    # ------------------------------------------------------------------ videos
+    def load_video(self, video: Any, num_frames: int) -> list:
+        """A video (path, frame directory, 4-D array/tensor, list of frames) -> sampled list of frames."""
+        if isinstance(video, (str, os.PathLike)):
+            loader = self.video_loader or default_video_loader
+            frames = list(loader(video, num_frames))
+            if not frames:
+                raise ValueError(f"The video loader returned no frames for {os.fspath(video)}.")
+            return frames
+        frames = list(video)
+        if not frames:
+            raise ValueError("Got a video with 0 frames; pass a non-empty list of frames or a video path.")
+        return [frames[index] for index in sample_frame_indices(len(frames), num_frames)]
+
+    # ------------------------------------------------------------------ input layout
+    @staticmethod
+    def _distribute(items, counts: list[int], kind: str, token: str) -> list[list]:
+        """Flat or per-sample images/videos -> one list per text, checked against the placeholder counts."""
+        is_unit = _is_image if kind == "image" else _is_video
+        if items is None:
+            if sum(counts):
+                raise ValueError(
+                    f"The text has {sum(counts)} {token} placeholder(s) (per sample: {counts}) but no {kind}s were "
+                    f"passed; pass one {kind} per placeholder."
+                )
+            return [[] for _ in counts]
+        if kind == "image" and _is_frame_stack(items):
+            items = list(items)
+        elif is_unit(items):
+            items = [items]
+        if not isinstance(items, (list, tuple)):
+            raise TypeError(f"Expected {kind}s as a list; got {_describe(items)}.")
+        if len(items) == 0:
+            raise ValueError(
+                f"Got an empty list of {kind}s. Pass {kind}s=None for text-only input, or one {kind} per "
+                f"{token} placeholder."
+            )
+        if all(is_unit(item) for item in items):
+            if len(items) != sum(counts):
+                raise ValueError(
+                    f"The text has {sum(counts)} {token} placeholder(s) (per sample: {counts}) but {len(items)} "
+                    f"{kind}(s) were passed; pass exactly one {kind} per placeholder."
+                )
+            bounds = np.cumsum([0, *counts]).tolist()
+            return [list(items[bounds[i] : bounds[i + 1]]) for i in range(len(counts))]
+        per_sample = []
+        for item in items:
+            if kind == "image" and _is_frame_stack(item):
+                per_sample.append(list(item))
+            elif isinstance(item, (list, tuple)) and all(is_unit(unit) for unit in item):
+                per_sample.append(list(item))
+            else:
+                raise TypeError(
+                    f"Could not read the {kind}s: expected a flat list of {kind}s or one list of {kind}s per "
+                    f"text; found an entry {_describe(item)}."
+                )
+        if len(per_sample) != len(counts):
+            raise ValueError(
+                f"Got {kind} lists for {len(per_sample)} samples but {len(counts)} text(s); pass one list of "
+                f"{kind}s per text."
+            )
+        for index, (sample, count) in enumerate(zip(per_sample, counts)):
+            if len(sample) != count:
+                raise ValueError(
+                    f"Sample {index}: the text has {count} {token} placeholder(s) but {len(sample)} {kind}(s) were "
+                    f"passed; pass exactly one {kind} per placeholder."
+                )
+        return per_sample
+
+    def _placeholder_pattern(self) -> re.Pattern:
+        start, end = re.escape(self.vision_start_token), re.escape(self.vision_end_token)
+        video, image = re.escape(self.video_token), re.escape(self.image_token)
+        return re.compile(f"(?P<video>(?:{start})?{video}(?:{end})?)|(?P<image>{image})")
+
+    # ------------------------------------------------------------------ Qwen branch
+    def _qwen_frame(self, frame: PIL.Image.Image, min_pixels: int, max_pixels: int) -> np.ndarray:
+        """Geometry-resized frame -> float32 ``[3, h, w]`` in [0, 1] at a size Qwen accepts unchanged."""
+        factor = self.image_processor.patch_size * self.image_processor.merge_size
+        width, height = frame.size
+        if self.crop_to_merge_multiple:
+            crop_w = width // factor * factor if width >= factor else width
+            crop_h = height // factor * factor if height >= factor else height
+            if (crop_w, crop_h) != (width, height):
+                frame = frame.crop((0, 0, crop_w, crop_h))
+                width, height = crop_w, crop_h
+        new_height, new_width = smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
+        if (new_width, new_height) != (width, height):
+            frame = frame.resize((new_width, new_height), resample=PIL.Image.Resampling.BICUBIC)
+        return (np.asarray(frame, dtype=np.float32) / 255.0).transpose(2, 0, 1)
+
+    # ------------------------------------------------------------------ call
+    def __call__(self, images=None, text=None, videos=None, audio=None, **kwargs) -> BatchFeature:
+        if audio is not None:
+            raise ValueError("Spa3VLMProcessor does not take audio.")
+        if images is None and text is None and videos is None:
+            raise ValueError("Spa3VLMProcessor needs text, images or videos; got none.")
+        merged = self._merge_kwargs(ProcessingKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)
+        text_kwargs = merged["text_kwargs"]
+        images_kwargs = merged["images_kwargs"]
+        return_tensors = text_kwargs.pop("return_tensors", None) or images_kwargs.pop("return_tensors", None)
+        images_kwargs.pop("return_tensors", None)
+        return_mm_token_type_ids = text_kwargs.pop("return_mm_token_type_ids", merged["return_mm_token_type_ids"])
+        return_replacement_offsets = text_kwargs.pop(
+            "return_text_replacement_offsets", merged["return_text_replacement_offsets"]
+        )
+        num_frames = merged["videos_kwargs"].get("num_frames") or self.num_video_frames
+
+        if text is not None:
+            texts = [text] if isinstance(text, str) else list(text)
+            if not texts or not all(isinstance(sample, str) for sample in texts):
+                raise ValueError(f"`text` must be a string or a non-empty list of strings; got {_describe(text)}.")
+            pattern = self._placeholder_pattern()
+            kinds = [[match.lastgroup for match in pattern.finditer(sample)] for sample in texts]
+            image_counts = [sample_kinds.count("image") for sample_kinds in kinds]
+            video_counts = [sample_kinds.count("video") for sample_kinds in kinds]
+            images_per_sample = self._distribute(images, image_counts, "image", self.image_token)
+            videos_per_sample = self._distribute(videos, video_counts, "video", self.video_token)
+        else:
+            texts, kinds = None, None
+            images_per_sample = self._distribute_without_text(images, "image")
+            videos_per_sample = self._distribute_without_text(videos, "video")
+            if images_per_sample and videos_per_sample and len(images_per_sample) != len(videos_per_sample):
+                raise ValueError("Without text, pass images and videos for the same number of samples.")
+            num_samples = max(len(images_per_sample), len(videos_per_sample))
+            images_per_sample = images_per_sample or [[] for _ in range(num_samples)]
+            videos_per_sample = videos_per_sample or [[] for _ in range(num_samples)]
+            kinds = [["image"] * len(i) + ["video"] * len(v) for i, v in zip(images_per_sample, videos_per_sample)]
+
+        # Frames of each sample in placeholder order; a video contributes its sampled frames.
+        frames_per_unit: list[list[list]] = []  # sample -> placeholder -> frames
+        for index, sample_kinds in enumerate(kinds):
+            image_iter, video_iter = iter(images_per_sample[index]), iter(videos_per_sample[index])
+            units = []
+            for kind in sample_kinds:
+                if kind == "image":
+                    units.append([next(image_iter)])
+                else:
+                    units.append(self.load_video(next(video_iter), num_frames))
+            frames_per_unit.append(units)
+
+        size = images_kwargs.pop("size", None) or self.image_processor.size
+        min_pixels = images_kwargs.pop("min_pixels", None)
+        max_pixels = images_kwargs.pop("max_pixels", None)
+        min_pixels = size["shortest_edge"] if min_pixels is None else min_pixels
+        max_pixels = size["longest_edge"] if max_pixels is None else max_pixels
+        for key in ("do_resize", "do_rescale", "input_data_format", "resample"):
+            images_kwargs.pop(key, None)
+
+        geometry_pixel_values, qwen_frames, tokens_per_unit = [], [], []
+        patch, merge_length = self.image_processor.patch_size, self.image_processor.merge_size**2
+        for index, units in enumerate(frames_per_unit):
+            frames = [frame for unit in units for frame in unit]
+            if not frames:
+                geometry_pixel_values.append(None)
+                tokens_per_unit.append([])
+                continue
+            try:
+                resized = self.geometry_image_processor.resize_sample(frames)
+            except ValueError as err:
+                raise ValueError(f"Sample {index}: {err}") from err
+            geometry_pixel_values.append(self.geometry_image_processor.to_tensor(resized))
+            frame_iter, sample_tokens = iter(resized), []
+            for unit in units:
+                unit_tokens = []
+                for _ in unit:
+                    array = self._qwen_frame(next(frame_iter), min_pixels, max_pixels)
+                    qwen_frames.append(array)
+                    unit_tokens.append((array.shape[1] // patch) * (array.shape[2] // patch) // merge_length)
+                sample_tokens.append(unit_tokens)
+            tokens_per_unit.append(sample_tokens)
+
+        data: dict[str, Any] = {}
+        if qwen_frames:
+            vision = self.image_processor(
+                qwen_frames,
+                do_resize=False,
+                do_rescale=False,
+                input_data_format="channels_first",
+                return_tensors=None,
+                **images_kwargs,
+            )
+            data["pixel_values"] = np.asarray(vision["pixel_values"])
+            data["image_grid_thw"] = np.asarray(vision["image_grid_thw"])
+            expected = [n for sample in tokens_per_unit for unit in sample for n in unit]
+            produced = (data["image_grid_thw"].prod(-1) // merge_length).tolist()
+            if produced != expected:  # a guard against a future image processor resizing behind our back
+                raise RuntimeError(f"Image token counts {produced} differ from the planned {expected}.")
+
+        if texts is not None:
+            expanded, offsets = self._expand_placeholders(texts, tokens_per_unit)
+            self._check_truncation(expanded, text_kwargs)
+            text_inputs = self.tokenizer(expanded, **text_kwargs)
+            data.update(text_inputs)
+            if return_mm_token_type_ids:
+                data["mm_token_type_ids"] = self.create_mm_token_type_ids(text_inputs["input_ids"])
+            if return_replacement_offsets:
+                data["text_replacement_offsets"] = offsets
+
+        if any(value is not None for value in geometry_pixel_values):
+            if return_tensors == "np":
+                geometry_pixel_values = [None if v is None else v.numpy() for v in geometry_pixel_values]
+            data["geometry_pixel_values"] = geometry_pixel_values
+        return BatchFeature(data, tensor_type=return_tensors, skip_tensor_conversion=self.skip_tensor_conversion)
+
+    @staticmethod
+    def _distribute_without_text(items, kind: str) -> list[list]:
+        if items is None:
+            return []
+        is_unit = _is_image if kind == "image" else _is_video
+        if is_unit(items):
+            return [[items]]
+        if isinstance(items, (list, tuple)) and items and all(is_unit(item) for item in items):
+            return [list(items)]
+        if isinstance(items, (list, tuple)) and items and all(isinstance(item, (list, tuple)) for item in items):
+            return [list(item) for item in items]
+        raise ValueError(f"Got an empty or unreadable {kind} input ({_describe(items)}); pass {kind}s=None or {kind}s.")
+
+    def _expand_placeholders(self, texts: list[str], tokens_per_unit: list[list[list[int]]]):
+        """Replace each image placeholder by its image tokens and each video block by one block per frame."""
+        pattern = self._placeholder_pattern()
+        expanded, all_offsets = [], []
+        for text, units in zip(texts, tokens_per_unit):
+            pieces, offsets, last, shift = [], [], 0, 0
+            for match, unit_tokens in zip(pattern.finditer(text), units):
+                start, end = match.span()
+                if match.lastgroup == "image":
+                    replacement = self.image_token * unit_tokens[0]
+                else:
+                    replacement = "".join(
+                        self.vision_start_token + self.image_token * count + self.vision_end_token
+                        for count in unit_tokens
+                    )
+                pieces.append(text[last:start])
+                pieces.append(replacement)
+                offsets.append(
+                    {
+                        "type": match.lastgroup,
+                        "span": (start, end),
+                        "new_span": (start + shift, start + shift + len(replacement)),
+                        "text": match.group(),
+                        "replacement": replacement,
+                    }
+                )
+                shift += len(replacement) - (end - start)
+                last = end
+            pieces.append(text[last:])
+            expanded.append("".join(pieces))
+            all_offsets.append(offsets)
+        return expanded, all_offsets
+
+    def _check_truncation(self, texts: list[str], text_kwargs: dict) -> None:
+        """Raise instead of letting truncation cut through image tokens (the model would then fail)."""
+        truncation, max_length = text_kwargs.get("truncation"), text_kwargs.get("max_length")
+        if not truncation or truncation == "do_not_truncate" or max_length is None:
+            return
+        add_special_tokens = text_kwargs.get("add_special_tokens", True)
+        encoded = self.tokenizer(texts, add_special_tokens=add_special_tokens, truncation=False, padding=False)
+        side = getattr(self.tokenizer, "truncation_side", "right")
+        vision_ids = {self.image_token_id, self.vision_start_token_id, self.vision_end_token_id}
+        for index, ids in enumerate(encoded["input_ids"]):
+            if len(ids) <= max_length:
+                continue
+            removed = ids[max_length:] if side == "right" else ids[: len(ids) - max_length]
+            if any(token in vision_ids for token in removed):
+                positions = [pos for pos, token in enumerate(ids) if token in vision_ids]
+                needed = positions[-1] + 1 if side == "right" else len(ids) - positions[0]
+                raise ValueError(
+                    f"Sample {index} has {len(ids)} tokens, more than max_length={max_length}, and truncating it "
+                    f"would cut through its image tokens ({len(positions)} vision tokens). Raise max_length to at "
+                    f"least {needed} (or {len(ids)} to keep the whole text), use fewer frames or a smaller "
+                    "max_pixels, or shorten the text."
+                )
+
+
+# Saved processors carry `auto_map` and copies of this file and processing_spa3r.py, so
+# `AutoProcessor.from_pretrained(folder, trust_remote_code=True)` works without the spa3_vlm package.
+Spa3VLMProcessor.register_for_auto_class("AutoProcessor")

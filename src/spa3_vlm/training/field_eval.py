@@ -1,0 +1,149 @@
+"""How good is a predicted spatial field? Scores on target views against two baselines, and a PCA figure.
+
+For every held-out (target-only) view, each field head's prediction is compared with its teacher target,
+next to two baselines computed from the same batch:
+
+- ``context_mean``: the per-patch mean of the context views' targets;
+- ``nearest_view``: the targets of the context view whose camera is nearest (centre distance plus the
+  distance between unit viewing directions), at the same patch positions.
+
+Metrics per head: ``cosine`` (mean per-patch cosine similarity, heads wider than 1 channel) and ``l1``
+(mean absolute error).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Iterable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+METHODS = ("model", "context_mean", "nearest_view")
+
+
+def camera_centers_and_directions(extrinsics: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """World-to-camera ``[..., 4, 4]`` -> camera centres ``[..., 3]`` and unit viewing directions ``[..., 3]``."""
+    rotation, translation = extrinsics[..., :3, :3], extrinsics[..., :3, 3]
+    centers = -(rotation.transpose(-1, -2) @ translation[..., None])[..., 0]
+    directions = rotation[..., 2, :]  # the camera's +z axis in world coordinates
+    return centers, directions
+
+
+def nearest_context_view(extrinsics: torch.Tensor, view_mask: torch.Tensor) -> torch.Tensor:
+    """``[B, V]`` index of the nearest context view for every view (see module doc for the distance)."""
+    centers, directions = camera_centers_and_directions(extrinsics.float())
+    distance = torch.cdist(centers, centers) + torch.cdist(directions, directions)
+    distance = distance.masked_fill(view_mask[:, None, :], float("inf"))  # only context views are candidates
+    return distance.argmin(dim=-1)
+
+
+def _scores(prediction: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    scores = {"l1": (prediction - target).abs().mean().item()}
+    if target.shape[-1] > 1:
+        scores["cosine"] = F.cosine_similarity(prediction, target, dim=-1).mean().item()
+    return scores
+
+
+@torch.no_grad()
+def evaluate_field(model, batches: Iterable[dict], device: Optional[torch.device] = None) -> dict:
+    """Average the scores of the model and both baselines over ``batches`` (collated PSFM batches with a view
+    mask holding at least one target view).
+
+    Returns ``{head: {method: {metric: value}}}`` with methods in :data:`METHODS`, plus ``num_views``.
+    """
+    model.eval()
+    device = device or next(model.parameters()).device
+    sums: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(float)))
+    counts: dict = defaultdict(int)
+    for batch in batches:
+        batch = {k: ({n: t.to(device) for n, t in v.items()} if isinstance(v, dict) else v.to(device)) for k, v in batch.items()}
+        view_mask = batch["view_mask"]
+        output = model(**batch)
+        extrinsics = batch.get("extrinsics")
+        if extrinsics is None:
+            raise ValueError("field evaluation needs camera extrinsics in the batch to find the nearest context view")
+        nearest = nearest_context_view(extrinsics, view_mask)
+        context = (~view_mask).float()[..., None, None]
+        for name, target in output.targets.items():
+            prediction = output.predictions[name].float()
+            target = target.float()
+            mean = (target * context).sum(1, keepdim=True) / context.sum(1, keepdim=True)
+            index = nearest[..., None, None].expand(-1, -1, *target.shape[2:])
+            candidates = {
+                "model": prediction,
+                "context_mean": mean.expand_as(target),
+                "nearest_view": torch.gather(target, 1, index),
+            }
+            for method, values in candidates.items():
+                for metric, value in _scores(values[view_mask], target[view_mask]).items():
+                    sums[name][method][metric] += value * int(view_mask.sum())
+            counts[name] += int(view_mask.sum())
+    if not counts:
+        raise ValueError("no target views to evaluate: the batches need view_mask entries set to True")
+    return {
+        name: {method: {metric: total / counts[name] for metric, total in metrics.items()} for method, metrics in methods.items()}
+        for name, methods in sums.items()
+    } | {"num_views": max(counts.values())}
+
+
+def format_field_table(results: dict) -> str:
+    """A plain-text table: one row per (head, metric), one column per method; the best value is starred."""
+    lines = [f"{'head':<14}{'metric':<8}" + "".join(f"{m:>15}" for m in METHODS)]
+    for name, methods in results.items():
+        if name == "num_views":
+            continue
+        for metric in methods["model"]:
+            values = [methods[m][metric] for m in METHODS]
+            best = int(np.argmax(values) if metric == "cosine" else np.argmin(values))
+            cells = "".join(f"{v:>14.4f}{'*' if i == best else ' '}" for i, v in enumerate(values))
+            lines.append(f"{name:<14}{metric:<8}{cells}")
+    lines.append(f"({results.get('num_views', 0)} held-out target views; cosine: higher is better, l1: lower is better)")
+    return "\n".join(lines)
+
+
+def _pca_colors(features: torch.Tensor, basis_from: torch.Tensor) -> torch.Tensor:
+    """Project ``features [..., C]`` on the top-3 principal components of ``basis_from [M, C]`` -> RGB in [0, 1]."""
+    mean = basis_from.mean(0)
+    _, _, vh = torch.linalg.svd(basis_from - mean, full_matrices=False)
+    components = vh[:3].T  # [C, 3]
+    reference = (basis_from - mean) @ components
+    low, high = reference.quantile(0.02, dim=0), reference.quantile(0.98, dim=0)
+    return (((features - mean) @ components - low) / (high - low).clamp_min(1e-6)).clamp(0, 1)
+
+
+def field_pca_figure(
+    images: torch.Tensor, teacher: torch.Tensor, predicted: torch.Tensor, view_mask: torch.Tensor, patch_size: int = 14
+):
+    """The paper's Figure 2 for one sample: rows = input views, teacher features, predicted features.
+
+    Args:
+        images: ``[V, 3, H, W]`` in [0, 1]; teacher / predicted: ``[V, N, C]``; view_mask: ``[V]`` (True = unseen).
+    Returns:
+        a PIL image; unseen (target) views are framed in red.
+    """
+    from PIL import Image, ImageDraw
+
+    views, _, height, width = images.shape
+    grid = (height // patch_size, width // patch_size)
+    if teacher.shape[1] != grid[0] * grid[1]:
+        raise ValueError(f"features have {teacher.shape[1]} patches per view, the images have {grid[0] * grid[1]}")
+    if teacher.shape[-1] < 3:
+        raise ValueError(f"a PCA figure needs features with at least 3 channels, got {teacher.shape[-1]}")
+    basis = teacher.reshape(-1, teacher.shape[-1]).float()
+    rows = [images.float()]
+    for features in (teacher, predicted):
+        colors = _pca_colors(features.float(), basis).reshape(views, *grid, 3).permute(0, 3, 1, 2)
+        rows.append(F.interpolate(colors, size=(height, width), mode="nearest"))
+    pad = 4
+    canvas = Image.new("RGB", (views * (width + pad) + pad, 3 * (height + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, row in enumerate(rows):
+        for v in range(views):
+            tile = (row[v].permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255).astype(np.uint8)
+            x, y = pad + v * (width + pad), pad + r * (height + pad)
+            canvas.paste(Image.fromarray(tile), (x, y))
+            if bool(view_mask[v]):
+                draw.rectangle([x - 2, y - 2, x + width + 1, y + height + 1], outline=(220, 30, 30), width=2)
+    return canvas

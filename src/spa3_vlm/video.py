@@ -1,0 +1,85 @@
+"""Video -> frames for Spa3-VLM (PyAV). Not shipped to the Hub.
+
+``load_video_frames(path, num_frames)`` returns ``num_frames`` uniformly sampled RGB frames
+(:func:`sample_frame_indices`: ``linspace(0, n-1, k)`` cast to int, all frames if fewer) from a video file or
+a directory of image files (natural sort order, e.g. ``frame_2`` before ``frame_10``). Frames are decoded
+sequentially and only the sampled ones are converted to RGB; decoding stops after the last sampled frame.
+Use it as the processor's loader: ``Spa3VLMProcessor(..., video_loader=load_video_frames)``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import av
+import PIL.Image
+
+from .processing_spa3_vlm import list_image_files, sample_frame_indices
+from .processing_spa3r import to_pil_rgb
+
+
+__all__ = ["count_video_frames", "list_image_files", "load_video_frames", "sample_frame_indices"]
+
+
+def _open(path: str):
+    try:
+        container = av.open(path)
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as err:
+        raise ValueError(f"Cannot decode video file {path}: {err}") from err
+    if not container.streams.video:
+        container.close()
+        raise ValueError(f"Cannot decode video file {path}: it has no video stream.")
+    return container
+
+
+def count_video_frames(path: str | os.PathLike, trust_container: bool = True) -> int:
+    """Number of frames: the container's stored count when present (and trusted), else counted by decoding."""
+    path = os.fspath(path)
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        if trust_container and stream.frames and stream.frames > 0:
+            return int(stream.frames)
+        try:
+            return sum(1 for _ in container.decode(stream))
+        except av.error.FFmpegError as err:
+            raise ValueError(f"Cannot decode video file {path}: {err}") from err
+
+
+def _decode_indices(path: str, indices: list[int]) -> list[PIL.Image.Image]:
+    """Decode the frames at sorted ``indices`` (fewer if the video ends early)."""
+    wanted, frames, position = set(indices), [], -1
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        try:
+            for position, frame in enumerate(container.decode(stream)):
+                if position in wanted:
+                    frames.append(frame.to_image().convert("RGB"))
+                if position >= indices[-1]:
+                    break
+        except av.error.FFmpegError as err:
+            raise ValueError(f"Cannot decode video file {path} (frame {position + 1}): {err}") from err
+    return frames
+
+
+def load_video_frames(path: str | os.PathLike, num_frames: int) -> list[PIL.Image.Image]:
+    """``num_frames`` uniformly sampled RGB PIL frames of a video file or a directory of image files."""
+    if not isinstance(num_frames, int) or isinstance(num_frames, bool) or num_frames < 1:
+        raise ValueError(f"num_frames must be a positive int; got {num_frames!r}.")
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Video path does not exist: {path}")
+    if os.path.isdir(path):
+        files = list_image_files(path)
+        return [to_pil_rgb(files[index]) for index in sample_frame_indices(len(files), num_frames)]
+
+    for trust_container in (True, False):
+        total = count_video_frames(path, trust_container=trust_container)
+        if total == 0:
+            raise ValueError(f"Video file {path} contains 0 decodable frames.")
+        indices = sample_frame_indices(total, num_frames)
+        frames = _decode_indices(path, indices)
+        if len(frames) == len(indices):
+            return frames
+        # The stored count was wrong (e.g. a truncated file): count by decoding and sample again.
+    raise ValueError(f"Video file {path}: decoded {len(frames)} of the {len(indices)} sampled frames.")

@@ -1,0 +1,236 @@
+"""PSFM pre-training: view sampling, collation, resumable Trainer runs, multi-process runs, the main job."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel, TrainerCallback, TrainingArguments
+
+from spa3_vlm import Spa3RForFieldPrediction, Spa3RModel
+from spa3_vlm.data.psfm import PSFMCollator, PSFMDataset, sample_frame_indices
+from spa3_vlm.training.field_eval import evaluate_field, field_pca_figure, format_field_table, nearest_context_view
+from spa3_vlm.training.psfm import PSFMTrainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(REPO, "hub_configs", "spa3r-tiny-synthrooms")
+
+
+def fake_scenes(num_scenes=3, frames=8, size=(28, 42), seed=0):
+    """Scene rows with random images, metric depth and cameras walking along x."""
+    rng = np.random.default_rng(seed)
+    scenes = []
+    for s in range(num_scenes):
+        extrinsics = []
+        for f in range(frames):
+            e = np.eye(4, dtype=np.float32)
+            e[0, 3] = -0.1 * f  # camera centre at x = 0.1 f
+            extrinsics.append(e)
+        k = np.array([[30.0, 0, size[1] / 2], [0, 30.0, size[0] / 2], [0, 0, 1]], dtype=np.float32)
+        scenes.append(
+            {
+                "scene_id": f"fake-{s}",
+                "images": [rng.integers(0, 255, (*size, 3), dtype=np.uint8) for _ in range(frames)],
+                "extrinsics": extrinsics,
+                "intrinsics": [k] * frames,
+                "depths": [rng.uniform(1, 5, size).astype(np.float32) for _ in range(frames)],
+            }
+        )
+    return scenes
+
+
+def test_frame_sampling_bounds_order_and_errors():
+    interval = (2, 6)
+    for seed in range(200):
+        rng = np.random.default_rng(seed)
+        frames = sample_frame_indices(40, 7, interval, rng)
+        steps = np.diff(frames)
+        assert frames[0] >= 0 and frames[-1] < 40 and (steps >= 2).all() and (steps <= 6).all()
+    assert interval == (2, 6)  # never mutated (the reference shrinks its list in place)
+    short = sample_frame_indices(7, 5, (2, 6), np.random.default_rng(0))  # too short for steps of 2
+    assert short == sorted(set(short)) and len(short) == 5
+    with pytest.raises(ValueError, match="scene kitchen has 3 frames, fewer than the 4 views requested"):
+        sample_frame_indices(3, 4, (1, 1), np.random.default_rng(0), scene="kitchen")
+
+
+def test_dataset_is_deterministic_and_relative_to_the_first_view():
+    scenes = fake_scenes()
+    dataset = PSFMDataset(scenes, num_views=(3, 5), interval=(1, 2), samples_per_scene=4, seed=7)
+    assert len(dataset) == 12
+    a, b = dataset[5], dataset[5]
+    assert torch.equal(a["pixel_values"], b["pixel_values"]) and a["scene_id"] == "fake-2"
+    assert 3 <= a["pixel_values"].shape[0] <= 5 and a["pixel_values"].dtype == torch.float32
+    assert torch.allclose(a["extrinsics"][0], torch.eye(4), atol=1e-6)
+    # Cameras walk along +x: relative to view 0, later views sit further along x (translation -dx).
+    assert (a["extrinsics"][1:, 0, 3] < 0).all()
+    # Two samples of the same scene draw different view sets.
+    assert any(not torch.equal(dataset[2]["pixel_values"][:3], dataset[2 + 3 * k]["pixel_values"][:3]) for k in (1, 2, 3))
+    cached = PSFMDataset(scenes, num_views=(3, 5), interval=(1, 2), samples_per_scene=4, seed=7, cache_scenes=True)
+    assert torch.equal(cached[5]["pixel_values"], a["pixel_values"]) and torch.equal(cached[5]["depth"], a["depth"])
+
+
+def test_dataset_errors_name_the_scene():
+    with pytest.raises(ValueError, match="holds no scenes"):
+        PSFMDataset([])
+    scenes = fake_scenes(1)
+    scenes[0]["images"][3] = np.zeros((14, 14, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match="scene fake-0 mixes image sizes"):
+        PSFMDataset(scenes, num_views=(8, 8))[0]
+    scenes = fake_scenes(1)
+    scenes[0]["extrinsics"][2] = np.full((4, 4), np.nan, dtype=np.float32)
+    with pytest.raises(ValueError, match="scene fake-0 has NaN or infinite camera poses"):
+        PSFMDataset(scenes, num_views=(8, 8))[0]
+    with pytest.raises(ValueError, match="fewer than the 9 views requested"):
+        PSFMDataset(fake_scenes(1), num_views=(9, 9))[0]
+
+
+def test_collator_aligns_views_and_sizes():
+    big = PSFMDataset(fake_scenes(1, size=(42, 56)), num_views=(5, 5), seed=1)[0]
+    small = PSFMDataset(fake_scenes(1, size=(28, 42), seed=1), num_views=(3, 3), seed=1)[0]
+    small["index"] = 1
+    collator = PSFMCollator(patch_size=14, mask_ratio=0.5, field_targets=("rgb", "metric_depth"), seed=3)
+    batch = collator([big, small])
+    assert batch["pixel_values"].shape == (2, 3, 3, 28, 42)
+    # The big sample is centre-cropped by (7, 7) pixels: its principal point moves accordingly.
+    assert torch.allclose(batch["intrinsics"][0, :, 0, 2], torch.full((3,), 28.0 - 7))
+    assert torch.allclose(batch["intrinsics"][0, :, 1, 2], torch.full((3,), 21.0 - 7))
+    assert torch.equal(batch["pixel_values"][0], big["pixel_values"][:3, :, 7:35, 7:49])
+    # Per-patch means, row-major.
+    rgb = batch["field_targets"]["rgb"]
+    assert rgb.shape == (2, 3, 6, 3)
+    assert torch.allclose(rgb[1, 2, 4], small["pixel_values"][2, :, 14:28, 14:28].mean(dim=(1, 2)), atol=1e-6)
+    depth = batch["field_targets"]["metric_depth"]
+    assert torch.allclose(depth[1, 0, 1, 0], small["depth"][0, 0:14, 14:28].mean(), atol=1e-5)
+    mask = batch["view_mask"]
+    assert not mask[:, 0].any() and ((~mask).sum(1) == 1).all()
+    assert torch.equal(collator([big, small])["view_mask"], mask)  # a function of the sample indices
+    with pytest.raises(ValueError, match="empty batch"):
+        collator([])
+
+
+def test_nearest_context_view_and_field_table():
+    extrinsics = torch.eye(4).repeat(1, 4, 1, 1)
+    extrinsics[0, :, 0, 3] = -torch.tensor([0.0, 1.0, 2.0, 3.0])  # centres at x = 0, 1, 2, 3
+    view_mask = torch.tensor([[False, True, False, True]])
+    assert nearest_context_view(extrinsics, view_mask).tolist() == [[0, 0, 2, 2]]
+    results = {"rgb": {m: {"l1": v} for m, v in zip(("model", "context_mean", "nearest_view"), (0.1, 0.3, 0.2))}, "num_views": 4}
+    table = format_field_table(results)
+    assert "0.1000*" in table and "0.3000 " in table
+
+
+def test_field_evaluation_and_figure_on_a_perfect_predictor():
+    class Oracle(torch.nn.Module):
+        """Predicts every target exactly: the model column must be perfect."""
+
+        def forward(self, pixel_values, view_mask, extrinsics, intrinsics, field_targets):
+            from spa3_vlm.modeling_spa3r import Spa3RFieldOutput
+
+            return Spa3RFieldOutput(predictions=dict(field_targets), targets=dict(field_targets))
+
+    dataset = PSFMDataset(fake_scenes(2), num_views=(4, 4), seed=0)
+    collator = PSFMCollator(field_targets=("rgb",), mask_ratio=0.5)
+    batches = [collator([dataset[0], dataset[1]])]
+    oracle = Oracle()
+    oracle.register_parameter("p", torch.nn.Parameter(torch.zeros(1)))
+    results = evaluate_field(oracle, batches)
+    assert results["rgb"]["model"]["l1"] == 0 and results["rgb"]["model"]["cosine"] == pytest.approx(1.0)
+    assert results["rgb"]["nearest_view"]["l1"] > 0 and results["num_views"] == 4
+    batch = batches[0]
+    features = torch.randn(4, 6, 8)
+    figure = field_pca_figure(batch["pixel_values"][0], features, features, batch["view_mask"][0])
+    assert figure.size == (4 * (42 + 4) + 4, 3 * (28 + 4) + 4)
+
+
+class KillAt(TrainerCallback):
+    """Simulates a crash: raises once training reaches a step."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise RuntimeError("killed")
+
+
+def _trainer(output_dir, max_steps, callbacks=()):
+    torch.manual_seed(0)
+    config = AutoConfig.from_pretrained(TINY)
+    config.semantic_teacher_config = None
+    config.target_heads = {"geo": 128, "rgb": 3, "metric_depth": 1}
+    model = Spa3RForFieldPrediction(config)
+    args = TrainingArguments(
+        output_dir=str(output_dir), max_steps=max_steps, per_device_train_batch_size=2, learning_rate=1e-3,
+        save_steps=2, logging_steps=1, report_to="none", remove_unused_columns=False, seed=0, use_cpu=True,
+        lr_scheduler_type="cosine", warmup_steps=1,
+    )  # fmt: skip
+    dataset = PSFMDataset(fake_scenes(3), num_views=(2, 4), interval=(1, 2), samples_per_scene=2, seed=0)
+    collator = PSFMCollator(field_targets=("rgb", "metric_depth"), seed=0)
+    return PSFMTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=list(callbacks))
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path):
+    reference = _trainer(tmp_path / "straight", 4)
+    reference.train()
+    logged = [entry for entry in reference.state.log_history if "loss" in entry]
+    assert {"loss/geo_l1", "loss/rgb_l1", "loss/metric_depth_l1"} <= set(logged[0])
+
+    crashed = _trainer(tmp_path / "resumed", 4, [KillAt(3)])
+    with pytest.raises(RuntimeError, match="killed"):
+        crashed.train()
+    assert sorted(os.listdir(tmp_path / "resumed")) == ["checkpoint-2"]  # complete, no staging leftovers
+    resumed = _trainer(tmp_path / "resumed", 4)
+    resumed.train(resume_from_checkpoint=True)
+    for (name, a), b in zip(reference.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_weight_decay_skips_norms_tokens_and_biases(tmp_path):
+    trainer = _trainer(tmp_path, 1)
+    decay = set(trainer.get_decay_parameter_names(trainer.model))
+    assert "spa3r.encoder.blocks.0.attn.qkv.weight" in decay
+    for name in ("spa3r.query_embed.weight", "spa3r.encoder.register_tokens", "spa3r.encoder.blocks.0.attn.q_norm.weight",
+                 "decoder.blocks.0.norm1.weight", "heads.geo.fc1.bias", "spa3r.backbone.aggregator.camera_token"):  # fmt: skip
+        assert name not in decay
+
+
+TINY_RUN = [
+    "--num_train_scenes", "2", "--num_eval_scenes", "1", "--frames_per_scene", "6", "--image_height", "56",
+    "--image_width", "70", "--min_views", "3", "--max_views", "4", "--per_device_train_batch_size", "2",
+    "--samples_per_scene", "2", "--logging_steps", "1", "--save_steps", "2", "--use_cpu", "true",
+]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_main_job_trains_evaluates_and_saves_a_loadable_model(tmp_path):
+    sys.path.insert(0, os.path.join(REPO, "train"))
+    try:
+        import pretrain_psfm
+    finally:
+        sys.path.pop(0)
+    results = pretrain_psfm.main(["--output_dir", str(tmp_path), "--max_steps", "2", *TINY_RUN])
+    assert set(results) >= {"geo", "sem", "rgb", "metric_depth", "num_views"}
+    assert set(results["rgb"]) == {"model", "context_mean", "nearest_view"}
+    assert (tmp_path / "field_pca.png").stat().st_size > 0
+    saved = json.loads((tmp_path / "field_eval.json").read_text())
+    assert saved["rgb"]["model"]["l1"] == pytest.approx(results["rgb"]["model"]["l1"])
+    assert type(AutoModel.from_pretrained(tmp_path)) is Spa3RModel
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_train_with_accelerate(tmp_path):
+    command = [
+        # --multi_gpu starts one process per rank through torch.distributed; without GPUs they use gloo on the CPU.
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", os.path.join(REPO, "train", "pretrain_psfm.py"),
+        "--output_dir", str(tmp_path), "--max_steps", "2", *TINY_RUN, "--num_eval_scenes", "0",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-4000:]
+    state = json.loads((tmp_path / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    assert (tmp_path / "checkpoint-2" / "rng_state_0.pth").exists() and (tmp_path / "checkpoint-2" / "rng_state_1.pth").exists()
+    assert type(AutoModel.from_pretrained(tmp_path)) is Spa3RModel
+    assert not (tmp_path / "field_eval.json").exists()
