@@ -72,16 +72,6 @@ def _analytic_room_depth(extrinsics, intrinsics, image_size, room):
     return best
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_torch_thread():
-    # The ray caster runs many short element-wise ops; on a 2-core box shared with other jobs, two
-    # OpenMP threads can spin-wait for each other and run 10x slower, one thread never does.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def scenes():
     config = SynthRoomsConfig(frames_per_scene=6, image_size=TINY)

@@ -1,16 +1,20 @@
 """Spa3R predictive spatial field models and Spa3-VLM, native to the Hugging Face stack.
 
 Importing the package registers its configs and models with the transformers Auto classes, so
-``AutoConfig`` / ``AutoModel`` resolve ``model_type`` ``"spa3r"`` and ``"spa3_vggt"`` without
-``trust_remote_code``. Nothing else happens at import: no network, no files.
+``AutoConfig`` / ``AutoModel`` / ``AutoModelForImageTextToText`` resolve ``model_type`` ``"spa3r"``,
+``"spa3_vggt"`` and ``"spa3_vlm"`` without ``trust_remote_code``. Nothing else happens at import: no network, no files.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoModelForPreTraining
 
 from .configuration_spa3r import Spa3RConfig
+from .configuration_spa3_vlm import Spa3VLMConfig
 from .configuration_vggt import VGGTConfig
 from .modeling_spa3r import Spa3RFieldOutput, Spa3RForFieldPrediction, Spa3RModel, Spa3RModelOutput
+from .modeling_spa3_vlm import Spa3VLMForConditionalGeneration
 from .modeling_vggt import VGGTModel, VGGTOutput
+from .processing_spa3_vlm import Spa3VLMProcessor
+from .processing_spa3r import Spa3RImageProcessor
 
 __version__ = "0.1.0"
 
@@ -19,6 +23,8 @@ AutoModel.register(VGGTConfig, VGGTModel, exist_ok=True)
 AutoConfig.register(Spa3RConfig.model_type, Spa3RConfig, exist_ok=True)
 AutoModel.register(Spa3RConfig, Spa3RModel, exist_ok=True)
 AutoModelForPreTraining.register(Spa3RConfig, Spa3RForFieldPrediction, exist_ok=True)
+AutoConfig.register(Spa3VLMConfig.model_type, Spa3VLMConfig, exist_ok=True)
+AutoModelForImageTextToText.register(Spa3VLMConfig, Spa3VLMForConditionalGeneration, exist_ok=True)
 
 # `save_pretrained` copies the defining modules and writes an `auto_map`, so saved folders load with
 # `trust_remote_code=True` where this package is not installed.
@@ -27,9 +33,15 @@ VGGTModel.register_for_auto_class("AutoModel")
 Spa3RConfig.register_for_auto_class()
 Spa3RModel.register_for_auto_class("AutoModel")
 Spa3RForFieldPrediction.register_for_auto_class("AutoModelForPreTraining")
+Spa3VLMConfig.register_for_auto_class()
+Spa3VLMForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
 
 __all__ = [
     "Spa3RConfig",
+    "Spa3RImageProcessor",
+    "Spa3VLMConfig",
+    "Spa3VLMForConditionalGeneration",
+    "Spa3VLMProcessor",
     "Spa3RFieldOutput",
     "Spa3RForFieldPrediction",
     "Spa3RModel",

@@ -1,0 +1,156 @@
+"""Configuration of Spa3-VLM: Qwen2.5-VL + the frozen Spa3R encoder + a gated cross-attention adapter.
+
+``Spa3VLMConfig`` *is* a Qwen2.5-VL config (a subclass of ``Qwen2_5_VLConfig``: same ``text_config`` /
+``vision_config`` / token ids) with three additions: ``spa3r_config``, the adapter settings and
+``spatial_branch``. Keeping the Qwen fields flat means a plain Qwen2.5-VL ``config.json`` loads into it
+unchanged and a Qwen checkpoint's weights load into ``Spa3VLMForConditionalGeneration`` by their own names;
+only the Spa3R encoder and the adapter are new (see ``Spa3VLMConfig.from_qwen``).
+"""
+
+from __future__ import annotations
+
+import copy
+
+from transformers import PreTrainedConfig, Qwen2_5_VLConfig
+from transformers.configuration_utils import SubConfigSpec
+
+from .configuration_spa3r import Spa3RConfig
+
+# Spa3R fields that only pre-training uses (the semantic teacher); cleared for the VLM.
+_SPA3R_TRAINING_ONLY = ("semantic_teacher_config", "semantic_teacher_name_or_path")
+
+
+def default_spa3r_encoder_config() -> dict:
+    """The paper's Spa3R encoder path (768-d, 256 queries, 6 layers) on VGGT-1B with Spa3R's RMSNorm global
+    q/k norms; no VGGT camera / depth / point heads, no decoder heads, no semantic teacher."""
+    return {
+        "vggt_config": {
+            "global_qk_norm": "rmsnorm",
+            "use_camera_head": False,
+            "use_depth_head": False,
+            "use_point_head": False,
+        },
+        "target_heads": {},
+        "use_depth_probe": False,
+        "semantic_teacher_config": None,
+        "vggt_name_or_path": "facebook/VGGT-1B",
+    }
+
+
+def encoder_only_spa3r_config(config: Spa3RConfig | dict) -> Spa3RConfig:
+    """A copy of a Spa3R config reduced to what the VLM runs: the VGGT aggregator (no camera / depth / point
+    heads), the projection, the queries and the encoder. Decoder / head / teacher fields are cleared."""
+    if isinstance(config, dict):
+        config = Spa3RConfig(**config)
+    if not isinstance(config, Spa3RConfig):
+        raise ValueError(f"expected a Spa3RConfig or a dict, got {type(config).__name__}")
+    values = copy.deepcopy(config.to_dict())
+    for key in ("model_type", "transformers_version", "architectures", "auto_map", "dtype"):
+        values.pop(key, None)
+    values["target_heads"] = {}
+    values["use_depth_probe"] = False
+    for key in _SPA3R_TRAINING_ONLY:
+        values[key] = None
+    if values.get("vggt_config") is not None:
+        vggt = dict(values["vggt_config"])
+        for key in ("model_type", "transformers_version", "architectures", "auto_map", "dtype"):
+            vggt.pop(key, None)
+        vggt.update(use_camera_head=False, use_depth_head=False, use_point_head=False)
+        values["vggt_config"] = vggt
+    return Spa3RConfig(**values)
+
+
+class Spa3VLMConfig(Qwen2_5_VLConfig):
+    r"""
+    Spa3-VLM. All Qwen2.5-VL fields (``text_config``, ``vision_config``, ``image_token_id``, ...) keep their
+    meaning; the additions are:
+
+    Args:
+        spa3r_config: the frozen Spa3R encoder (a ``Spa3RConfig`` or its dict). Only the encoder path is built
+            (VGGT aggregator -> projection -> queries + encoder -> latents ``[num_queries, hidden]``). ``None``
+            with ``spatial_branch=True`` means the paper's encoder (``default_spa3r_encoder_config``). A config
+            without ``vggt_config`` builds no backbone: the model then needs precomputed ``spatial_latents``.
+        spatial_branch: ``False`` builds neither Spa3R nor the adapter: the model is exactly Qwen2.5-VL (the
+            ablation), and geometry inputs are accepted and ignored so the same data pipeline feeds both.
+        adapter_num_heads: heads of the geometry cross-attention; ``None`` = the LLM's attention heads (as the
+            reference: 16 for the 3B model, head_dim 128).
+        adapter_reduction: bottleneck factor of the gated adaptor (``D -> D / r -> D``).
+        adapter_layer_norm_eps: epsilon of the adapter's LayerNorms (per-head q/k norms and ``ln``);
+            the reference uses torch's default 1e-5.
+        spa3r_name_or_path: where the Spa3R encoder weights came from (hub id or folder); informational, used
+            by ``Spa3VLMForConditionalGeneration.from_qwen_pretrained``. Nothing is downloaded by the model.
+    """
+
+    model_type = "spa3_vlm"
+    sub_configs_defaults = {
+        **Qwen2_5_VLConfig.sub_configs_defaults,
+        "spa3r_config": SubConfigSpec(Spa3RConfig, optional=True),
+    }
+
+    spa3r_config: dict | PreTrainedConfig | None = None
+    spatial_branch: bool = True
+    adapter_num_heads: int | None = None
+    adapter_reduction: int = 4
+    adapter_layer_norm_eps: float = 1e-5
+    spa3r_name_or_path: str | None = None
+
+    def __post_init__(self, **kwargs):
+        if not isinstance(self.spatial_branch, bool):
+            raise ValueError(f"spatial_branch must be True or False, got {self.spatial_branch!r}")
+        if self.spatial_branch and self.spa3r_config is None:
+            self.spa3r_config = default_spa3r_encoder_config()
+        for name in ("adapter_reduction", "adapter_num_heads"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not isinstance(self.adapter_layer_norm_eps, (int, float)) or not self.adapter_layer_norm_eps > 0:
+            raise ValueError(f"adapter_layer_norm_eps must be a positive float, got {self.adapter_layer_norm_eps!r}")
+        super().__post_init__(**kwargs)
+        hidden = self.text_config.hidden_size
+        if self.adapter_num_heads is None:
+            self.adapter_num_heads = self.text_config.num_attention_heads
+        if hidden % self.adapter_num_heads:
+            raise ValueError(
+                f"adapter_num_heads={self.adapter_num_heads} must divide the LLM hidden size {hidden}"
+            )
+        if hidden % self.adapter_reduction:
+            raise ValueError(f"adapter_reduction={self.adapter_reduction} must divide the LLM hidden size {hidden}")
+
+    @property
+    def adapter_hidden_size(self) -> int:
+        """``D``: the LLM hidden size, in which visual tokens are adapted."""
+        return self.text_config.hidden_size
+
+    @classmethod
+    def from_qwen(
+        cls,
+        qwen_config: Qwen2_5_VLConfig | dict,
+        spa3r_config: Spa3RConfig | dict | None = None,
+        encoder_only: bool = True,
+        **adapter_kwargs,
+    ) -> "Spa3VLMConfig":
+        """Build from a Qwen2.5-VL config (object or ``config.json`` dict) plus a Spa3R config.
+
+        Args:
+            encoder_only: reduce ``spa3r_config`` to the encoder path (``encoder_only_spa3r_config``), so a
+                pre-training config (with decoder heads, teacher, VGGT heads) can be passed as is.
+            adapter_kwargs: ``spatial_branch``, ``adapter_num_heads``, ``adapter_reduction``,
+                ``adapter_layer_norm_eps``, ``spa3r_name_or_path``.
+        """
+        if isinstance(qwen_config, PreTrainedConfig):
+            values = qwen_config.to_dict()
+        elif isinstance(qwen_config, dict):
+            values = copy.deepcopy(qwen_config)
+        else:
+            raise ValueError(f"qwen_config must be a Qwen2_5_VLConfig or a dict, got {type(qwen_config).__name__}")
+        for key in ("model_type", "architectures", "auto_map", "transformers_version"):
+            values.pop(key, None)
+        if spa3r_config is not None and encoder_only:
+            spa3r_config = encoder_only_spa3r_config(spa3r_config)
+        if spa3r_config is not None:
+            values["spa3r_config"] = spa3r_config
+        values.update(adapter_kwargs)
+        return cls(**values)
+
+
+__all__ = ["Spa3VLMConfig", "default_spa3r_encoder_config", "encoder_only_spa3r_config"]

@@ -1,0 +1,498 @@
+"""Spa3-VLM: Qwen2.5-VL whose visual tokens read a frozen Spa3R latent spatial field through a gated adapter.
+
+For every sample ``b`` of a batch, with ``I_b [n_b, D]`` the merged Qwen visual tokens of *all images of that
+sample* and ``L_b [Q, C]`` the Spa3R latents of that sample's frames:
+
+    E_b  = geometry_projector(L_b)                                  [Q, D]
+    A_b  = geom_cross_attention(query=I_b, key=value=E_b)           [n_b, D]   (per-head LayerNorm QK-norm, SDPA)
+    I'_b = I_b + geometry_adaptor(ln(A_b)) * geometry_gate(ln(A_b))
+
+A sample's tokens only attend to its own latents (the reference flattens the batch, which mixes samples when
+the per-device batch is > 1). The adaptor's last Linear starts at zero, also after ``from_pretrained`` fills
+missing weights, so a model built on Qwen weights starts as exactly that Qwen model.
+
+Hook: ``forward`` takes Qwen's image features (computed here from ``pixel_values``, or the
+``mm_encoder_outputs["image"]`` that ``generate`` precomputes before prefill), adapts them per sample and hands
+them to Qwen2.5-VL's own ``forward`` as ``mm_encoder_outputs``; Qwen's code scatters them into the
+``<|image_pad|>`` positions, builds the mRoPE positions and runs the LLM. Decoding steps carry no image
+features, so the adapter (and Spa3R) run on the prefill step only.
+
+Videos: Spa3-VLM, like the reference pipeline, sees a video as a list of frames (images; ``Spa3VLMProcessor``
+converts ``{"type": "video"}`` entries). ``pixel_values_videos`` is rejected with ``spatial_branch=True`` rather
+than passed through unadapted; with ``spatial_branch=False`` (plain Qwen2.5-VL) it is accepted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
+from transformers import initialization as init
+
+from .configuration_spa3_vlm import Spa3VLMConfig
+from .configuration_spa3r import Spa3RConfig
+from .modeling_spa3r import Spa3RModel
+
+# Qwen2.5-VL Hub checkpoint names -> transformers 5 module names (as transformers' own Qwen2.5-VL mapping).
+QWEN_HUB_KEY_MAPPING = {r"^visual": "model.visual", r"^model(?!\.(language_model|visual))": "model.language_model"}
+
+VIDEO_INPUT_ERROR = (
+    "Spa3-VLM adapts image tokens only, but got video input (pixel_values_videos). Pass a video as a list of "
+    "frames, i.e. images (Spa3VLMProcessor does this for {'type': 'video'} chat entries and videos=...), or use "
+    "a config with spatial_branch=False for plain Qwen2.5-VL video input."
+)
+
+
+class GeometryCrossAttention(nn.Module):
+    """Multi-head cross-attention with per-head LayerNorm on queries and keys.
+
+    ``queries [S, N, D]`` attend to ``context [S, M, D]`` -> ``[S, N, D]``; row ``s`` of the queries only sees
+    row ``s`` of the context. No mask: every context token is valid, and padded query rows are independent
+    of the others and dropped by the caller.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, eps: float = 1e-5):
+        super().__init__()
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size {hidden_size} must be divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+        self.q_proj = nn.Linear(hidden_size, hidden_size)
+        self.k_proj = nn.Linear(hidden_size, hidden_size)
+        self.v_proj = nn.Linear(hidden_size, hidden_size)
+        self.q_norm = nn.LayerNorm(self.head_dim, eps=eps)
+        self.k_norm = nn.LayerNorm(self.head_dim, eps=eps)
+        self.o_proj = nn.Linear(hidden_size, hidden_size)
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, queries: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        batch, length, dim = queries.shape
+        q = self.q_norm(self._split_heads(self.q_proj(queries)))
+        k = self.k_norm(self._split_heads(self.k_proj(context)))
+        v = self._split_heads(self.v_proj(context))
+        attended = F.scaled_dot_product_attention(q, k, v)
+        return self.o_proj(attended.transpose(1, 2).reshape(batch, length, dim))
+
+
+def _as_tensor(value: Any, what: str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    if type(value).__module__ == "numpy":  # np.ndarray from a processor called with return_tensors="np"
+        return torch.from_numpy(value)
+    raise ValueError(f"{what} must be a torch.Tensor (or numpy array), got {type(value).__name__}")
+
+
+def _sample_frames(entry: Any, index: int) -> Optional[torch.Tensor]:
+    """One sample's geometry input -> ``[V, 3, H, W]`` (or ``None``); frames may come as a list of ``[3, H, W]``."""
+    if entry is None:
+        return None
+    if isinstance(entry, (list, tuple)):
+        if len(entry) == 0:
+            raise ValueError(
+                f"geometry_pixel_values[{index}] is an empty image list: give each sample with images at least one "
+                "[3, H, W] frame, or None for a sample without images"
+            )
+        frames = [_as_tensor(frame, f"geometry_pixel_values[{index}][{i}]") for i, frame in enumerate(entry)]
+        for i, frame in enumerate(frames):
+            if frame.dim() != 3:
+                raise ValueError(
+                    f"geometry_pixel_values[{index}][{i}] must be a [3, H, W] frame, got shape {tuple(frame.shape)}"
+                )
+        sizes = sorted({tuple(frame.shape) for frame in frames})
+        if len(sizes) > 1:
+            raise ValueError(
+                f"geometry_pixel_values[{index}] holds frames of different sizes {sizes}: all frames of one sample must "
+                "share one [3, H, W] size (resize them with Spa3RImageProcessor / Spa3VLMProcessor)"
+            )
+        return torch.stack(frames)
+    frames = _as_tensor(entry, f"geometry_pixel_values[{index}]")
+    if frames.dim() != 4:
+        raise ValueError(
+            f"geometry_pixel_values[{index}] must be a [V, 3, H, W] tensor (V frames of one sample), got shape "
+            f"{tuple(frames.shape)}"
+        )
+    if frames.shape[0] == 0:
+        raise ValueError(
+            f"geometry_pixel_values[{index}] is an empty image list (shape {tuple(frames.shape)}): give each sample with "
+            "images at least one frame, or None for a sample without images"
+        )
+    return frames
+
+
+def split_geometry_inputs(geometry_pixel_values: Any, batch_size: int) -> list[Optional[torch.Tensor]]:
+    """Normalise geometry inputs to one ``[V, 3, H, W]`` tensor (or ``None``) per sample.
+
+    Accepts a list/tuple with one entry per sample (a ``[V, 3, H, W]`` tensor, a list of ``[3, H, W]`` frames,
+    or ``None``) or a ``[B, V, 3, H, W]`` tensor.
+    """
+    if isinstance(geometry_pixel_values, (list, tuple)):
+        entries = list(geometry_pixel_values)
+    else:
+        stacked = _as_tensor(geometry_pixel_values, "geometry_pixel_values")
+        if stacked.dim() != 5:
+            raise ValueError(
+                "geometry_pixel_values must be a list with one [V, 3, H, W] tensor per sample or a [B, V, 3, H, W] "
+                f"tensor, got a tensor of shape {tuple(stacked.shape)}"
+            )
+        entries = list(stacked.unbind(0))
+    if len(entries) != batch_size:
+        raise ValueError(
+            f"geometry_pixel_values has {len(entries)} entries but the batch has {batch_size} samples: give one "
+            "[V, 3, H, W] tensor per sample (None for a sample without images)"
+        )
+    return [_sample_frames(entry, index) for index, entry in enumerate(entries)]
+
+
+def assign_images_to_samples(tokens_per_image: Sequence[int], tokens_per_sample: Sequence[int]) -> list[int]:
+    """Sample index of each image, images taken in order, given visual-token counts per image and per sample."""
+    total_tokens, total_features = sum(tokens_per_sample), sum(tokens_per_image)
+    if total_tokens != total_features:
+        raise ValueError(
+            f"the batch has {total_tokens} image placeholder tokens in input_ids but its {len(tokens_per_image)} "
+            f"image(s) give {total_features} visual tokens ({list(tokens_per_image)} per image, = t*h*w / merge_size**2 "
+            "of image_grid_thw): pass as many images as the text has image slots, each expanded to its number of "
+            "<|image_pad|> tokens (Spa3VLMProcessor does this), and do not truncate a sequence inside an image"
+        )
+    owners, sample, filled = [], 0, 0
+    for image, count in enumerate(tokens_per_image):
+        while sample < len(tokens_per_sample) and filled == tokens_per_sample[sample]:
+            sample, filled = sample + 1, 0
+        if sample == len(tokens_per_sample) or filled + count > tokens_per_sample[sample]:
+            raise ValueError(
+                f"image {image} ({count} visual tokens) does not fit in the image slots of one sample (image tokens per "
+                f"sample: {list(tokens_per_sample)}, per image: {list(tokens_per_image)}): each image's <|image_pad|> "
+                "run must lie within one sample, with the images in the order of the text"
+            )
+        owners.append(sample)
+        filled += count
+    return owners
+
+
+class Spa3VLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
+    """Qwen2.5-VL + frozen Spa3R encoder + gated geometry cross-attention adapter (see the module docstring).
+
+    Extra forward inputs:
+        geometry_pixel_values: one ``[V, 3, H, W]`` tensor in [0, 1] per sample (``None`` for a sample without
+            images), as produced by ``Spa3VLMProcessor``; or a ``[B, V, 3, H, W]`` tensor.
+        spatial_latents: ``[B, num_queries, C_spa3r]`` precomputed Spa3R latents (e.g. from a latent cache, see
+            ``compute_spatial_latents``) instead of ``geometry_pixel_values``.
+    """
+
+    config_class = Spa3VLMConfig
+    config: Spa3VLMConfig
+    _no_split_modules = ["Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock", "Block"]
+
+    def __init__(self, config: Spa3VLMConfig):
+        super().__init__(config)
+        self.spa3r = None
+        if config.spatial_branch:
+            hidden = config.adapter_hidden_size
+            if config.vision_config.out_hidden_size != hidden:
+                raise ValueError(
+                    f"vision_config.out_hidden_size ({config.vision_config.out_hidden_size}) must equal the LLM hidden "
+                    f"size ({hidden}): the adapter works on merged visual tokens in the LLM's embedding space"
+                )
+            spa3r_hidden = config.spa3r_config.hidden_size
+            eps = config.adapter_layer_norm_eps
+            self.spa3r = Spa3RModel(config.spa3r_config)
+            self.geometry_projector = nn.Sequential(nn.Linear(spa3r_hidden, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+            self.geom_cross_attention = GeometryCrossAttention(hidden, config.adapter_num_heads, eps=eps)
+            self.ln = nn.LayerNorm(hidden, eps=eps)
+            bottleneck = hidden // config.adapter_reduction
+            self.geometry_adaptor = nn.Sequential(nn.Linear(hidden, bottleneck), nn.GELU(), nn.Linear(bottleneck, hidden))
+            self.geometry_gate = nn.Sequential(nn.Linear(hidden, hidden), nn.Sigmoid())
+            # Qwen's __init__ already ran post_init; modules initialised there are flagged and skipped now.
+            self.post_init()
+            self._freeze_spa3r()
+
+    def _freeze_spa3r(self) -> None:
+        if self.spa3r is not None:
+            self.spa3r.requires_grad_(False)
+            self.spa3r.eval()
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        # transformers maps Qwen2.5-VL's Hub layout (`visual.*`, `model.layers.*`, also what Qwen2.5-VL saves) by
+        # class name, which a subclass does not inherit; name the same renamings here.
+        kwargs["key_mapping"] = {**QWEN_HUB_KEY_MAPPING, **(kwargs.get("key_mapping") or {})}
+        loaded = super().from_pretrained(*args, **kwargs)
+        # Loading materialises fresh parameters (requires_grad=True): freeze the encoder again.
+        (loaded[0] if isinstance(loaded, tuple) else loaded)._freeze_spa3r()
+        return loaded
+
+    # ------------------------------------------------------------------------------------------ init / modes
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        adaptor = getattr(self, "geometry_adaptor", None)
+        if adaptor is not None and module is adaptor[-1]:
+            # Zero residual branch: the adapter starts as the identity on the visual tokens. Done here (not in
+            # __init__) so that from_pretrained, which initialises missing weights through _init_weights after
+            # loading a plain Qwen checkpoint, keeps it; transformers' init functions skip loaded tensors.
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.spa3r is not None:
+            self.spa3r.eval()  # frozen: always in inference mode
+        return self
+
+    @classmethod
+    def from_qwen_pretrained(
+        cls,
+        qwen_name_or_path: str,
+        spa3r_config=None,
+        spa3r_name_or_path: Optional[str] = None,
+        adapter_kwargs: Optional[dict] = None,
+        **kwargs,
+    ) -> "Spa3VLMForConditionalGeneration":
+        """A fresh Spa3-VLM on a Qwen2.5-VL checkpoint: Qwen weights loaded, adapter initialised (identity).
+
+        Args:
+            qwen_name_or_path: a Qwen2.5-VL folder or hub id (its ``config.json`` and weights).
+            spa3r_config: the Spa3R encoder config (reduced to the encoder path); default: that of
+                ``spa3r_name_or_path`` if given, else the paper's encoder.
+            spa3r_name_or_path: a Spa3R folder / hub id (``Spa3RModel`` or ``Spa3RForFieldPrediction`` weights) whose
+                encoder weights are loaded strictly into ``model.spa3r``. Without it the encoder stays random.
+            adapter_kwargs: ``adapter_num_heads``, ``adapter_reduction``, ``adapter_layer_norm_eps``.
+            kwargs: passed to ``from_pretrained`` (``dtype``, ``device_map``, ...).
+        """
+        if spa3r_config is None and spa3r_name_or_path is not None:
+            spa3r_config = Spa3RConfig.from_pretrained(spa3r_name_or_path)
+        qwen_config = AutoConfig.from_pretrained(qwen_name_or_path)
+        config = Spa3VLMConfig.from_qwen(
+            qwen_config, spa3r_config=spa3r_config, spa3r_name_or_path=spa3r_name_or_path, **(adapter_kwargs or {})
+        )
+        model = cls.from_pretrained(qwen_name_or_path, config=config, **kwargs)
+        if spa3r_name_or_path is not None:
+            encoder, info = Spa3RModel.from_pretrained(
+                spa3r_name_or_path, config=config.spa3r_config, output_loading_info=True
+            )
+            if info["missing_keys"] or info["mismatched_keys"]:
+                raise ValueError(
+                    f"{spa3r_name_or_path} lacks Spa3R encoder weights: missing {sorted(info['missing_keys'])[:8]}, "
+                    f"mismatched {list(info['mismatched_keys'])[:8]}"
+                )
+            model.load_spa3r_state_dict(encoder.state_dict())
+        return model
+
+    def load_spa3r_state_dict(self, state_dict: dict) -> None:
+        """Load Spa3R encoder weights (``Spa3RModel`` names) into ``self.spa3r``: every tensor, right shapes."""
+        if self.spa3r is None:
+            raise ValueError("this model has spatial_branch=False: it has no Spa3R encoder to load weights into")
+        expected = self.spa3r.state_dict()
+        missing = sorted(set(expected) - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(expected))
+        wrong = sorted(k for k in set(expected) & set(state_dict) if tuple(expected[k].shape) != tuple(state_dict[k].shape))
+        if missing or unexpected or wrong:
+            raise ValueError(
+                f"Spa3R encoder weights do not match spa3r_config: missing {missing[:8]}, unexpected {unexpected[:8]}, "
+                f"wrong shape {wrong[:8]}"
+            )
+        self.spa3r.load_state_dict(state_dict, strict=True)
+
+    # ------------------------------------------------------------------------------------------ geometry
+
+    def _spa3r_dtype(self) -> torch.dtype:
+        return self.spa3r.projection.weight.dtype
+
+    @torch.no_grad()
+    def compute_spatial_latents(self, geometry_pixel_values: Any) -> torch.Tensor:
+        """Frozen Spa3R encoder on every sample: ``[B, num_queries, C_spa3r]`` (for a latent cache).
+
+        ``geometry_pixel_values``: list of ``[V, 3, H, W]`` in [0, 1] (no ``None``) or ``[B, V, 3, H, W]``.
+        """
+        if self.spa3r is None:
+            raise ValueError("this model has spatial_branch=False: it has no Spa3R encoder")
+        size = len(geometry_pixel_values)
+        frames = split_geometry_inputs(geometry_pixel_values, size)
+        missing = [i for i, f in enumerate(frames) if f is None]
+        if missing:
+            raise ValueError(f"geometry_pixel_values entries {missing} are None: every sample needs frames here")
+        return self._encode_frames(frames)
+
+    def _encode_frames(self, frames: list[torch.Tensor]) -> torch.Tensor:
+        """Frozen Spa3R on each ``[V, 3, H, W]`` (samples with equal shapes share one batch) -> ``[S, Q, C]``."""
+        if self.spa3r.backbone is None:
+            raise ValueError(
+                "this model's Spa3R encoder has no VGGT backbone (spa3r_config.vggt_config is None): pass precomputed "
+                "spatial_latents instead of geometry_pixel_values"
+            )
+        device, dtype = self.spa3r.projection.weight.device, self._spa3r_dtype()
+        latents: list[Optional[torch.Tensor]] = [None] * len(frames)
+        groups: dict[tuple, list[int]] = {}
+        for index, sample in enumerate(frames):
+            groups.setdefault(tuple(sample.shape), []).append(index)
+        with torch.no_grad():
+            for indices in groups.values():
+                batch = torch.stack([frames[i] for i in indices]).to(device=device, dtype=dtype)
+                encoded = self.spa3r(pixel_values=batch).latents
+                for position, index in enumerate(indices):
+                    latents[index] = encoded[position]
+        return torch.stack(latents)
+
+    def _check_spatial_latents(self, spatial_latents: Any, batch_size: int) -> torch.Tensor:
+        expected = (batch_size, self.config.spa3r_config.num_queries, self.config.spa3r_config.hidden_size)
+        if not isinstance(spatial_latents, torch.Tensor) or tuple(spatial_latents.shape) != expected:
+            got = tuple(spatial_latents.shape) if isinstance(spatial_latents, torch.Tensor) else type(spatial_latents).__name__
+            raise ValueError(
+                f"spatial_latents must be a [B, num_queries, C_spa3r] = {list(expected)} tensor (Spa3R latents per sample), "
+                f"got {got}"
+            )
+        return spatial_latents
+
+    def adapt_visual_tokens(self, visual_tokens: list[torch.Tensor], latents: torch.Tensor) -> list[torch.Tensor]:
+        """The adapter on each sample: ``visual_tokens[s] [n_s, D]`` read ``latents[s] [Q, C_spa3r]`` only.
+
+        Returns the adapted tokens, same shapes. Samples are padded to one batch; padded rows are dropped.
+        """
+        if len(visual_tokens) != latents.shape[0]:
+            raise ValueError(f"{len(visual_tokens)} samples of visual tokens but {latents.shape[0]} latent sets")
+        dtype = self.geometry_projector[0].weight.dtype
+        lengths = [tokens.shape[0] for tokens in visual_tokens]
+        queries = nn.utils.rnn.pad_sequence([tokens.to(dtype) for tokens in visual_tokens], batch_first=True)
+        context = self.geometry_projector(latents.to(device=queries.device, dtype=dtype))
+        normed = self.ln(self.geom_cross_attention(queries, context))
+        adapted = queries + self.geometry_adaptor(normed) * self.geometry_gate(normed)
+        return [adapted[s, :length].to(visual_tokens[s].dtype) for s, length in enumerate(lengths)]
+
+    def _image_tokens_per_sample(self, input_ids, inputs_embeds) -> list[int]:
+        if input_ids is not None:
+            mask = input_ids == self.config.image_token_id
+        elif inputs_embeds is not None:
+            # As Qwen does without input_ids: placeholders are the rows equal to the image token's embedding.
+            image_embedding = self.get_input_embeddings()(
+                torch.tensor(self.config.image_token_id, device=inputs_embeds.device)
+            )
+            mask = (inputs_embeds == image_embedding).all(-1)
+        else:
+            raise ValueError("image inputs need input_ids (or inputs_embeds) holding the image placeholder tokens")
+        return mask.sum(-1).tolist()
+
+    def _adapt_image_features(
+        self,
+        image_outputs,
+        input_ids,
+        inputs_embeds,
+        geometry_pixel_values,
+        spatial_latents,
+    ):
+        """Qwen image-encoder outputs -> the same outputs with per-sample adapted ``pooler_output``."""
+        features = list(image_outputs.pooler_output)
+        tokens_per_sample = self._image_tokens_per_sample(input_ids, inputs_embeds)
+        owners = assign_images_to_samples([f.shape[0] for f in features], tokens_per_sample)
+        if not self.config.spatial_branch:
+            return image_outputs
+        batch_size = len(tokens_per_sample)
+        samples = sorted(set(owners))
+        if geometry_pixel_values is not None and spatial_latents is not None:
+            raise ValueError("pass either geometry_pixel_values or spatial_latents, not both")
+        if spatial_latents is not None:
+            latents = self._check_spatial_latents(spatial_latents, batch_size)[samples]
+        elif geometry_pixel_values is not None:
+            frames = split_geometry_inputs(geometry_pixel_values, batch_size)
+            without = [b for b in samples if frames[b] is None]
+            if without:
+                raise ValueError(
+                    f"samples {without} have image tokens but no geometry frames (geometry_pixel_values entry is None)"
+                )
+            latents = self._encode_frames([frames[b] for b in samples])
+        else:
+            raise ValueError(
+                "Spa3-VLM (spatial_branch=True) got images but neither geometry_pixel_values nor spatial_latents: pass "
+                "the processor's geometry_pixel_values (one [V, 3, H, W] tensor in [0, 1] per sample) or cached "
+                "spatial_latents [B, num_queries, C]"
+            )
+        per_sample = [torch.cat([f for f, owner in zip(features, owners) if owner == b]) for b in samples]
+        adapted = torch.cat(self.adapt_visual_tokens(per_sample, latents))
+        adapted_outputs = type(image_outputs)(**dict(image_outputs.items()))
+        adapted_outputs.pooler_output = tuple(torch.split(adapted, [f.shape[0] for f in features]))
+        return adapted_outputs
+
+    # ------------------------------------------------------------------------------------------ forward
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.LongTensor] = None,
+        cache=None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        labels: Optional[torch.LongTensor] = None,
+        use_cache: Optional[bool] = None,
+        pixel_values: Optional[torch.Tensor] = None,
+        pixel_values_videos: Optional[torch.Tensor] = None,
+        image_grid_thw: Optional[torch.LongTensor] = None,
+        video_grid_thw: Optional[torch.LongTensor] = None,
+        mm_token_type_ids: Optional[torch.IntTensor] = None,
+        second_per_grid_ts: Optional[torch.Tensor] = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        mm_encoder_outputs: Optional[dict] = None,
+        geometry_pixel_values: Optional[Any] = None,
+        spatial_latents: Optional[torch.Tensor] = None,
+        **kwargs,
+    ):
+        """Qwen2.5-VL's forward with the visual tokens adapted per sample (see the class docstring).
+
+        ``mm_encoder_outputs["image"]``, when given (``generate`` does), holds Qwen's *unadapted* image-encoder
+        outputs; they are adapted here like features computed from ``pixel_values``.
+        """
+        encoder_outputs = dict(mm_encoder_outputs or {})
+        if self.config.spatial_branch and (pixel_values_videos is not None or encoder_outputs.get("video") is not None):
+            raise ValueError(VIDEO_INPUT_ERROR)
+        if pixel_values is not None and encoder_outputs.get("image") is not None:
+            raise ValueError("pass either pixel_values or mm_encoder_outputs['image'], not both")
+        if pixel_values is not None:
+            if image_grid_thw is None:
+                raise ValueError("pixel_values needs image_grid_thw ([num_images, 3] = t, h, w patches per image)")
+            encoder_kwargs = {k: v for k, v in kwargs.items() if k != "return_dict"}
+            encoder_outputs["image"] = self.model.get_image_features(
+                pixel_values, image_grid_thw, return_dict=True, **encoder_kwargs
+            )
+            pixel_values = None
+        if encoder_outputs.get("image") is not None:
+            encoder_outputs["image"] = self._adapt_image_features(
+                encoder_outputs["image"], input_ids, inputs_embeds, geometry_pixel_values, spatial_latents
+            )
+        return super().forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            use_cache=use_cache,
+            pixel_values=pixel_values,
+            pixel_values_videos=pixel_values_videos,
+            image_grid_thw=image_grid_thw,
+            video_grid_thw=video_grid_thw,
+            mm_token_type_ids=mm_token_type_ids,
+            second_per_grid_ts=second_per_grid_ts,
+            logits_to_keep=logits_to_keep,
+            mm_encoder_outputs=encoder_outputs or None,
+            **kwargs,
+        )
+
+    def _expand_inputs_for_generation(self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids=None, **model_kwargs):
+        # Beam search / num_return_sequences repeat every batch tensor; a per-sample list needs the same.
+        geometry = model_kwargs.get("geometry_pixel_values")
+        if expand_size > 1 and isinstance(geometry, (list, tuple)):
+            model_kwargs["geometry_pixel_values"] = [entry for entry in geometry for _ in range(expand_size)]
+        return super()._expand_inputs_for_generation(
+            expand_size=expand_size, is_encoder_decoder=is_encoder_decoder, input_ids=input_ids, **model_kwargs
+        )
+
+
+__all__ = [
+    "GeometryCrossAttention",
+    "Spa3VLMForConditionalGeneration",
+    "assign_images_to_samples",
+    "split_geometry_inputs",
+]

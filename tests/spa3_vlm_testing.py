@@ -1,0 +1,62 @@
+"""Shared tiny-model helpers for the Spa3-VLM tests (tokenizer-free ids, hand-built multimodal batches)."""
+
+import torch
+
+# The tiny hub tokenizer uses the same layout: 0 pad, 2 eos, 3/4 vision start/end, 5 image, 6 video.
+PAD, BOS, EOS, VSTART, VEND, IMAGE, VIDEO = 0, 1, 2, 3, 4, 5, 6
+VOCAB = 300
+GEOMETRY_HW = (56, 70)  # a 4x5 patch grid for the tiny Spa3R encoders (patch 14)
+
+
+def qwen_values(vocab_size=VOCAB, tie=False):
+    """A tiny Qwen2.5-VL config (transformers 5 layout) as keyword arguments."""
+    return dict(
+        text_config=dict(
+            vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=1024,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+            bos_token_id=None, eos_token_id=EOS, pad_token_id=PAD,
+        ),
+        vision_config=dict(
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=14,
+            spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1],
+        ),
+        image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VSTART, vision_end_token_id=VEND,
+        tie_word_embeddings=tie,
+    )  # fmt: skip
+
+
+def make_batch(images_per_sample, seed=0, text_lengths=None, frames_per_sample=None):
+    """Left-padded token ids with one ``<|vision_start|><|image_pad|>*n<|vision_end|>`` block per image.
+
+    images_per_sample: per sample, the ``(h, w)`` patch grid of each image (t = 1, merge 2 -> h*w/4 tokens).
+    frames_per_sample: geometry frames per sample (default: one per image), each ``[3, 56, 70]`` in [0, 1].
+    """
+    generator = torch.Generator().manual_seed(seed)
+    rows, grids = [], []
+    for index, images in enumerate(images_per_sample):
+        row = [BOS, 10 + index]
+        for h, w in images:
+            row += [VSTART] + [IMAGE] * (h * w // 4) + [VEND, 20]
+            grids.append([1, h, w])
+        row += [30 + index, 31] + [40] * ((text_lengths or [0] * len(images_per_sample))[index])
+        rows.append(row)
+    width = max(len(r) for r in rows)
+    input_ids = torch.tensor([[PAD] * (width - len(r)) + r for r in rows])
+    attention_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    batch = dict(input_ids=input_ids, attention_mask=attention_mask, mm_token_type_ids=(input_ids == IMAGE).int())
+    if grids:
+        grid = torch.tensor(grids)
+        patches = int(grid.prod(-1).sum())
+        batch.update(pixel_values=torch.randn(patches, 3 * 2 * 14 * 14, generator=generator), image_grid_thw=grid)
+    frames = frames_per_sample or [len(images) for images in images_per_sample]
+    batch["geometry_pixel_values"] = [
+        torch.rand(v, 3, *GEOMETRY_HW, generator=generator) if images else None
+        for v, images in zip(frames, images_per_sample)
+    ]
+    return batch
+
+
+def qwen_inputs(batch):
+    """The batch without the Spa3-VLM-only inputs, for a plain Qwen2.5-VL model."""
+    return {k: v for k, v in batch.items() if k not in ("geometry_pixel_values", "spatial_latents")}
