@@ -11,7 +11,7 @@ import torch
 from transformers import AutoConfig, AutoModel, TrainerCallback, TrainingArguments
 
 from spa3_vlm import Spa3RForFieldPrediction, Spa3RModel
-from spa3_vlm.data.psfm import PSFMCollator, PSFMDataset, sample_frame_indices
+from spa3_vlm.data.psfm import PSFMCollator, PSFMDataset, sample_strided_frames
 from spa3_vlm.training.field_eval import evaluate_field, field_pca_figure, format_field_table, nearest_context_view
 from spa3_vlm.training.psfm import PSFMTrainer
 
@@ -46,14 +46,14 @@ def test_frame_sampling_bounds_order_and_errors():
     interval = (2, 6)
     for seed in range(200):
         rng = np.random.default_rng(seed)
-        frames = sample_frame_indices(40, 7, interval, rng)
+        frames = sample_strided_frames(40, 7, interval, rng)
         steps = np.diff(frames)
         assert frames[0] >= 0 and frames[-1] < 40 and (steps >= 2).all() and (steps <= 6).all()
     assert interval == (2, 6)  # never mutated (the reference shrinks its list in place)
-    short = sample_frame_indices(7, 5, (2, 6), np.random.default_rng(0))  # too short for steps of 2
+    short = sample_strided_frames(7, 5, (2, 6), np.random.default_rng(0))  # too short for steps of 2
     assert short == sorted(set(short)) and len(short) == 5
     with pytest.raises(ValueError, match="scene kitchen has 3 frames, fewer than the 4 views requested"):
-        sample_frame_indices(3, 4, (1, 1), np.random.default_rng(0), scene="kitchen")
+        sample_strided_frames(3, 4, (1, 1), np.random.default_rng(0), scene="kitchen")
 
 
 def test_dataset_is_deterministic_and_relative_to_the_first_view():

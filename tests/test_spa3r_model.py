@@ -227,3 +227,35 @@ def test_remote_code_loads_without_the_package(tiny_model, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert torch.equal(torch.load(tmp_path / "remote_latents.pt", weights_only=True), expected)
+
+
+def test_pretrained_teachers_load_strictly_from_folders(tiny_config, tmp_path):
+    """The training scripts' path: VGGT weights from a reference-format file, the semantic teacher from a
+    transformers folder (a hub id resolves the same way online)."""
+    from safetensors.torch import save_file
+    from transformers import AutoConfig as HFAutoConfig
+
+    from spa3_vlm.training.teachers import load_pretrained_teachers
+
+    torch.manual_seed(1)
+    source = Spa3RForFieldPrediction(tiny_config)
+    vggt_state = {k: v.contiguous() for k, v in source.spa3r.backbone.state_dict().items()}
+    (tmp_path / "vggt").mkdir()
+    save_file(vggt_state, tmp_path / "vggt" / "model.safetensors")
+    teacher = AutoModel.from_config(HFAutoConfig.for_model(**tiny_config.semantic_teacher_config))
+    teacher.save_pretrained(tmp_path / "dino")
+
+    config = Spa3RConfig.from_dict(
+        {**tiny_config.to_dict(), "vggt_name_or_path": str(tmp_path / "vggt"), "semantic_teacher_name_or_path": str(tmp_path / "dino")}
+    )
+    torch.manual_seed(2)
+    model = Spa3RForFieldPrediction(config)
+    load_pretrained_teachers(model)
+    assert all(torch.equal(v, model.spa3r.backbone.state_dict()[k]) for k, v in vggt_state.items())
+    assert all(torch.equal(v, model.semantic_teacher.state_dict()[k]) for k, v in teacher.state_dict().items())
+    assert not any(p.requires_grad for p in model.semantic_teacher.parameters())
+
+    del vggt_state["aggregator.camera_token"]
+    save_file(vggt_state, tmp_path / "vggt" / "model.safetensors")
+    with pytest.raises(ValueError, match=r"missing 1 key\(s\): \['aggregator.camera_token'\]"):
+        load_pretrained_teachers(model)

@@ -92,6 +92,11 @@ class Spa3RFieldOutput(ModelOutput):
     view_mask: Optional[torch.Tensor] = None
 
 
+def frozen_autocast(device: torch.device):
+    """bf16 autocast for the frozen teachers on GPUs (their features are targets, not trained); fp32 elsewhere."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
 def _freeze(module: Optional[nn.Module]) -> None:
     if module is not None:
         module.requires_grad_(False)
@@ -177,7 +182,7 @@ class Spa3RModel(Spa3RPreTrainedModel):
         """``[B, V, 3, H, W]`` in [0, 1] -> last-layer backbone patch tokens ``[B, V, N, C_backbone]``."""
         if self.backbone is None:
             raise ValueError("this Spa3R config has no vggt_config: pass backbone tokens to encode_tokens() instead")
-        with torch.no_grad():
+        with torch.no_grad(), frozen_autocast(pixel_values.device):
             out = self.backbone(pixel_values, compute_cameras=False, compute_depth=False, output_all_layers=False)
         return out.last_patch_tokens
 
@@ -366,7 +371,17 @@ class Spa3RForFieldPrediction(Spa3RPreTrainedModel):
 
         Returns a dict with ``context_tokens [B, Vc, N, Cb]``, ``geo``/``sem``/``depth`` targets
         ``[B, V, N, C]`` (as configured) and, with ``pose_source="backbone"``, ``extrinsics``/``intrinsics``.
+        Runs in bf16 on GPUs.
         """
+        with frozen_autocast(pixel_values.device):
+            targets = self._teacher_targets(pixel_values, view_mask)
+        # Cameras feed closed-form inverses and ray directions: keep them in fp32.
+        for name in ("extrinsics", "intrinsics"):
+            if name in targets:
+                targets[name] = targets[name].float()
+        return targets
+
+    def _teacher_targets(self, pixel_values: torch.Tensor, view_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         backbone = self.spa3r.backbone
         if backbone is None:
             raise ValueError("Spa3RForFieldPrediction needs a vggt_config to compute its teacher targets")

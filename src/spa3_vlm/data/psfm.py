@@ -25,7 +25,7 @@ def _check_range(name: str, value: Sequence[int], minimum: int) -> tuple[int, in
     return low, high
 
 
-def sample_frame_indices(
+def sample_strided_frames(
     num_frames: int, num_views: int, interval: tuple[int, int], rng: np.random.Generator, scene: str = "?"
 ) -> list[int]:
     """Increasing frame indices for one sample, like a strided walk through a video.
@@ -115,7 +115,7 @@ class PSFMDataset(torch.utils.data.Dataset):
         scene = str(row.get("scene_id", index % len(self.scenes)))
         rng = np.random.default_rng([self.seed, index])
         num_views = int(rng.integers(self.num_views[0], self.num_views[1] + 1))
-        frames = sample_frame_indices(len(row["images"]), num_views, self.interval, rng, scene)
+        frames = sample_strided_frames(len(row["images"]), num_views, self.interval, rng, scene)
         images = [_to_float_image(row["images"][i]) for i in frames]
         sizes = {tuple(image.shape[1:]) for image in images}
         if len(sizes) != 1:
