@@ -3,8 +3,8 @@
     python bench/bench_synthrooms.py [--device cpu|cuda] [--scenes 2] [--frames 8] [--threads N]
 
 Prints a table and writes ``bench/results/synthrooms.json``. Default arguments run in well under a
-minute on a 2-core CPU. On a CPU shared with other jobs, ``--threads 1`` gives steadier numbers
-(two OpenMP threads spin-wait for each other when one core is taken).
+minute on a 2-core CPU. One torch thread is the default: on a CPU shared with other jobs two OpenMP
+threads spin-wait for each other and can run 10x slower; ``--threads 0`` keeps torch's default.
 """
 
 from __future__ import annotations
@@ -74,14 +74,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timed repetitions (best is kept)")
     parser.add_argument("--no-shadows", action="store_true", help="skip shadow rays")
     parser.add_argument("--skip-dataset", action="store_true", help="skip the 8x8 dataset build timing")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.scenes < 1 or args.frames < 1 or args.repeats < 1:
         parser.error("--scenes, --frames and --repeats must be >= 1")
-    if args.threads is not None:
-        if args.threads < 1:
-            parser.error("--threads must be >= 1")
+    if args.threads < 0:
+        parser.error("--threads must be >= 0")
+    if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

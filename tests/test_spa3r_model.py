@@ -259,3 +259,26 @@ def test_pretrained_teachers_load_strictly_from_folders(tiny_config, tmp_path):
     save_file(vggt_state, tmp_path / "vggt" / "model.safetensors")
     with pytest.raises(ValueError, match=r"missing 1 key\(s\): \['aggregator.camera_token'\]"):
         load_pretrained_teachers(model)
+
+
+def test_encoder_camera_encoding_uses_the_context_cameras(tiny_config):
+    config = Spa3RConfig.from_dict({**tiny_config.to_dict(), "encoder_camera_encoding": "prope"})
+    torch.manual_seed(0)
+    model = Spa3RForFieldPrediction(config).eval()
+    x = images(batch=1, views=3)
+    with torch.no_grad():
+        cameras = model.spa3r.backbone(x, compute_depth=False)
+        implicit = model.spa3r(x).latents  # cameras from the backbone's camera head
+        explicit = model.spa3r(x, extrinsics=cameras.extrinsics, intrinsics=cameras.intrinsics).latents
+        moved = cameras.extrinsics.clone()
+        moved[:, 1:, :3, 3] += 0.5
+        other = model.spa3r(x, extrinsics=moved, intrinsics=cameras.intrinsics).latents
+        tokens = model.spa3r.backbone(x, compute_cameras=False, compute_depth=False).last_patch_tokens
+    assert torch.allclose(implicit, explicit, atol=1e-6)
+    assert not torch.allclose(implicit, other, atol=1e-4)
+    with pytest.raises(ValueError, match="encoder_camera_encoding='prope' needs the context views' extrinsics"):
+        model.spa3r.encode_tokens(tokens, (4, 6))
+    with pytest.raises(ValueError, match="encoder_camera_encoding must be one of"):
+        Spa3RConfig(encoder_camera_encoding="plucker")
+    out = model.train()(x)  # field prediction passes the context views' cameras through
+    assert torch.isfinite(out.loss)

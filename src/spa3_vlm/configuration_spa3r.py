@@ -8,6 +8,7 @@ from transformers.configuration_utils import SubConfigSpec
 from .configuration_vggt import VGGTConfig
 
 MASKING_MODES = ("two_pass", "masked_pass")
+ENCODER_CAMERA_ENCODINGS = ("none", "prope")
 POSE_SOURCES = ("backbone", "dataset")
 
 
@@ -35,6 +36,10 @@ class Spa3RConfig(PreTrainedConfig):
         masking_mode: ``"two_pass"`` (backbone over the context views, then over all views; the paper's
             setting) or ``"masked_pass"`` (one backbone pass with the asymmetric view mask).
         pose_source: ``"backbone"`` (cameras from the VGGT camera head) or ``"dataset"`` (cameras passed in).
+        encoder_camera_encoding: ``"none"`` (the paper: the encoder learns view geometry from the backbone's
+            features alone) or ``"prope"`` (an extension: context tokens carry their cameras through PRoPE, as the
+            decoder's ray tokens do, instead of 2D RoPE; for backbones whose features are not pose-aware, such as
+            a randomly initialised VGGT).
         vggt_config: the geometry backbone; ``None`` builds no backbone (features are then passed in).
         semantic_teacher_config: a transformers vision-backbone config (e.g. DINOv3 ViT) for the ``sem``
             targets, or ``None``. The teacher is frozen and only used by ``Spa3RForFieldPrediction``.
@@ -64,6 +69,7 @@ class Spa3RConfig(PreTrainedConfig):
     mask_ratio: float = 0.5
     masking_mode: str = "two_pass"
     pose_source: str = "backbone"
+    encoder_camera_encoding: str = "none"
     initializer_range: float = 0.02
     vggt_config: dict | PreTrainedConfig | None = None
     semantic_teacher_config: dict | None = None
@@ -78,6 +84,10 @@ class Spa3RConfig(PreTrainedConfig):
             raise ValueError(f"masking_mode must be one of {MASKING_MODES}, got {self.masking_mode!r}")
         if self.pose_source not in POSE_SOURCES:
             raise ValueError(f"pose_source must be one of {POSE_SOURCES}, got {self.pose_source!r}")
+        if self.encoder_camera_encoding not in ENCODER_CAMERA_ENCODINGS:
+            raise ValueError(
+                f"encoder_camera_encoding must be one of {ENCODER_CAMERA_ENCODINGS}, got {self.encoder_camera_encoding!r}"
+            )
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
         if self.hidden_size % self.num_attention_heads or (self.hidden_size // self.num_attention_heads) % 8:

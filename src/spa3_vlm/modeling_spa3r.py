@@ -178,19 +178,21 @@ class Spa3RModel(Spa3RPreTrainedModel):
             self.backbone.eval()  # frozen: always in inference mode
         return self
 
-    def backbone_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """``[B, V, 3, H, W]`` in [0, 1] -> last-layer backbone patch tokens ``[B, V, N, C_backbone]``."""
-        if self.backbone is None:
-            raise ValueError("this Spa3R config has no vggt_config: pass backbone tokens to encode_tokens() instead")
-        with torch.no_grad(), frozen_autocast(pixel_values.device):
-            out = self.backbone(pixel_values, compute_cameras=False, compute_depth=False, output_all_layers=False)
-        return out.last_patch_tokens
-
-    def encode_tokens(self, context_tokens: torch.Tensor, patch_grid: tuple[int, int]) -> torch.Tensor:
+    def encode_tokens(
+        self,
+        context_tokens: torch.Tensor,
+        patch_grid: tuple[int, int],
+        extrinsics: Optional[torch.Tensor] = None,
+        intrinsics: Optional[torch.Tensor] = None,
+        image_size: Optional[tuple[int, int]] = None,
+    ) -> torch.Tensor:
         """Encode backbone tokens of the context views into the latent field.
 
         Args:
             context_tokens: ``[B, Vc, N, C_backbone]``, patches row-major on a ``patch_grid = (h, w)`` grid.
+            extrinsics / intrinsics: the context views' cameras (``[B, Vc, 3|4, 4]`` world-to-camera,
+                ``[B, Vc, 3, 3]`` pixels of an ``image_size`` image, default ``patch_grid * patch_size``); used only
+                with ``encoder_camera_encoding="prope"``, where they are required.
         Returns:
             ``[B, num_queries, hidden]``.
         """
@@ -207,18 +209,49 @@ class Spa3RModel(Spa3RPreTrainedModel):
         num_queries = self.config.num_queries
         tokens = self.projection(context_tokens.to(self.projection.weight.dtype)).flatten(1, 2)
         queries = self.query_embed.weight.expand(batch, -1, -1)
-        positions = encoder_positions(self.config.num_register_tokens + num_queries, patch_grid, views, tokens.device)
-        rope = RotaryEmbedding2D(positions, self.config.head_dim, self.config.rope_theta, dtype=tokens.dtype)
-        encoded = self.encoder(torch.cat([queries, tokens], dim=1), rope=rope)
+        if self.config.encoder_camera_encoding == "prope":
+            if extrinsics is None or intrinsics is None:
+                raise ValueError(
+                    "encoder_camera_encoding='prope' needs the context views' extrinsics and intrinsics "
+                    "(Spa3RModel.forward takes them from the backbone's camera head when not given)"
+                )
+            check_cameras(extrinsics, intrinsics, batch, views)
+            patch = self.config.patch_size
+            size = image_size or (grid_h * patch, grid_w * patch)
+            camera = ProjectiveRoPE(extrinsics, intrinsics, size, patch_grid, self.config.head_dim, self.config.prope_freq_base)
+            encoded = self.encoder(torch.cat([queries, tokens], dim=1), camera_transform=camera)
+        else:
+            positions = encoder_positions(self.config.num_register_tokens + num_queries, patch_grid, views, tokens.device)
+            rope = RotaryEmbedding2D(positions, self.config.head_dim, self.config.rope_theta, dtype=tokens.dtype)
+            encoded = self.encoder(torch.cat([queries, tokens], dim=1), rope=rope)
         return encoded[:, :num_queries]
 
-    def forward(self, pixel_values: torch.Tensor, **kwargs) -> Spa3RModelOutput:
-        """``pixel_values [B, V, 3, H, W]`` in [0, 1] (all views are context) -> latents."""
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        extrinsics: Optional[torch.Tensor] = None,
+        intrinsics: Optional[torch.Tensor] = None,
+        **kwargs,
+    ) -> Spa3RModelOutput:
+        """``pixel_values [B, V, 3, H, W]`` in [0, 1] (all views are context) -> latents.
+
+        With ``encoder_camera_encoding="prope"``, cameras (``[B, V, 3|4, 4]``, ``[B, V, 3, 3]`` pixels) may be
+        given; otherwise the backbone's camera head predicts them.
+        """
         check_pixel_values(pixel_values, self.config.patch_size)
+        if self.backbone is None:
+            raise ValueError("this Spa3R config has no vggt_config: pass backbone tokens to encode_tokens() instead")
         height, width = pixel_values.shape[-2:]
-        tokens = self.backbone_tokens(pixel_values)
+        need_cameras = self.config.encoder_camera_encoding == "prope" and extrinsics is None
+        if need_cameras and self.backbone.camera_head is None:
+            raise ValueError("encoder_camera_encoding='prope' needs cameras: pass extrinsics/intrinsics or enable the camera head")
+        with torch.no_grad(), frozen_autocast(pixel_values.device):
+            out = self.backbone(pixel_values, compute_cameras=need_cameras, compute_depth=False, output_all_layers=False)
+        if need_cameras:
+            extrinsics, intrinsics = out.extrinsics.float(), out.intrinsics.float()
+        tokens = out.last_patch_tokens
         patch = self.config.patch_size
-        latents = self.encode_tokens(tokens, (height // patch, width // patch))
+        latents = self.encode_tokens(tokens, (height // patch, width // patch), extrinsics, intrinsics, (height, width))
         return Spa3RModelOutput(latents=latents, context_tokens=tokens)
 
 
@@ -476,7 +509,14 @@ class Spa3RForFieldPrediction(Spa3RPreTrainedModel):
             targets[name] = value
 
         patch = self.config.patch_size
-        latents = self.spa3r.encode_tokens(targets["context_tokens"], (height // patch, width // patch))
+        context_extrinsics = context_intrinsics = None
+        if self.config.encoder_camera_encoding == "prope":
+            order, num_context = context_first_order(view_mask)
+            context_extrinsics = gather_views(targets["extrinsics"], order[:, :num_context])
+            context_intrinsics = gather_views(targets["intrinsics"], order[:, :num_context])
+        latents = self.spa3r.encode_tokens(
+            targets["context_tokens"], (height // patch, width // patch), context_extrinsics, context_intrinsics, (height, width)
+        )
         field = self.decode_field(latents, targets["extrinsics"], targets["intrinsics"], (height, width))
         losses = self.field_losses(field, targets, self.heads.keys())
         loss = torch.stack(list(losses.values())).sum() if losses else None

@@ -1,0 +1,887 @@
+"""Speed, memory and scaling of Spa3R, every headline figure a ratio measured within one run.
+
+    python bench/bench_spa3r.py compute|passes|scaling|all [--device cpu|cuda] [--repeats 5] [--threads 1] [--quick]
+
+- ``compute``: achieved FLOP/s of the encoder forward (``encode_tokens`` on random backbone tokens), of a
+  PSFM training step without the backbone (encoder + decoder + heads, forward + backward, random tokens,
+  cameras and targets) and, at the tiny size, of a full step with the tiny backbone and teachers, each
+  divided by the dense-matmul FLOP/s measured in the same rounds. Writes ``results/spa3r_compute.json``.
+- ``passes``: the PSFM teacher step with one masked backbone pass vs two passes (time ratio, FLOP ratio,
+  peak memory) for a tiny and a mid-size VGGT, and how far their context / target tokens differ.
+  Writes ``results/spa3r_passes.json``.
+- ``scaling``: encoder / decoder time and peak memory against the view count and the image size; log-log
+  exponents fitted round by round; the largest base-size view count that fits in memory, extrapolated from
+  small measured runs; a check that attention never materialises its score matrix.
+  Writes ``results/spa3r_scaling.json``.
+
+CPU runs compute in float32; ``--device cuda`` runs under bf16 autocast. FLOPs are counted analytically
+(2·m·n·k per Linear, QKᵀ and AV per attention, PRoPE's 4x4 camera matmuls; norms, activations, RoPE, softmax
+and losses are ignored), backward as 2x forward except where the input needs no gradient (1x, weight
+gradient only) and without the recomputation a fused attention backward does. ``--quick`` runs the
+smallest configurations in seconds (the smoke test). Benchmarks run one after the other, never together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # `common` sits next to this file
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    RESULTS_DIR,
+    MatmulProbe,
+    autocast,
+    available_memory_bytes,
+    compute_dtype,
+    counted_flops,
+    format_table,
+    interleaved_times,
+    loglog_slope,
+    machine_info,
+    peak_memory_bytes,
+    profile_top_ops,
+    ratios,
+    resolve_device,
+    summarize,
+    sync,
+    write_json,
+)
+
+from spa3_vlm import Spa3RConfig, Spa3RForFieldPrediction, VGGTConfig  # noqa: E402
+from spa3_vlm.modeling_geometry import quaternion_to_matrix  # noqa: E402
+from spa3_vlm.modeling_spa3r import sample_view_mask  # noqa: E402
+
+HUB_CONFIGS = Path(__file__).resolve().parents[1] / "hub_configs"
+SIZES = ("tiny", "mid", "base")
+MiB = 2**20
+
+# ---------------------------------------------------------------------------------------------- configs
+
+
+def mid_vggt_config() -> VGGTConfig:
+    """A VGGT between the tiny test model and VGGT-1B: width 384, 6 layers, conv patch embedding."""
+    return VGGTConfig(
+        image_size=224,
+        hidden_size=384,
+        num_hidden_layers=6,
+        num_attention_heads=6,
+        patch_embed_type="conv",
+        global_qk_norm="rmsnorm",
+        use_point_head=False,
+        camera_trunk_depth=1,
+        camera_num_heads=6,
+        dpt_features=64,
+        dpt_out_channels=[48, 96, 192, 384],
+        dpt_intermediate_layers=[1, 3, 4, 5],
+    )
+
+
+def spa3r_config(size: str, with_backbone: bool = False) -> Spa3RConfig:
+    """``tiny`` / ``base``: the hub configs; ``mid``: width 384, 4+4 layers, 128 queries, on the mid VGGT.
+
+    Without ``with_backbone`` there is no VGGT and no semantic teacher (the heads stay): backbone tokens,
+    cameras and targets are then passed in, which is what the trainable part costs.
+    """
+    if size == "mid":
+        config = Spa3RConfig(
+            hidden_size=384,
+            num_attention_heads=6,
+            num_queries=128,
+            num_encoder_layers=4,
+            num_decoder_layers=4,
+            backbone_hidden_size=768,
+            target_heads={"geo": 768},
+            vggt_config=mid_vggt_config().to_dict(),
+        )
+    elif size in ("tiny", "base"):
+        config = Spa3RConfig.from_pretrained(HUB_CONFIGS / f"spa3r-{size}")
+    else:
+        raise ValueError(f"size must be one of {SIZES}, got {size!r}")
+    if with_backbone:
+        return config
+    values = config.to_dict()
+    values["vggt_config"] = None
+    values["semantic_teacher_config"] = None
+    return Spa3RConfig.from_dict(values)
+
+
+def build_model(config: Spa3RConfig, device: torch.device, seed: int = 0) -> Spa3RForFieldPrediction:
+    torch.manual_seed(seed)
+    return Spa3RForFieldPrediction(config).to(device).train()
+
+
+# ---------------------------------------------------------------------------------------------- FLOPs
+
+
+def linear_flops(rows: int, fan_in: int, fan_out: int) -> int:
+    """``2·m·n·k`` of one Linear on ``rows`` tokens (the bias add is ignored)."""
+    return 2 * rows * fan_in * fan_out
+
+
+def block_flops(batch: int, seq: int, dim: int, mlp_hidden: int, attention_pairs: Optional[int] = None) -> dict:
+    """Forward FLOPs of one pre-norm Transformer block on ``batch`` sequences of ``seq`` tokens.
+
+    ``linear``: qkv, output projection and the two MLP layers. ``attention``: QKᵀ and AV summed over heads,
+    ``2·pairs·dim`` each, where ``pairs`` (query, key) couples are attended (``seq²`` unless masked).
+    """
+    pairs = seq * seq if attention_pairs is None else attention_pairs
+    linear = linear_flops(seq, dim, 3 * dim) + linear_flops(seq, dim, dim)
+    linear += linear_flops(seq, dim, mlp_hidden) + linear_flops(seq, mlp_hidden, dim)
+    return {"linear": batch * linear, "attention": batch * 4 * pairs * dim}
+
+
+def _mlp_hidden(config: Spa3RConfig) -> int:
+    return int(config.hidden_size * config.mlp_ratio)
+
+
+def _uses_encoder_prope(config: Spa3RConfig) -> bool:
+    return getattr(config, "encoder_camera_encoding", "none") == "prope"
+
+
+def prope_flops(layers: int, spatial_tokens: int, dim: int) -> int:
+    """PRoPE's 4x4 camera matmuls on half of each head's channels of q, k, v and the output, per layer."""
+    return layers * 4 * 4 * spatial_tokens * dim
+
+
+def camera_matrix_flops(cameras: int) -> int:
+    """PRoPE's per-camera set-up: K̃·E and E⁻¹·K̃⁻¹ (4x4 products) and -Rᵀt in the rigid inverse."""
+    return cameras * (2 * linear_flops(4, 4, 4) + linear_flops(3, 3, 1))
+
+
+def spa3r_encoder_flops(config: Spa3RConfig, views: int, grid: tuple[int, int], batch: int = 1) -> dict:
+    """Forward FLOPs of ``Spa3RModel.encode_tokens`` on ``views`` context views of a ``grid`` patch grid.
+
+    Returns ``projection`` (backbone tokens -> width), ``linear`` and ``attention`` of the encoder blocks,
+    ``prope`` and ``camera_matrices`` (zero unless ``encoder_camera_encoding="prope"``), ``total``.
+    """
+    patches = views * grid[0] * grid[1]
+    seq = config.num_register_tokens + config.num_queries + patches
+    blocks = block_flops(batch, seq, config.hidden_size, _mlp_hidden(config))
+    layers = config.num_encoder_layers
+    prope = _uses_encoder_prope(config)
+    out = {
+        "projection": linear_flops(batch * patches, config.backbone_hidden_size, config.hidden_size),
+        "linear": layers * blocks["linear"],
+        "attention": layers * blocks["attention"],
+        "prope": prope_flops(layers, batch * patches, config.hidden_size) if prope else 0,
+        "camera_matrices": camera_matrix_flops(batch * views) if prope else 0,
+    }
+    out["total"] = sum(out.values())
+    return out
+
+
+def spa3r_decoder_flops(config: Spa3RConfig, views: int, grid: tuple[int, int], batch: int = 1) -> dict:
+    """Forward FLOPs of ``Spa3RForFieldPrediction.decode_field`` for ``views`` cameras.
+
+    Every view is one decoder sequence ``[registers ; latents ; ray tokens]``. ``prope``: the 4x4 camera
+    matrices PRoPE applies to half of each head's channels of q, k, v and the output, on the ray tokens
+    (``4 · hidden`` FLOPs per token and tensor). ``heads``: the field heads; ``depth_probe``: the probe.
+    """
+    patches = grid[0] * grid[1]
+    sequences = batch * views
+    rows = sequences * patches
+    seq = config.num_register_tokens + config.num_queries + patches
+    dim, hidden, layers = config.hidden_size, _mlp_hidden(config), config.num_decoder_layers
+    blocks = block_flops(sequences, seq, dim, hidden)
+    out = {
+        "pose_tokenizer": linear_flops(rows, 3, dim),
+        "linear": layers * blocks["linear"],
+        "attention": layers * blocks["attention"],
+        "prope": prope_flops(layers, rows, dim),
+        "heads": sum(linear_flops(rows, dim, hidden) + linear_flops(rows, hidden, size) for size in config.target_heads.values()),
+        "depth_probe": linear_flops(rows, dim, hidden) + linear_flops(rows, hidden, 1) if config.use_depth_probe else 0,
+        "camera_matrices": camera_matrix_flops(sequences),
+    }
+    out["total"] = sum(out.values())
+    return out
+
+
+def spa3r_train_step_flops(config: Spa3RConfig, views: int, context_views: int, grid: tuple[int, int], batch: int = 1) -> dict:
+    """Forward + backward FLOPs of a PSFM step without the backbone: encode ``context_views``, decode ``views``.
+
+    Backward is 2x forward, except 1x where only one operand needs a gradient: the encoder's projection
+    (frozen backbone tokens in), the pose tokenizer (camera rays in), the depth probe's first layer (it reads
+    detached features) and PRoPE (the camera matrices are constants); the camera set-up has no backward.
+    """
+    encoder = spa3r_encoder_flops(config, context_views, grid, batch)
+    decoder = spa3r_decoder_flops(config, views, grid, batch)
+    forward = encoder["total"] + decoder["total"]
+    rows = batch * views * grid[0] * grid[1]
+    probe_first = linear_flops(rows, config.hidden_size, _mlp_hidden(config)) if config.use_depth_probe else 0
+    one_x = encoder["projection"] + encoder["prope"] + decoder["pose_tokenizer"] + decoder["prope"] + probe_first
+    no_backward = encoder["camera_matrices"] + decoder["camera_matrices"]
+    backward = 2 * (forward - one_x - no_backward) + one_x
+    return {"encoder_forward": encoder["total"], "decoder_forward": decoder["total"], "forward": forward, "backward": backward, "total": forward + backward}
+
+
+def vggt_aggregator_flops(config: VGGTConfig, views: int, grid: tuple[int, int], batch: int = 1, num_context_views: Optional[int] = None) -> int:
+    """Forward FLOPs of the VGGT aggregator (patch embedding + frame and global blocks), no heads.
+
+    With ``num_context_views`` (the masked pass) context tokens attend to context tokens only.
+    """
+    patches = grid[0] * grid[1]
+    dim, hidden = config.hidden_size, int(config.hidden_size * config.mlp_ratio)
+    embed = 2 * batch * views * patches * dim * 3 * config.patch_size**2  # the patchify convolution
+    if config.patch_embed_type != "conv":  # DINOv2 blocks over [cls ; registers ; patches]
+        dino = block_flops(batch * views, 1 + config.num_register_tokens + patches, dim, hidden)
+        embed += config.patch_embed_num_layers * (dino["linear"] + dino["attention"])
+    per_view = 1 + config.num_register_tokens + patches
+    seq = views * per_view
+    pairs = None
+    if num_context_views is not None and num_context_views < views:
+        context = num_context_views * per_view
+        pairs = context * context + (seq - context) * seq
+    frame = block_flops(batch * views, per_view, dim, hidden)
+    global_ = block_flops(batch, seq, dim, hidden, attention_pairs=pairs)
+    return embed + config.num_hidden_layers * (frame["linear"] + frame["attention"] + global_["linear"] + global_["attention"])
+
+
+def last_layer_discarded_flops(config: Spa3RConfig, part: str, views: int, grid: tuple[int, int], batch: int = 1) -> int:
+    """Forward FLOPs the last block of the encoder / decoder spends on rows whose output is dropped.
+
+    ``encode_tokens`` keeps only the query rows and ``decode_field`` only the ray-token rows; keys and values
+    of all rows are still needed, but the other rows' queries, attention rows, output projection and MLP are not.
+    """
+    dim, hidden = config.hidden_size, _mlp_hidden(config)
+    patches = grid[0] * grid[1]
+    if part == "encoder":
+        sequences, seq = batch, config.num_register_tokens + config.num_queries + views * patches
+        kept = config.num_queries
+    elif part == "decoder":
+        sequences, seq = batch * views, config.num_register_tokens + config.num_queries + patches
+        kept = patches
+    else:
+        raise ValueError(f"part must be 'encoder' or 'decoder', got {part!r}")
+    dropped = seq - kept
+    per_row = linear_flops(1, dim, dim) * 2 + linear_flops(1, dim, hidden) + linear_flops(1, hidden, dim)  # q, out, MLP
+    return sequences * dropped * (per_row + 4 * seq * dim)
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class FieldBatch:
+    """Random PSFM inputs without a backbone: context tokens, cameras and per-head targets."""
+
+    context_tokens: torch.Tensor  # [B, Vc, N, C_backbone]
+    extrinsics: torch.Tensor  # [B, V, 4, 4]
+    intrinsics: torch.Tensor  # [B, V, 3, 3]
+    targets: dict  # name -> [B, V, N, C]
+    image_size: tuple[int, int]
+    grid: tuple[int, int]
+
+
+def random_cameras(batch: int, views: int, image_size: tuple[int, int], generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """World-to-camera ``[B, V, 4, 4]`` (view 0 = identity, others rotated and moved) and pixel intrinsics."""
+    height, width = image_size
+    extrinsics = torch.eye(4).repeat(batch, views, 1, 1)
+    quaternion = torch.randn(batch, views - 1, 4, generator=generator) * 0.2
+    quaternion[..., 3] = 1.0
+    extrinsics[:, 1:, :3, :3] = quaternion_to_matrix(quaternion)
+    extrinsics[:, 1:, :3, 3] = torch.randn(batch, views - 1, 3, generator=generator) * 0.5
+    intrinsics = torch.tensor([[float(width), 0.0, width / 2], [0.0, float(width), height / 2], [0.0, 0.0, 1.0]])
+    return extrinsics, intrinsics.repeat(batch, views, 1, 1)
+
+
+def random_field_batch(config: Spa3RConfig, views: int, context_views: int, image_size: tuple[int, int], device: torch.device, batch: int = 1, seed: int = 0) -> FieldBatch:
+    patch = config.patch_size
+    if image_size[0] % patch or image_size[1] % patch:
+        raise ValueError(f"image size {image_size} must be a multiple of the patch size {patch}")
+    grid = (image_size[0] // patch, image_size[1] // patch)
+    patches = grid[0] * grid[1]
+    generator = torch.Generator().manual_seed(seed)
+    tokens = torch.randn(batch, context_views, patches, config.backbone_hidden_size, generator=generator)
+    extrinsics, intrinsics = random_cameras(batch, views, image_size, generator)
+    targets = {name: torch.randn(batch, views, patches, size, generator=generator) for name, size in config.target_heads.items()}
+    if config.use_depth_probe:
+        targets["depth"] = 1 + 4 * torch.rand(batch, views, patches, 1, generator=generator)
+    to = lambda t: t.to(device)  # noqa: E731
+    return FieldBatch(to(tokens), to(extrinsics), to(intrinsics), {k: to(v) for k, v in targets.items()}, image_size, grid)
+
+
+def encode(model: Spa3RForFieldPrediction, data: FieldBatch) -> torch.Tensor:
+    """``encode_tokens`` on the batch; with an encoder PRoPE the first ``Vc`` cameras stand for the context views."""
+    if not _uses_encoder_prope(model.config):
+        return model.spa3r.encode_tokens(data.context_tokens, data.grid)
+    views = data.context_tokens.shape[1]
+    return model.spa3r.encode_tokens(
+        data.context_tokens, data.grid, data.extrinsics[:, :views], data.intrinsics[:, :views], data.image_size
+    )
+
+
+def context_count(config: Spa3RConfig, views: int) -> int:
+    """Context views of a PSFM sample, as ``sample_view_mask`` draws them."""
+    return max(1, int(views * (1 - config.mask_ratio)))
+
+
+# ---------------------------------------------------------------------------------------------- workloads
+
+
+def encoder_forward(model: Spa3RForFieldPrediction, data: FieldBatch, device: torch.device):
+    """``encode_tokens`` in inference mode (what Spa3-VLM runs)."""
+
+    def run():
+        with torch.no_grad(), autocast(device):
+            return encode(model, data)
+
+    return run
+
+
+def decoder_forward(model: Spa3RForFieldPrediction, data: FieldBatch, latents: torch.Tensor, device: torch.device):
+    """``decode_field`` (decoder + heads + probe) in inference mode for every camera of ``data``."""
+
+    def run():
+        with torch.no_grad(), autocast(device):
+            return model.decode_field(latents, data.extrinsics, data.intrinsics, data.image_size)
+
+    return run
+
+
+def encoder_train(model: Spa3RForFieldPrediction, data: FieldBatch, device: torch.device):
+    """Encoder forward + backward of a scalar loss (memory of a trainable encoder)."""
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        with autocast(device):
+            loss = encode(model, data).float().square().mean()
+        loss.backward()
+
+    return run
+
+
+def train_step(model: Spa3RForFieldPrediction, data: FieldBatch, device: torch.device):
+    """PSFM step without the backbone: encode the context tokens, decode every view, losses, backward.
+
+    No optimiser update (elementwise, negligible FLOPs).
+    """
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        with autocast(device):
+            latents = encode(model, data)
+            field = model.decode_field(latents, data.extrinsics, data.intrinsics, data.image_size)
+            losses = model.field_losses(field, data.targets, model.heads.keys())
+            loss = torch.stack(list(losses.values())).sum()
+        loss.backward()
+
+    return run
+
+
+def full_train_step(model: Spa3RForFieldPrediction, pixel_values: torch.Tensor, view_mask: torch.Tensor, device: torch.device):
+    """``model(pixel_values, view_mask).loss.backward()``: frozen backbone and teachers included."""
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        with autocast(device):
+            loss = model(pixel_values, view_mask=view_mask).loss
+        loss.backward()
+
+    return run
+
+
+def teacher_step(model: Spa3RForFieldPrediction, pixel_values: torch.Tensor, view_mask: torch.Tensor, mode: str, device: torch.device, use_autocast: bool = True):
+    """``teacher_targets`` with ``masking_mode = mode`` (the config is read at call time)."""
+
+    def run():
+        model.config.masking_mode = mode
+        with torch.no_grad(), (autocast(device) if use_autocast else contextlib.nullcontext()):
+            return model.teacher_targets(pixel_values, view_mask)
+
+    return run
+
+
+def random_images(batch: int, views: int, image_size: tuple[int, int], device: torch.device, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, views, 3, *image_size, generator=generator).to(device)
+
+
+def random_view_mask(config: Spa3RConfig, batch: int, views: int, device: torch.device, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return sample_view_mask(batch, views, config.mask_ratio, generator=generator).to(device)
+
+
+def _stat_row(summary: dict, scale: float = 1.0) -> str:
+    return f"{summary['median'] * scale:.3g} [{summary['q1'] * scale:.3g}, {summary['q3'] * scale:.3g}]"
+
+
+# ---------------------------------------------------------------------------------------------- 1. compute
+
+
+@dataclass
+class ComputeCase:
+    size: str
+    workload: str  # encoder_forward | train_step | train_step_with_backbone
+    views: int
+    image_size: tuple[int, int]
+
+
+def compute_cases(quick: bool, sizes: tuple[str, ...]) -> list[ComputeCase]:
+    if quick:
+        return [
+            ComputeCase("tiny", "encoder_forward", 2, (28, 28)),
+            ComputeCase("tiny", "train_step", 2, (28, 28)),
+            ComputeCase("tiny", "train_step_with_backbone", 2, (28, 28)),
+        ]
+    plan = {
+        "tiny": [
+            ComputeCase("tiny", "encoder_forward", 8, (224, 224)),
+            ComputeCase("tiny", "train_step", 8, (224, 224)),
+            ComputeCase("tiny", "train_step_with_backbone", 8, (112, 112)),
+        ],
+        "base": [
+            ComputeCase("base", "encoder_forward", 4, (224, 224)),
+            ComputeCase("base", "train_step", 2, (224, 224)),
+        ],
+    }
+    return [case for size in sizes for case in plan[size]]
+
+
+def run_compute(args, device: torch.device) -> dict:
+    dtype = compute_dtype(device)
+    # This machine's dense-matmul rate on the base model's MLP shape ([tokens, 768] x [768, 3072]).
+    peak_probe = MatmulProbe(2048, 768, 3072, device, dtype)
+    rows = []
+    profile = None
+    model, model_key = None, None
+    for case in compute_cases(args.quick, tuple(args.sizes)):
+        with_backbone = case.workload == "train_step_with_backbone"
+        if model_key != (case.size, with_backbone):
+            model = None  # one model alive at a time
+            model, model_key = build_model(spa3r_config(case.size, with_backbone), device), (case.size, with_backbone)
+        config = model.config
+        grid = (case.image_size[0] // config.patch_size, case.image_size[1] // config.patch_size)
+        context = context_count(config, case.views)
+        discarded = None
+        if case.workload == "encoder_forward":
+            data = random_field_batch(config, case.views, case.views, case.image_size, device)
+            workload = encoder_forward(model, data, device)
+            flops = spa3r_encoder_flops(config, case.views, grid)["total"]
+            discarded = last_layer_discarded_flops(config, "encoder", case.views, grid) / flops
+            probe_rows = config.num_register_tokens + config.num_queries + case.views * grid[0] * grid[1]
+            context = case.views
+        elif case.workload == "train_step":
+            data = random_field_batch(config, case.views, context, case.image_size, device)
+            workload = train_step(model, data, device)
+            flops = spa3r_train_step_flops(config, case.views, context, grid)["total"]
+            discarded = 3 * (last_layer_discarded_flops(config, "encoder", context, grid)
+                             + last_layer_discarded_flops(config, "decoder", case.views, grid)) / flops
+            probe_rows = case.views * (config.num_register_tokens + config.num_queries + grid[0] * grid[1])
+        else:
+            pixel_values = random_images(1, case.views, case.image_size, device)
+            view_mask = random_view_mask(config, 1, case.views, device)
+            workload = full_train_step(model, pixel_values, view_mask, device)
+            flops = None
+            probe_rows = case.views * (config.num_register_tokens + config.num_queries + grid[0] * grid[1])
+        # The FlopCounterMode count: a cross-check, and the only count for the step with the backbone.
+        counted = counted_flops(workload) if (with_backbone or args.quick) else None
+        if flops is None:
+            flops = counted
+        shape_probe = MatmulProbe(min(probe_rows, 4096), config.hidden_size, _mlp_hidden(config), device, dtype)
+        times = interleaved_times({"peak": peak_probe, "shape": shape_probe, "workload": workload}, device, args.repeats, args.warmup, args.min_seconds)
+        achieved = [flops / t for t in times["workload"]]
+        peak_rate = [peak_probe.flops / t for t in times["peak"]]
+        shape_rate = [shape_probe.flops / t for t in times["shape"]]
+        row = {
+            "size": case.size,
+            "workload": case.workload,
+            "views": case.views,
+            "context_views": context,
+            "image_size": list(case.image_size),
+            "patch_grid": list(grid),
+            "flops": int(flops),
+            "flops_source": "FlopCounterMode" if with_backbone else "analytic",
+            "flops_counted": counted,
+            "seconds": summarize(times["workload"]),
+            "achieved_flops_per_s": summarize(achieved),
+            "matmul_flops_per_s": summarize(peak_rate),
+            "shape_matmul": shape_probe.describe(),
+            "shape_matmul_flops_per_s": summarize(shape_rate),
+            "efficiency": summarize(ratios(achieved, peak_rate)),
+            "efficiency_vs_shape": summarize(ratios(achieved, shape_rate)),
+            "discarded_last_layer_share": discarded,
+        }
+        rows.append(row)
+        if case.workload == "encoder_forward" and (case.size == "base" or args.quick):
+            profile = {"size": case.size, "workload": case.workload, "top_ops": profile_top_ops(workload, device)}
+    model = None
+
+    print(f"Spa3R compute efficiency on {device} ({dtype}); matmul probe {peak_probe.describe()}; "
+          f"median [q1, q3] over {args.repeats} interleaved rounds")
+    table = format_table(
+        ["size", "workload", "views (ctx)", "grid", "GFLOP", "seconds", "GFLOP/s", "matmul GFLOP/s", "efficiency", "eff. vs shape"],
+        [
+            [r["size"], r["workload"], f"{r['views']} ({r['context_views']})", "x".join(map(str, r["patch_grid"])), r["flops"] / 1e9,
+             _stat_row(r["seconds"]), _stat_row(r["achieved_flops_per_s"], 1e-9), _stat_row(r["matmul_flops_per_s"], 1e-9),
+             _stat_row(r["efficiency"]), _stat_row(r["efficiency_vs_shape"])]
+            for r in rows
+        ],
+    )
+    print(table)
+    if profile is not None:
+        print(f"\nwhere the time goes: {profile['size']} {profile['workload']} (self time per op, one profiled call)")
+        print(format_table(["op", "self ms", "share", "calls"], [[p["op"], p["self_ms"], p["share"], p["calls"]] for p in profile["top_ops"]]))
+    return {"benchmark": "spa3r_compute", "matmul_probe": peak_probe.describe(), "rows": rows, "profile": profile, "table": table}
+
+
+# ---------------------------------------------------------------------------------------------- 2. passes
+
+
+def run_passes(args, device: torch.device) -> dict:
+    cases = [("tiny", 4, (28, 28))] if args.quick else [("tiny", 8, (112, 112)), ("mid", 8, (224, 224))]
+    rows = []
+    for size, views, image_size in cases:
+        model = build_model(spa3r_config(size, with_backbone=True), device)
+        config = model.config
+        original_mode = config.masking_mode
+        pixel_values = random_images(1, views, image_size, device)
+        view_mask = random_view_mask(config, 1, views, device)
+        grid = (image_size[0] // config.patch_size, image_size[1] // config.patch_size)
+        context = int((~view_mask).sum())
+        two = teacher_step(model, pixel_values, view_mask, "two_pass", device)
+        one = teacher_step(model, pixel_values, view_mask, "masked_pass", device)
+
+        # Equality in float32 whatever the device: bf16 rounding would hide (or fake) a difference.
+        two_fp32 = teacher_step(model, pixel_values, view_mask, "two_pass", device, use_autocast=False)()
+        one_fp32 = teacher_step(model, pixel_values, view_mask, "masked_pass", device, use_autocast=False)()
+        targets = view_mask[0]
+        geo_two, geo_one = two_fp32["geo"][0], one_fp32["geo"][0]
+        equality = {
+            "context_tokens_max_abs_diff": float((two_fp32["context_tokens"] - one_fp32["context_tokens"]).abs().max()),
+            "context_tokens_max_abs": float(two_fp32["context_tokens"].abs().max()),
+            "geo_target_views_max_abs_diff": float((geo_two[targets] - geo_one[targets]).abs().max()) if targets.any() else 0.0,
+            "geo_context_views_max_abs_diff": float((geo_two[~targets] - geo_one[~targets]).abs().max()),
+            "geo_max_abs": float(geo_two.abs().max()),
+        }
+        del two_fp32, one_fp32
+
+        flops = {"two_pass": counted_flops(two), "masked_pass": counted_flops(one)}
+        aggregator = {
+            "two_pass": vggt_aggregator_flops(config.vggt_config, views, grid) + vggt_aggregator_flops(config.vggt_config, context, grid),
+            "masked_pass": vggt_aggregator_flops(config.vggt_config, views, grid, num_context_views=context),
+        }
+        memory = {"two_pass": peak_memory_bytes(two, device), "masked_pass": peak_memory_bytes(one, device)}
+        times = interleaved_times({"two_pass": two, "masked_pass": one}, device, args.repeats, args.warmup, args.min_seconds)
+        config.masking_mode = original_mode
+        rows.append(
+            {
+                "size": size,
+                "vggt": {"hidden_size": config.vggt_config.hidden_size, "layers": config.vggt_config.num_hidden_layers,
+                         "patch_embed": config.vggt_config.patch_embed_type},
+                "semantic_teacher": config.semantic_teacher_config is not None,
+                "views": views,
+                "context_views": context,
+                "image_size": list(image_size),
+                "seconds_two_pass": summarize(times["two_pass"]),
+                "seconds_masked_pass": summarize(times["masked_pass"]),
+                "time_ratio_two_over_masked": summarize(ratios(times["two_pass"], times["masked_pass"])),
+                "flops_counted": flops,
+                "flop_ratio_two_over_masked": flops["two_pass"] / flops["masked_pass"],
+                "aggregator_flops": aggregator,
+                "aggregator_flop_ratio": aggregator["two_pass"] / aggregator["masked_pass"],
+                "peak_memory_bytes": memory,
+                "equality": equality,
+            }
+        )
+        del model
+
+    print(f"PSFM teacher step, two backbone passes vs one masked pass, on {device}; median [q1, q3] over {args.repeats} rounds")
+    table = format_table(
+        ["size", "views (ctx)", "image", "two-pass s", "masked s", "time ratio", "FLOP ratio", "agg. FLOP ratio", "peak MiB 2p/1p", "ctx diff", "target geo diff"],
+        [
+            [r["size"], f"{r['views']} ({r['context_views']})", "x".join(map(str, r["image_size"])), _stat_row(r["seconds_two_pass"]),
+             _stat_row(r["seconds_masked_pass"]), _stat_row(r["time_ratio_two_over_masked"]), r["flop_ratio_two_over_masked"],
+             r["aggregator_flop_ratio"], f"{r['peak_memory_bytes']['two_pass'] / MiB:.0f}/{r['peak_memory_bytes']['masked_pass'] / MiB:.0f}",
+             f"{r['equality']['context_tokens_max_abs_diff']:.1e}", f"{r['equality']['geo_target_views_max_abs_diff']:.1e}"]
+            for r in rows
+        ],
+    )
+    print(table)
+    return {"benchmark": "spa3r_passes", "rows": rows, "table": table}
+
+
+# ---------------------------------------------------------------------------------------------- 3. scaling
+
+
+def _per_round_slopes(xs: list[float], times: dict[str, list[float]], names: list[str]) -> dict:
+    """Log-log slope of time vs ``xs`` fitted in each round separately, then summarised over rounds."""
+    rounds = len(times[names[0]])
+    slopes = [loglog_slope(xs, [times[name][r] for name in names])["slope"] for r in range(rounds)]
+    return summarize(slopes)
+
+
+def _sweep(model, config, points: list[tuple[int, tuple[int, int]]], device, args, with_train_memory: bool) -> dict:
+    """Time and memory of encoder / decoder forward at each (views, image size) point, rounds interleaved."""
+    workloads, info = {}, []
+    score_bytes = torch.finfo(compute_dtype(device)).bits // 8
+    for views, image_size in points:
+        data = random_field_batch(config, views, views, image_size, device)
+        latents = torch.randn(1, config.num_queries, config.hidden_size, device=device)
+        key = f"{views}v@{image_size[0]}x{image_size[1]}"
+        workloads[f"encoder {key}"] = encoder_forward(model, data, device)
+        workloads[f"decoder {key}"] = decoder_forward(model, data, latents, device)
+        patches = data.grid[0] * data.grid[1]
+        entry = {
+            "views": views,
+            "image_size": list(image_size),
+            "patches_per_view": patches,
+            "encoder_tokens": config.num_register_tokens + config.num_queries + views * patches,
+            "decoder_tokens": views * (config.num_register_tokens + config.num_queries + patches),
+            "encoder_flops": spa3r_encoder_flops(config, views, data.grid)["total"],
+            "decoder_flops": spa3r_decoder_flops(config, views, data.grid)["total"],
+            "encoder_peak_bytes": peak_memory_bytes(workloads[f"encoder {key}"], device),
+            "decoder_peak_bytes": peak_memory_bytes(workloads[f"decoder {key}"], device),
+            "key": key,
+        }
+        # What materialised attention scores (all heads) would take: one layer at a time in inference, every
+        # layer's probabilities saved for backward in training (what SDPA's math path does).
+        scores = score_bytes * config.num_attention_heads * entry["encoder_tokens"] ** 2
+        entry["encoder_dense_scores_bytes"] = scores
+        entry["encoder_train_dense_scores_bytes"] = scores * config.num_encoder_layers
+        if with_train_memory:
+            model.zero_grad(set_to_none=True)
+            entry["encoder_train_peak_bytes"] = peak_memory_bytes(encoder_train(model, data, device), device)
+            model.zero_grad(set_to_none=True)
+        info.append(entry)
+    times = interleaved_times(workloads, device, args.repeats, args.warmup, args.min_seconds)
+    for entry in info:
+        entry["encoder_seconds"] = summarize(times[f"encoder {entry['key']}"])
+        entry["decoder_seconds"] = summarize(times[f"decoder {entry['key']}"])
+    return {"points": info, "times": times}
+
+
+def _fits(info: list[dict], times: dict, axis: str) -> dict:
+    """Exponents of time (per round) and of peak memory against ``axis`` (views or tokens)."""
+    out = {}
+    for part in ("encoder", "decoder"):
+        names = [f"{part} {entry['key']}" for entry in info]
+        xs = [entry["views"] if axis == "views" else entry[f"{part}_tokens"] for entry in info]
+        out[f"{part}_time"] = _per_round_slopes(xs, times, names)
+        out[f"{part}_memory"] = loglog_slope(xs, [entry[f"{part}_peak_bytes"] for entry in info])["slope"]
+        out[f"{part}_flops"] = loglog_slope(xs, [entry[f"{part}_flops"] for entry in info])["slope"]
+    if "encoder_train_peak_bytes" in info[0]:
+        xs = [entry["views"] if axis == "views" else entry["encoder_tokens"] for entry in info]
+        out["encoder_train_memory"] = loglog_slope(xs, [entry["encoder_train_peak_bytes"] for entry in info])["slope"]
+    return out
+
+
+def _math_backend_control(model, config, view_counts: list[int], image_size, device) -> dict:
+    """Encoder peak memory with SDPA forced onto its math backend (which materialises the scores) next to the
+    default backend, at the largest view counts: shows that the memory check would catch a quadratic term."""
+    tokens, default, math_path = [], [], []
+    for views in view_counts:
+        data = random_field_batch(config, views, views, image_size, device)
+        run = encoder_forward(model, data, device)
+        tokens.append(config.num_register_tokens + config.num_queries + views * data.grid[0] * data.grid[1])
+        default.append(peak_memory_bytes(run, device))
+        with sdpa_kernel(SDPBackend.MATH):
+            math_path.append(peak_memory_bytes(run, device))
+    return {
+        "views": list(view_counts),
+        "encoder_tokens": tokens,
+        "sdpa_peak_bytes": default,
+        "math_backend_peak_bytes": math_path,
+        "sdpa_memory_exponent_vs_tokens": loglog_slope(tokens, default)["slope"],
+        "math_backend_memory_exponent_vs_tokens": loglog_slope(tokens, math_path)["slope"],
+    }
+
+
+def _largest_fitting_views(points: list[dict], key: str, input_bytes_per_view: int, budget: int) -> dict:
+    """Extrapolate peak memory from the measured points and find the largest view count within ``budget``.
+
+    Fits ``a + b·V + c·V²`` by least squares. Peak memory is affine in ``V`` when nothing quadratic is held
+    (then ``c`` is noise); the quadratic term is only kept when it adds more than 1% at the largest measured
+    point. The budget must hold the call's peak plus its input tokens (allocated before the call, so not in
+    the peak).
+    """
+    views = np.array([p["views"] for p in points], dtype=np.float64)
+    peaks = np.array([p[key] for p in points], dtype=np.float64)
+    quadratic, slope, intercept = np.polyfit(views, peaks, 2) if len(points) >= 3 else (0.0, *np.polyfit(views, peaks, 1))
+    largest = views.max()
+    quadratic_share = abs(quadratic) * largest**2 / max(abs(slope) * largest, 1.0)
+    if quadratic_share <= 0.01 or quadratic < 0:
+        slope, intercept = np.polyfit(views, peaks, 1)
+        quadratic = 0.0
+
+    def need(v: int) -> float:
+        return intercept + (slope + input_bytes_per_view) * v + quadratic * v * v
+
+    low, high = 0, int(largest)
+    while need(high) <= budget and high < 10**8:
+        low, high = high, high * 2
+    while high - low > 1:  # need() grows with v: bisect for the last v that fits
+        middle = (low + high) // 2
+        low, high = (middle, high) if need(middle) <= budget else (low, middle)
+    return {
+        "bytes_per_view": float(slope),
+        "intercept_bytes": float(intercept),
+        "quadratic_bytes_per_view2": float(quadratic),
+        "quadratic_share_at_largest_measured": float(quadratic_share),
+        "memory_exponent_measured": loglog_slope(views, peaks)["slope"],
+        "largest_views": low,
+        "bytes_at_largest": need(low) if low else None,
+    }
+
+
+def run_scaling(args, device: torch.device) -> dict:
+    if args.quick:
+        view_counts, sweep_image, image_sizes, image_views = [1, 2, 4], (28, 28), [(28, 28), (56, 56)], 2
+        sizes, fit_size, fit_views, fit_train_views, fit_image = ["tiny"], "tiny", [1, 2, 4], [1, 2, 4], (28, 28)
+    else:
+        view_counts, sweep_image, image_sizes, image_views = [2, 4, 8, 16, 32], (112, 112), [(112, 112), (168, 168), (224, 224), (336, 336)], 4
+        sizes, fit_size, fit_views, fit_train_views, fit_image = ["tiny", "mid"], "base", [1, 2, 4, 8], [1, 2, 4], (224, 224)
+    sections = {}
+    for size in sizes:
+        config = spa3r_config(size)
+        model = build_model(config, device)
+        by_views = _sweep(model, config, [(v, sweep_image) for v in view_counts], device, args, with_train_memory=True)
+        by_image = _sweep(model, config, [(image_views, s) for s in image_sizes], device, args, with_train_memory=False)
+        largest = by_views["points"][-1]
+        sections[size] = {
+            "views_sweep": by_views["points"],
+            "views_exponents": _fits(by_views["points"], by_views["times"], "views"),
+            "views_token_exponents": _fits(by_views["points"], by_views["times"], "tokens"),
+            "image_sweep": by_image["points"],
+            "image_token_exponents": _fits(by_image["points"], by_image["times"], "tokens"),
+            # > 1 would mean the encoder holds more than one layer's worth of dense attention scores.
+            "largest_point_peak_over_dense_scores": largest["encoder_peak_bytes"] / largest["encoder_dense_scores_bytes"],
+            "largest_point_train_peak_over_dense_scores": largest["encoder_train_peak_bytes"] / largest["encoder_train_dense_scores_bytes"],
+            "math_backend_control": _math_backend_control(model, config, view_counts[-2:], sweep_image, device),
+        }
+        del model
+
+    # The largest encoder view count at base size, from small measured runs (never allocates much).
+    config = spa3r_config(fit_size)
+    model = build_model(config, device)
+    budget = available_memory_bytes(device)
+    grid = (fit_image[0] // config.patch_size, fit_image[1] // config.patch_size)
+    points = []
+    for views in fit_views:
+        data = random_field_batch(config, views, views, fit_image, device)
+        run = encoder_forward(model, data, device)
+        point = {"views": views, "encoder_peak_bytes": peak_memory_bytes(run, device),
+                 "encoder_flops": spa3r_encoder_flops(config, views, grid)["total"]}
+        if views in fit_train_views:
+            model.zero_grad(set_to_none=True)
+            point["encoder_train_peak_bytes"] = peak_memory_bytes(encoder_train(model, data, device), device)
+            model.zero_grad(set_to_none=True)
+        points.append(point)
+    # The FLOP/s at the largest measured point turns analytic FLOPs into a time estimate (the memory runs warmed up).
+    times = interleaved_times({"largest": run}, device, max(1, min(args.repeats, 3)), 0, args.min_seconds)["largest"]
+    points[-1]["encoder_seconds"] = summarize(times)
+    input_per_view = grid[0] * grid[1] * config.backbone_hidden_size * data.context_tokens.element_size()
+    inference = _largest_fitting_views(points, "encoder_peak_bytes", input_per_view, budget)
+    training = _largest_fitting_views([p for p in points if "encoder_train_peak_bytes" in p], "encoder_train_peak_bytes", input_per_view, budget)
+    # Time at that size from the analytic FLOPs and the FLOP/s measured at the largest measured point.
+    rate = points[-1]["encoder_flops"] / points[-1]["encoder_seconds"]["median"]
+    if inference["largest_views"]:
+        inference["estimated_seconds"] = spa3r_encoder_flops(config, inference["largest_views"], grid)["total"] / rate
+    fit = {"size": fit_size, "image_size": list(fit_image), "points": points, "budget_bytes": budget,
+           "budget_source": "torch.cuda.mem_get_info free" if device.type == "cuda" else "/proc/meminfo MemAvailable",
+           "input_bytes_per_view": input_per_view, "inference": inference, "training": training}
+    del model
+
+    print(f"Spa3R scaling on {device}; exponents are log-log slopes (time: median [q1, q3] of per-round fits over {args.repeats} rounds)")
+    lines = []
+    for size, section in sections.items():
+        for sweep_name, exponent_key, axis in (("views_sweep", "views_exponents", "views"), ("image_sweep", "image_token_exponents", "tokens")):
+            print(f"\n{size}: {sweep_name.replace('_', ' ')}")
+            print(format_table(
+                ["views", "image", "enc tokens", "enc s", "enc MiB", "enc train MiB", "dec tokens", "dec s", "dec MiB"],
+                [[p["views"], "x".join(map(str, p["image_size"])), p["encoder_tokens"], _stat_row(p["encoder_seconds"]),
+                  p["encoder_peak_bytes"] / MiB, p.get("encoder_train_peak_bytes", float("nan")) / MiB, p["decoder_tokens"],
+                  _stat_row(p["decoder_seconds"]), p["decoder_peak_bytes"] / MiB] for p in section[sweep_name]],
+            ))
+            e = section[exponent_key]
+            line = (f"{size} {sweep_name}: exponents vs {axis}: encoder time {_stat_row(e['encoder_time'])} (FLOPs {e['encoder_flops']:.2f}), "
+                    f"memory {e['encoder_memory']:.2f}; decoder time {_stat_row(e['decoder_time'])} (FLOPs {e['decoder_flops']:.2f}), "
+                    f"memory {e['decoder_memory']:.2f}")
+            if "encoder_train_memory" in e:
+                line += f"; encoder train memory {e['encoder_train_memory']:.2f}"
+            print(line)
+            lines.append(line)
+        t, control = section["views_token_exponents"], section["math_backend_control"]
+        line = (f"{size}: vs encoder tokens, encoder memory exponent {t['encoder_memory']:.2f} (train {t['encoder_train_memory']:.2f}); "
+                f"at {section['views_sweep'][-1]['views']} views peak / dense scores {section['largest_point_peak_over_dense_scores']:.3f} "
+                f"(one layer), train {section['largest_point_train_peak_over_dense_scores']:.3f} (all layers); "
+                f"control, SDPA math backend: memory exponent {control['math_backend_memory_exponent_vs_tokens']:.2f} vs "
+                f"{control['sdpa_memory_exponent_vs_tokens']:.2f}, peak {control['math_backend_peak_bytes'][-1] / MiB:.1f} vs "
+                f"{control['sdpa_peak_bytes'][-1] / MiB:.1f} MiB")
+        print(line)
+        lines.append(line)
+    print(f"\n{fit_size} encoder at {fit_image[0]}x{fit_image[1]}, views {fit_views}: budget {budget / 2**30:.1f} GiB ({fit['budget_source']})")
+    print(format_table(["views", "seconds", "peak MiB", "train peak MiB"],
+                       [[p["views"], _stat_row(p["encoder_seconds"]) if "encoder_seconds" in p else "-", p["encoder_peak_bytes"] / MiB,
+                         p.get("encoder_train_peak_bytes", float("nan")) / MiB] for p in points]))
+    line = (f"largest view count that fits: inference {inference['largest_views']} ({inference['bytes_per_view'] / MiB:.1f} MiB/view"
+            f" + {input_per_view / MiB:.1f} MiB/view of input tokens"
+            + (f", ~{inference['estimated_seconds']:.0f} s per forward at the measured rate" if "estimated_seconds" in inference else "")
+            + f"), training {training['largest_views']} ({training['bytes_per_view'] / MiB:.1f} MiB/view)")
+    print(line)
+    lines.append(line)
+    return {"benchmark": "spa3r_scaling", "sections": sections, "largest_views": fit, "summary": lines}
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+BENCHMARKS = {"compute": run_compute, "passes": run_passes, "scaling": run_scaling}
+
+
+def main(argv: Optional[list[str]] = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("benchmark", choices=[*BENCHMARKS, "all"])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:index] (bf16 autocast on CUDA)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median and quartiles are reported)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls of each workload first")
+    parser.add_argument("--min-seconds", type=float, default=0.2, help="faster workloads are repeated back to back per sample")
+    parser.add_argument("--sizes", nargs="+", choices=["tiny", "base"], default=["tiny", "base"], help="compute: model sizes")
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="torch CPU threads, 0: torch's default (two OpenMP threads on a shared 2-core CPU wait for each other "
+        "whenever one core is taken, and small ops get 10-40x slower)",
+    )
+    parser.add_argument("--quick", action="store_true", help="smallest configurations, 1 round (smoke test)")
+    parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats, args.warmup, args.min_seconds = 1, 0, 0.0
+    if args.repeats < 1 or args.warmup < 0 or args.min_seconds < 0:
+        parser.error(f"--repeats must be >= 1, --warmup and --min-seconds >= 0, got {args.repeats}, {args.warmup}, {args.min_seconds}")
+    try:
+        device = resolve_device(args.device)
+    except ValueError as error:
+        parser.error(str(error))
+    if args.threads < 0:
+        parser.error(f"--threads must be >= 0, got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    names = list(BENCHMARKS) if args.benchmark == "all" else [args.benchmark]
+    results = {}
+    for name in names:  # one at a time: concurrent benchmarks would measure each other
+        start = time.perf_counter()
+        result = BENCHMARKS[name](args, device)
+        sync(device)
+        result.update(machine=machine_info(device),
+                      args={"repeats": args.repeats, "warmup": args.warmup, "min_seconds": args.min_seconds, "quick": args.quick,
+                            "threads": torch.get_num_threads()},
+                      wall_seconds=time.perf_counter() - start)
+        path = write_json(args.output_dir / f"spa3r_{name}.json", result)
+        print(f"wrote {path} ({result['wall_seconds']:.0f} s)\n")
+        results[name] = result
+    return results
+
+
+if __name__ == "__main__":
+    main()

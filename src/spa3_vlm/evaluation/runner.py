@@ -1,0 +1,1078 @@
+"""VSI-Bench evaluation runner: generate answers with Spa3-VLM or plain Qwen2.5-VL, resume, score, report.
+
+Protocol (the reference's lmms-eval run, see ``docs/evaluation.md``):
+
+* frames: up to ``num_frames`` (32) per question, all frames if the video has fewer, else
+  ``linspace(0, n - 1, 32)`` cast to int (:func:`sample_frame_indices`);
+* chat: system message "You are a helpful assistant.", one user turn ``[image x T, text]`` whose text is
+  :func:`~spa3_vlm.evaluation.vsibench.build_vsibench_prompt` (lmms-eval's VSI-Bench prompt);
+* generation: greedy (``do_sample=False``, one beam), at most 16 new tokens, on top of the checkpoint's own
+  ``generation_config`` (so e.g. a ``repetition_penalty`` saved with the model applies, as it did in the
+  reference); the answer is the decoded new tokens with special tokens skipped, no post-processing;
+* batches are left-padded; every answer is appended to the predictions JSONL and flushed as soon as it
+  exists, so a rerun of the same command skips the ids already answered;
+* scoring: :func:`~spa3_vlm.evaluation.vsibench.vsibench_scores` on the predictions (whitespace-stripped, as
+  lmms-eval hands them to the task) joined with the dataset by id; the table follows the paper's column order
+  (``TASK_ORDER``).
+
+Both model kinds go through the same :class:`Spa3VLMProcessor` (its Qwen half for plain Qwen2.5-VL: the
+geometry tensors are dropped), so a Spa3-VLM and its Qwen2.5-VL baseline see identical pixels. The model class
+comes from the checkpoint's ``config.json`` ``model_type`` (``spa3_vlm`` or ``qwen2_5_vl``).
+
+The lmms-eval plugin (:mod:`spa3_vlm.evaluation.lmms_eval_plugin`) answers through :class:`VSIBenchGenerator`
+too, so both paths produce the same text for the same frames and prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import PIL.Image
+import torch
+
+from ..processing_spa3_vlm import DEFAULT_SYSTEM_MESSAGE, Spa3VLMProcessor, sample_frame_indices
+from .vsibench import (
+    NUMERICAL_TYPES,
+    PARSING_MODES,
+    QUESTION_TYPES,
+    TASK_ORDER,
+    build_vsibench_prompt,
+    normalize_answer,
+    option_letters,
+    parse_numeric_prediction,
+    vsibench_scores,
+)
+
+__all__ = [
+    "DATASETS",
+    "DEFAULT_MAX_NEW_TOKENS",
+    "DEFAULT_NUM_FRAMES",
+    "EvalSample",
+    "LMMS_EVAL_MAX_PIXELS",
+    "LMMS_EVAL_MIN_PIXELS",
+    "PredictionFile",
+    "RunReport",
+    "VSIBenchGenerator",
+    "build_parser",
+    "format_table",
+    "frames_from_visuals",
+    "load_model",
+    "load_synthrooms_qa_samples",
+    "load_vsibench_records",
+    "load_vsibench_samples",
+    "main",
+    "missing_videos",
+    "model_class_for",
+    "read_predictions",
+    "run_generation",
+    "sample_frame_indices",
+    "score_predictions",
+    "validate_records",
+]
+
+DEFAULT_NUM_FRAMES = 32
+DEFAULT_MAX_NEW_TOKENS = 16
+# lmms-eval's Qwen2.5-VL wrapper defaults, in effect in the reference evaluation (spec section 11).
+LMMS_EVAL_MIN_PIXELS = 256 * 28 * 28
+LMMS_EVAL_MAX_PIXELS = 1605632
+VSIBENCH_HUB_ID = "nyu-visionx/VSI-Bench"
+DATASETS = ("vsibench", "synthrooms-qa")
+MODEL_TYPES = ("spa3_vlm", "qwen2_5_vl")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+REQUIRED_FIELDS = ("id", "question_type", "question", "ground_truth")
+
+
+def _log_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"``: CUDA when available, else CPU; anything else is parsed by ``torch.device``."""
+    if isinstance(device, torch.device):
+        return device
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"unknown device {device!r}; expected 'auto', 'cpu', 'cuda', 'cuda:1', ...") from error
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """``"auto"``: bfloat16 on GPU, float32 on CPU; else one of ``DTYPES``."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; expected 'auto' or one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def model_class_for(config) -> type:
+    """The model class for a checkpoint config, chosen by its ``model_type`` (never by the path's name)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from ..modeling_spa3_vlm import Spa3VLMForConditionalGeneration
+
+    model_type = getattr(config, "model_type", None)
+    classes = {"spa3_vlm": Spa3VLMForConditionalGeneration, "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration}
+    if model_type not in classes:
+        raise ValueError(
+            f"cannot evaluate a checkpoint with model_type {model_type!r}; expected one of {list(MODEL_TYPES)} "
+            "(Spa3-VLM or Qwen2.5-VL)"
+        )
+    return classes[model_type]
+
+
+def load_model(model_name_or_path: str, *, device: torch.device, dtype: torch.dtype, attn_implementation=None):
+    """A Spa3-VLM or Qwen2.5-VL checkpoint on ``device`` in ``dtype``, in eval mode."""
+    from transformers import AutoConfig
+
+    import spa3_vlm  # noqa: F401  (registers model_type "spa3_vlm" with AutoConfig)
+
+    config = AutoConfig.from_pretrained(model_name_or_path)
+    model_class = model_class_for(config)
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    if device.type == "cuda":
+        kwargs["device_map"] = str(device)  # load straight onto the GPU, no CPU copy of a 3B model
+    model = model_class.from_pretrained(model_name_or_path, **kwargs)
+    return model.to(device).eval()
+
+
+def load_processor(processor_name_or_path: str) -> Spa3VLMProcessor:
+    """``Spa3VLMProcessor`` from a Spa3-VLM folder or a Qwen2.5-VL folder (tokenizer + preprocessor config)."""
+    try:
+        return Spa3VLMProcessor.from_pretrained(processor_name_or_path)
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"cannot load a processor from {processor_name_or_path!r} ({type(error).__name__}: {error}); pass "
+            "--processor with a folder or hub id holding the tokenizer and image processor config, e.g. the "
+            "Qwen2.5-VL-3B-Instruct checkpoint the model was trained from"
+        ) from error
+
+
+def frames_from_visuals(visuals: Any, num_frames: int = DEFAULT_NUM_FRAMES) -> list[PIL.Image.Image]:
+    """What an lmms-eval doc gives (a video path, images, or a list of them) -> the frames shown to the model.
+
+    A video (file or frame folder) is sampled to ``num_frames`` with the reference rule; images are kept as
+    they are, in order. One video per question, as in VSI-Bench; mixing videos with more visuals is refused.
+    """
+    from ..video import load_video_frames
+
+    items = list(visuals) if isinstance(visuals, (list, tuple)) else [visuals]
+    if not items:
+        raise ValueError("the request has no visuals; VSI-Bench questions need the scene video (one path)")
+    videos = [item for item in items if isinstance(item, (str, os.PathLike))]
+    if videos:
+        if len(items) != 1:
+            raise ValueError(
+                f"expected one video path per question, got {len(videos)} path(s) among {len(items)} visuals"
+            )
+        return load_video_frames(videos[0], num_frames)
+    frames = []
+    for index, item in enumerate(items):
+        if isinstance(item, PIL.Image.Image):
+            frames.append(item.convert("RGB"))
+        elif isinstance(item, np.ndarray) and item.ndim == 3:
+            frames.append(PIL.Image.fromarray(item).convert("RGB"))
+        else:
+            raise ValueError(
+                f"visual #{index} is a {type(item).__name__}; expected a video path, a PIL image or an HxWx3 array"
+            )
+    return frames
+
+
+class VSIBenchGenerator:
+    """Greedy answers of a Spa3-VLM / Qwen2.5-VL to ``(frames, prompt)`` requests, in batches.
+
+    Args:
+        model: a ``Spa3VLMForConditionalGeneration`` or ``Qwen2_5_VLForConditionalGeneration`` (eval mode).
+        processor: a ``Spa3VLMProcessor``; its tokenizer is switched to left padding (batched generation).
+        max_new_tokens: answer length limit (VSI-Bench: 16).
+        system_message: the chat's system turn.
+        min_pixels / max_pixels: per-frame pixel budget of the Qwen branch; ``None`` keeps the processor's.
+    """
+
+    def __init__(
+        self,
+        model,
+        processor: Spa3VLMProcessor,
+        *,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        system_message: Optional[str] = DEFAULT_SYSTEM_MESSAGE,
+        min_pixels: Optional[int] = None,
+        max_pixels: Optional[int] = None,
+    ):
+        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+        model_type = getattr(model.config, "model_type", None)
+        if model_type not in MODEL_TYPES:
+            raise ValueError(f"model has model_type {model_type!r}; expected one of {list(MODEL_TYPES)}")
+        if processor.image_token_id != model.config.image_token_id:
+            raise ValueError(
+                f"the processor's image token id ({processor.image_token_id}) differs from the model's "
+                f"({model.config.image_token_id}): processor and model come from different checkpoints"
+            )
+        self.model = model
+        self.processor = processor
+        self.takes_geometry = model_type == "spa3_vlm"
+        self.max_new_tokens = max_new_tokens
+        self.system_message = system_message
+        processor.tokenizer.padding_side = "left"
+        if min_pixels is not None or max_pixels is not None:
+            processor.set_pixel_budget(min_pixels=min_pixels, max_pixels=max_pixels)
+        self.generation_config = self._greedy_config(model, max_new_tokens, processor.tokenizer.pad_token_id)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_name_or_path: str,
+        processor_name_or_path: Optional[str] = None,
+        *,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype = "auto",
+        attn_implementation: Optional[str] = None,
+        generation_config: Optional[str] = None,
+        **kwargs,
+    ) -> "VSIBenchGenerator":
+        """Load model (class from ``model_type``) and processor (default: the model folder) and wrap them.
+
+        ``generation_config``: a folder / hub id whose ``generation_config.json`` replaces the model's (e.g. the
+        released checkpoint's, when the model folder is a conversion that did not carry it over).
+        """
+        from transformers import GenerationConfig
+
+        device = resolve_device(device)
+        dtype = resolve_dtype(dtype, device)
+        processor = load_processor(processor_name_or_path or model_name_or_path)
+        model = load_model(model_name_or_path, device=device, dtype=dtype, attn_implementation=attn_implementation)
+        if generation_config is not None:
+            try:
+                model.generation_config = GenerationConfig.from_pretrained(generation_config)
+            except OSError as error:
+                raise ValueError(f"no generation_config.json in {generation_config!r}: {error}") from error
+        return cls(model, processor, **kwargs)
+
+    @staticmethod
+    def _greedy_config(model, max_new_tokens: int, pad_token_id: Optional[int]):
+        config = copy.deepcopy(model.generation_config)
+        config.do_sample = False
+        config.num_beams = 1
+        config.max_new_tokens = max_new_tokens
+        if config.pad_token_id is None:
+            config.pad_token_id = pad_token_id
+        # Sampling knobs mean nothing for greedy decoding; cleared so transformers does not warn about them.
+        config.temperature = config.top_p = config.top_k = None
+        return config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def settings(self) -> dict[str, Any]:
+        """What produced the answers (for the metrics file)."""
+        size = self.processor.image_processor.size
+        return {
+            "model_class": type(self.model).__name__,
+            "model_type": self.model.config.model_type,
+            "name_or_path": getattr(self.model.config, "_name_or_path", None),
+            "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
+            "device": str(self.device),
+            "max_new_tokens": self.max_new_tokens,
+            "system_message": self.system_message,
+            "min_pixels": int(size["shortest_edge"]),
+            "max_pixels": int(size["longest_edge"]),
+            "generation_config": {
+                key: value
+                for key, value in self.generation_config.to_diff_dict().items()
+                if key not in ("transformers_version",)
+            },
+        }
+
+    def messages(self, num_frames: int, prompt: str) -> list[dict]:
+        """System turn + one user turn with ``num_frames`` image slots and the prompt text."""
+        content = [{"type": "image"} for _ in range(num_frames)] + [{"type": "text", "text": prompt}]
+        conversation = [{"role": "user", "content": content}]
+        if self.system_message:
+            conversation.insert(0, {"role": "system", "content": self.system_message})
+        return conversation
+
+    @torch.inference_mode()
+    def generate(self, requests: Sequence[tuple[Sequence[PIL.Image.Image], str]], max_new_tokens=None) -> list[str]:
+        """Answer a batch: ``requests[i] = (frames, prompt)``; returns one decoded answer per request."""
+        if len(requests) == 0:
+            return []
+        texts, images = [], []
+        for index, request in enumerate(requests):
+            if not (isinstance(request, (tuple, list)) and len(request) == 2):
+                raise ValueError(f"request #{index} must be a (frames, prompt) pair, got {type(request).__name__}")
+            frames, prompt = request
+            if not isinstance(prompt, str):
+                raise ValueError(f"request #{index}: the prompt must be a string, got {type(prompt).__name__}")
+            frames = list(frames)
+            if not frames:
+                raise ValueError(f"request #{index} has no frames; each question needs at least one frame")
+            conversation = self.messages(len(frames), prompt)
+            texts.append(self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False))
+            images.append(frames)
+        inputs = self.processor(text=texts, images=images, padding=True, return_tensors="pt")
+        if not self.takes_geometry:
+            inputs.pop("geometry_pixel_values", None)  # plain Qwen2.5-VL has no geometry branch
+        inputs = inputs.to(self.device)
+        generation_config = self.generation_config
+        if max_new_tokens is not None and max_new_tokens != generation_config.max_new_tokens:
+            generation_config = copy.deepcopy(generation_config)
+            generation_config.max_new_tokens = max_new_tokens
+        output = self.model.generate(**inputs, generation_config=generation_config)
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        return self.processor.tokenizer.batch_decode(
+            new_tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class EvalSample:
+    """One question: its VSI-Bench record, the prompt text, and how to get its frames.
+
+    ``load_frames(num_frames)`` returns the frames shown to the model (sampled with the reference rule).
+    ``video`` is the video path for VSI-Bench (``None`` for SynthRooms-QA, whose frames are in the dataset).
+    """
+
+    record: Mapping[str, Any]
+    prompt: str
+    load_frames: Callable[[int], list]
+    video: Optional[str] = None
+
+    @property
+    def id(self):
+        return _id_key(self.record["id"])
+
+
+def _id_key(value: Any):
+    """Ids are str or int (VSI-Bench uses ints); numpy ints become Python ints so JSON round-trips match."""
+    if isinstance(value, bool):
+        raise ValueError(f"id must be a string or an int, got {value!r}")
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, str):
+        return value
+    raise ValueError(f"id must be a string or an int, got {value!r}")
+
+
+def validate_records(records: Sequence[Mapping[str, Any]], source: str, fields: Sequence[str] = REQUIRED_FIELDS) -> None:
+    """Check a dataset before any generation: fields, known question types, unique ids, well-formed answers."""
+    if not records:
+        raise ValueError(f"{source}: no records")
+    for index, record in enumerate(records):
+        if not isinstance(record, Mapping):
+            raise ValueError(f"{source}: record #{index} is a {type(record).__name__}, expected a mapping")
+        missing = [name for name in fields if name not in record or record[name] is None]
+        if missing:
+            raise ValueError(f"{source}: record #{index} (id {record.get('id')!r}) lacks field(s) {missing}")
+        try:
+            _id_key(record["id"])
+        except ValueError as error:
+            raise ValueError(f"{source}: record #{index}: {error}") from None
+    unknown = Counter(record["question_type"] for record in records if record["question_type"] not in QUESTION_TYPES)
+    if unknown:
+        raise ValueError(
+            f"{source}: {sum(unknown.values())} record(s) have unknown question types {dict(unknown)}; expected "
+            f"one of {list(QUESTION_TYPES)}"
+        )
+    counts = Counter(_id_key(record["id"]) for record in records)
+    duplicates = [record_id for record_id, count in counts.items() if count > 1]
+    if duplicates:
+        raise ValueError(f"{source}: {len(duplicates)} id(s) occur more than once, e.g. {duplicates[:5]}")
+    # Options / ground-truth formats: the metric's own validation on empty predictions.
+    try:
+        vsibench_scores([_scoring_record(record, None) for record in records])
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from None
+
+
+def _scoring_record(record: Mapping[str, Any], prediction: Optional[str]) -> dict:
+    return {
+        "id": _id_key(record["id"]),
+        "question_type": record["question_type"],
+        "ground_truth": record["ground_truth"],
+        "options": record.get("options"),
+        "prediction": prediction,
+    }
+
+
+def _prompt(record: Mapping[str, Any]) -> str:
+    options = record.get("options")
+    if record["question_type"] in NUMERICAL_TYPES:
+        options = None  # VSI-Bench stores null/empty options for numerical questions
+    return build_vsibench_prompt(record["question"], record["question_type"], options)
+
+
+def _read_records_file(path: Path) -> list[dict]:
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    if suffix == ".jsonl":
+        records = []
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                if line.strip():
+                    try:
+                        records.append(json.loads(line))
+                    except json.JSONDecodeError as error:
+                        raise ValueError(f"{path}: line {number} is not valid JSON ({error})") from None
+        return records
+    if suffix == ".json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, list):
+            raise ValueError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+        return data
+    raise ValueError(f"{path}: unsupported records file type {suffix!r}; expected .parquet, .jsonl or .json")
+
+
+def _find_records_files(root: Path, split: str) -> list[Path]:
+    """Local VSI-Bench record files: ``<split>-*.parquet`` (the Hub layout), else ``*.parquet`` / ``*.jsonl``."""
+    for folder in (root, root / "full", root / "data"):
+        if not folder.is_dir():
+            continue
+        for pattern in (f"{split}-*.parquet", f"{split}.parquet", f"{split}*.jsonl"):
+            found = sorted(folder.glob(pattern))
+            if found:
+                return found
+    for pattern in ("*.parquet", "*.jsonl"):
+        found = sorted(root.glob(pattern))
+        if len(found) > 1:
+            raise ValueError(
+                f"{root} holds several record files {[p.name for p in found]} and none is named {split}-*: pass "
+                "--records FILE"
+            )
+        if found:
+            return found
+    return []
+
+
+def load_vsibench_records(
+    data_root: Optional[str] = None,
+    records_path: Optional[str] = None,
+    split: str = "test",
+    hub_config: str = "full",
+) -> tuple[list[dict], str]:
+    """VSI-Bench records and where they came from.
+
+    Order of preference: ``records_path`` (parquet / jsonl / json); record files in ``data_root``
+    (``test-00000-of-00001.parquet`` as on the Hub, also under ``full/`` or ``data/``); else
+    ``datasets.load_dataset("nyu-visionx/VSI-Bench", hub_config, split=split)`` (needs the Hub).
+    """
+    if records_path is not None:
+        path = Path(records_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"records file not found: {path}")
+        return _read_records_file(path), str(path)
+    if data_root is not None:
+        root = Path(data_root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"--data_root folder not found: {root}")
+        files = _find_records_files(root, split)
+        if files:
+            return [record for path in files for record in _read_records_file(path)], ", ".join(map(str, files))
+    try:
+        import datasets
+
+        dataset = datasets.load_dataset(VSIBENCH_HUB_ID, hub_config, split=split)
+    except Exception as error:  # offline, no access, unknown config: all mean "no records"
+        raise ValueError(
+            f"no VSI-Bench record file under {data_root!r} and {VSIBENCH_HUB_ID} ({hub_config}/{split}) could not be "
+            f"loaded ({type(error).__name__}: {error}); put test-00000-of-00001.parquet in --data_root or pass "
+            "--records FILE"
+        ) from error
+    columns = [c for c in dataset.column_names if c in (*REQUIRED_FIELDS, "options", "dataset", "scene_name")]
+    return dataset.select_columns(columns).to_list(), f"{VSIBENCH_HUB_ID}:{hub_config}/{split}"
+
+
+def _video_loader(path: str) -> Callable[[int], list]:
+    def load(num_frames: int) -> list:
+        from ..video import load_video_frames
+
+        return load_video_frames(path, num_frames)
+
+    return load
+
+
+def load_vsibench_samples(
+    data_root: Optional[str],
+    records_path: Optional[str] = None,
+    split: str = "test",
+    hub_config: str = "full",
+) -> tuple[list[EvalSample], str]:
+    """VSI-Bench questions with their videos at ``<data_root>/<dataset>/<scene_name>.mp4``."""
+    if data_root is None:
+        raise ValueError(
+            "--data_root is required for vsibench: the folder holding the videos as <dataset>/<scene_name>.mp4 "
+            "(arkitscenes/, scannet/, scannetpp/ unpacked from the dataset's zip files)"
+        )
+    records, source = load_vsibench_records(data_root, records_path, split, hub_config)
+    validate_records(records, source, fields=(*REQUIRED_FIELDS, "dataset", "scene_name"))
+    root = Path(data_root)
+    samples = []
+    for record in records:
+        video = str(root / str(record["dataset"]) / f"{record['scene_name']}.mp4")
+        samples.append(EvalSample(record=record, prompt=_prompt(record), load_frames=_video_loader(video), video=video))
+    return samples, source
+
+
+def missing_videos(samples: Iterable[EvalSample]) -> list[str]:
+    """Video paths of ``samples`` that do not exist (checked once per video)."""
+    paths = sorted({sample.video for sample in samples if sample.video is not None})
+    return [path for path in paths if not os.path.isfile(path)]
+
+
+def _dataset_frames(images_column, row: int) -> Callable[[int], list]:
+    def load(num_frames: int) -> list:
+        images = images_column[row]["images"]
+        if not images:
+            raise ValueError(f"SynthRooms-QA row {row} has no frames")
+        return [images[index].convert("RGB") for index in sample_frame_indices(len(images), num_frames)]
+
+    return load
+
+
+def load_synthrooms_qa_samples(
+    data_root: Optional[str] = None,
+    split: str = "test",
+    *,
+    num_scenes: int = 8,
+    frames_per_scene: int = 8,
+    image_size: tuple[int, int] = (84, 112),
+    seed: int = 0,
+    per_scene: Optional[int] = 10,
+    cache_dir: Optional[str] = None,
+) -> tuple[list[EvalSample], str]:
+    """SynthRooms-QA questions, frames from the dataset's ``images`` column.
+
+    ``data_root``: a folder written by ``Dataset.save_to_disk`` (a ``DatasetDict`` is indexed by ``split``);
+    without it the split is generated with :func:`~spa3_vlm.data.synthrooms_qa.build_synthrooms_qa` (cached).
+    """
+    import datasets
+
+    if data_root is not None:
+        if not Path(data_root).is_dir():
+            raise FileNotFoundError(f"--data_root folder not found: {data_root}")
+        dataset = datasets.load_from_disk(data_root)
+        if isinstance(dataset, datasets.DatasetDict):
+            if split not in dataset:
+                raise ValueError(f"{data_root} has splits {list(dataset)}, not {split!r}; pass --split")
+            dataset = dataset[split]
+        source = f"{data_root} ({split})"
+    else:
+        from ..data.synthrooms_qa import build_synthrooms_qa
+
+        dataset = build_synthrooms_qa(
+            num_scenes, frames_per_scene, tuple(image_size), seed, split, per_scene=per_scene, cache_dir=cache_dir
+        )
+        source = (
+            f"SynthRooms-QA {split} (scenes={num_scenes}, frames={frames_per_scene}, image_size={tuple(image_size)}, "
+            f"seed={seed}, per_scene={per_scene})"
+        )
+    if "images" not in dataset.column_names:
+        raise ValueError(f"{source}: the dataset has no 'images' column (columns: {dataset.column_names})")
+    record_columns = [c for c in dataset.column_names if c in (*REQUIRED_FIELDS, "options", "dataset", "scene_name")]
+    records = dataset.select_columns(record_columns).to_list()
+    validate_records(records, source)
+    images_column = dataset.select_columns(["images"])
+    samples = [
+        EvalSample(record=record, prompt=_prompt(record), load_frames=_dataset_frames(images_column, row))
+        for row, record in enumerate(records)
+    ]
+    return samples, source
+
+
+# ---------------------------------------------------------------------------------------------- predictions file
+
+
+@dataclass
+class PredictionFile:
+    """A predictions JSONL as read back: valid lines by id, and what was wrong with the others.
+
+    ``invalid_lines``: ``(line number, reason)`` of lines that are not a JSON object with a string or int ``id``
+    and a string ``prediction`` (e.g. a partial write from a crash). ``duplicate_lines``: later lines repeating
+    an id with the same prediction. ``needs_rewrite``: the file should be rewritten without those lines
+    (also when it does not end with a newline, so the next append starts on a fresh line).
+    """
+
+    path: Path
+    predictions: dict = field(default_factory=dict)
+    invalid_lines: list = field(default_factory=list)
+    duplicate_lines: list = field(default_factory=list)
+    needs_rewrite: bool = False
+
+
+def _check_prediction_line(data: Any) -> Optional[str]:
+    """Why a parsed line is not a usable prediction, or ``None``."""
+    if not isinstance(data, dict):
+        return f"expected a JSON object, got {type(data).__name__}"
+    if "id" not in data:
+        return "no 'id'"
+    try:
+        _id_key(data["id"])
+    except ValueError as error:
+        return str(error)
+    if "prediction" not in data:
+        return "no 'prediction'"
+    if not isinstance(data["prediction"], str):
+        return f"prediction must be a string, got {type(data['prediction']).__name__} {data['prediction']!r}"
+    if "question_type" in data and not isinstance(data["question_type"], str):
+        return f"question_type must be a string, got {data['question_type']!r}"
+    return None
+
+
+def read_predictions(path: str | os.PathLike) -> PredictionFile:
+    """Read a predictions JSONL, tolerating broken lines (reported in the result, never silently used).
+
+    Raises ``ValueError`` when two lines give the same id different predictions (which one is right?).
+    """
+    path = Path(path)
+    result = PredictionFile(path=path)
+    if not path.exists():
+        return result
+    raw = path.read_bytes()
+    for number, line in enumerate(raw.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            result.invalid_lines.append((number, f"not valid JSON ({type(error).__name__})"))
+            continue
+        reason = _check_prediction_line(data)
+        if reason is not None:
+            result.invalid_lines.append((number, reason))
+            continue
+        key = _id_key(data["id"])
+        previous = result.predictions.get(key)
+        if previous is not None:
+            if previous["prediction"] != data["prediction"] or previous.get("question_type") != data.get("question_type"):
+                raise ValueError(
+                    f"{path}: id {key!r} appears twice with different answers (line {number}: {data['prediction']!r} vs "
+                    f"{previous['prediction']!r}); remove one of them"
+                )
+            result.duplicate_lines.append(number)
+            continue
+        result.predictions[key] = data
+    result.needs_rewrite = bool(result.invalid_lines or result.duplicate_lines or (raw and not raw.endswith(b"\n")))
+    return result
+
+
+def _rewrite_predictions(path: Path, lines: Iterable[Mapping[str, Any]]) -> None:
+    """Atomically replace ``path`` by ``lines`` (temporary file + rename: a crash leaves one of the two)."""
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        for line in lines:
+            handle.write(json.dumps(line, ensure_ascii=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def _check_against_dataset(
+    predictions: Mapping[Any, Mapping], question_types: Mapping[Any, Optional[str]], path: Path
+) -> None:
+    """Refuse a predictions file made for another dataset: unknown ids, or ids whose question type differs.
+
+    ``question_types``: id -> question type for every id of the dataset (``None``: not checked).
+    """
+    unknown = [key for key in predictions if key not in question_types]
+    if unknown:
+        raise ValueError(
+            f"{path} holds {len(unknown)} prediction(s) whose ids are not in the dataset (e.g. {unknown[:5]}): it was "
+            "written for another dataset or split; use another --output or remove those lines"
+        )
+    mismatched = [
+        key
+        for key, line in predictions.items()
+        if question_types[key] is not None and "question_type" in line and line["question_type"] != question_types[key]
+    ]
+    if mismatched:
+        key = mismatched[0]
+        raise ValueError(
+            f"{path}: {len(mismatched)} prediction(s) have a question_type that differs from the dataset's (e.g. id "
+            f"{key!r}: {predictions[key]['question_type']!r} vs {question_types[key]!r}); the file belongs to another "
+            "version of the dataset"
+        )
+
+
+def _describe_lines(lines: Sequence[tuple[int, str]], limit: int = 5) -> str:
+    shown = "; ".join(f"line {number}: {reason}" for number, reason in lines[:limit])
+    return shown + (f"; ... ({len(lines) - limit} more)" if len(lines) > limit else "")
+
+
+# ---------------------------------------------------------------------------------------------- generation
+
+
+@dataclass
+class RunReport:
+    """What a generation run did."""
+
+    total: int
+    already_done: int
+    generated: int
+    invalid_lines: list
+    duplicate_lines: list
+
+
+def run_generation(
+    generator,
+    samples: Sequence[EvalSample],
+    output_path: str | os.PathLike,
+    *,
+    num_frames: int = DEFAULT_NUM_FRAMES,
+    batch_size: int = 1,
+    known_ids: Optional[Iterable] = None,
+    progress: bool = True,
+    log: Callable[[str], None] = _log_stderr,
+) -> RunReport:
+    """Answer every sample not yet in ``output_path``, appending one JSON line per answer (flushed to disk).
+
+    Broken lines of an existing file are reported, dropped (the file is rewritten atomically) and their
+    questions answered again. Ids in the file that are not in ``known_ids`` (default: the samples' ids) raise
+    ``ValueError`` before anything is generated. ``generator.generate(batch)`` takes ``(frames, prompt)`` pairs.
+    """
+    from tqdm.auto import tqdm
+
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if not isinstance(num_frames, int) or isinstance(num_frames, bool) or num_frames < 1:
+        raise ValueError(f"num_frames must be a positive int, got {num_frames!r}")
+    output_path = Path(output_path)
+    question_types: dict[Any, Optional[str]] = {_id_key(key): None for key in (known_ids or ())}
+    question_types.update({sample.id: sample.record["question_type"] for sample in samples})
+    existing = read_predictions(output_path)
+    _check_against_dataset(existing.predictions, question_types, output_path)
+    if existing.invalid_lines:
+        log(
+            f"warning: {output_path}: dropped {len(existing.invalid_lines)} unreadable line(s) "
+            f"({_describe_lines(existing.invalid_lines)}); their questions are answered again"
+        )
+    if existing.duplicate_lines:
+        duplicates = existing.duplicate_lines
+        log(f"warning: {output_path}: dropped {len(duplicates)} duplicate line(s) {duplicates[:10]}")
+    if existing.needs_rewrite:
+        _rewrite_predictions(output_path, existing.predictions.values())
+
+    pending = [sample for sample in samples if sample.id not in existing.predictions]
+    already_done = len(samples) - len(pending)
+    if already_done:
+        log(f"resuming {output_path}: {already_done} of {len(samples)} questions already answered, {len(pending)} to go")
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    generated = 0
+    with open(output_path, "a", encoding="utf-8") as handle, tqdm(
+        total=len(pending), desc="VSI-Bench", unit="question", disable=not progress
+    ) as bar:
+        for start in range(0, len(pending), batch_size):
+            batch = pending[start : start + batch_size]
+            frames = [sample.load_frames(num_frames) for sample in batch]
+            answers = generator.generate([(f, sample.prompt) for f, sample in zip(frames, batch)])
+            if len(answers) != len(batch):
+                raise RuntimeError(f"the generator returned {len(answers)} answers for {len(batch)} questions")
+            for sample, sample_frames, answer in zip(batch, frames, answers):
+                line = {
+                    "id": sample.id,
+                    "question_type": sample.record["question_type"],
+                    "ground_truth": sample.record["ground_truth"],
+                    "prediction": answer,
+                    "num_frames": len(sample_frames),
+                }
+                if sample.record.get("scene_name") is not None:
+                    line["scene_name"] = sample.record["scene_name"]
+                handle.write(json.dumps(line, ensure_ascii=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())  # an answer on disk survives a crash of the next batch
+            generated += len(batch)
+            bar.update(len(batch))
+    return RunReport(
+        total=len(samples),
+        already_done=already_done,
+        generated=generated,
+        invalid_lines=existing.invalid_lines,
+        duplicate_lines=existing.duplicate_lines,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- scoring
+
+
+def _answer_kind_errors(record: Mapping[str, Any], prediction: str, parsing: str) -> Optional[str]:
+    """``"no_number"`` / ``"not_an_option"`` when an answer has the wrong kind for its question, else ``None``."""
+    if record["question_type"] in NUMERICAL_TYPES:
+        return "no_number" if parse_numeric_prediction(prediction, parsing) is None else None
+    letters = {letter.lower() for letter in option_letters(record["options"])}
+    return None if normalize_answer(prediction).lower() in letters else "not_an_option"
+
+
+def score_predictions(
+    samples: Sequence[EvalSample],
+    predictions: Mapping[Any, Mapping[str, Any]],
+    *,
+    parsing: str = "lmms-eval-2024",
+    allow_missing: bool = False,
+    source: str = "predictions",
+) -> dict[str, Any]:
+    """VSI-Bench scores of ``predictions`` (by id) on ``samples``.
+
+    Answers are stripped of surrounding whitespace first, as lmms-eval does before the VSI-Bench metric.
+    Missing answers raise ``ValueError`` unless ``allow_missing`` (then they score 0 and are counted).
+    Answers of the wrong kind (a numerical answer without a number, a choice that is not an option letter) score
+    0 as in the reference, and are counted in ``answer_kind_errors``.
+    """
+    if parsing not in PARSING_MODES:
+        raise ValueError(f"unknown parsing {parsing!r}; expected one of {list(PARSING_MODES)}")
+    ids = [sample.id for sample in samples]
+    missing = [key for key in ids if key not in predictions]
+    if missing and not allow_missing:
+        raise ValueError(
+            f"{len(missing)} of {len(ids)} questions have no prediction in {source} (e.g. {missing[:5]}): rerun the "
+            "same command to finish (it resumes), or pass --allow_missing to score them as wrong"
+        )
+    selected = set(ids)
+    unscored = [key for key in predictions if key not in selected]
+    records, kind_errors = [], Counter()
+    for sample in samples:
+        line = predictions.get(sample.id)
+        # lmms-eval strips generate_until outputs before the task scores them (ConfigurableTask.process_results);
+        # the file keeps the raw text.
+        prediction = None if line is None else line["prediction"].strip()
+        records.append(_scoring_record(sample.record, prediction))
+        if prediction is not None:
+            kind = _answer_kind_errors(sample.record, prediction, parsing)
+            if kind is not None:
+                kind_errors[kind] += 1
+    scores = vsibench_scores(records, parsing=parsing)
+    scores.pop("per_record")
+    scores["num_unscored_predictions"] = len(unscored)
+    scores["answer_kind_errors"] = {"no_number": kind_errors["no_number"], "not_an_option": kind_errors["not_an_option"]}
+    return scores
+
+
+TASK_LABELS = {
+    "object_counting": "Obj.Count",
+    "object_abs_distance": "Abs.Dist",
+    "object_size_estimation": "Obj.Size",
+    "room_size_estimation": "Room Size",
+    "object_rel_distance": "Rel.Dist",
+    "object_rel_direction": "Rel.Dir",
+    "route_planning": "Route Plan",
+    "obj_appearance_order": "Appr.Order",
+}
+
+
+def format_table(metrics: Mapping[str, Any]) -> str:
+    """The per-task scores (x100) in the paper's column order (``TASK_ORDER``), then the question counts."""
+    names = ["Avg."] + [TASK_LABELS[task] for task in TASK_ORDER]
+    scores = [metrics["overall"]] + [metrics["tasks"].get(task) for task in TASK_ORDER]
+    counts = [metrics["num_records"]] + [metrics["task_counts"].get(task, 0) for task in TASK_ORDER]
+    widths = [max(len(name), 6) for name in names]
+    cells = [f"{100 * score:.1f}" if score is not None else "-" for score in scores]
+    lines = [
+        "| " + " | ".join(name.rjust(w) for name, w in zip(names, widths)) + " |",
+        "|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|",
+        "| " + " | ".join(cell.rjust(w) for cell, w in zip(cells, widths)) + " |",
+        "| " + " | ".join(f"n={count}".rjust(w) for count, w in zip(counts, widths)) + " |",
+    ]
+    notes = []
+    if metrics.get("missing_tasks"):
+        notes.append(f"tasks without questions (not in Avg.): {', '.join(metrics['missing_tasks'])}")
+    if metrics.get("num_missing_predictions"):
+        notes.append(f"questions without a prediction (scored 0): {metrics['num_missing_predictions']}")
+    kinds = metrics.get("answer_kind_errors") or {}
+    if any(kinds.values()):
+        notes.append(
+            f"answers of the wrong kind (scored 0): {kinds.get('no_number', 0)} numerical without a number, "
+            f"{kinds.get('not_an_option', 0)} multiple-choice not an option letter"
+        )
+    if metrics.get("num_unscored_predictions"):
+        notes.append(f"predictions outside the selected questions (not scored): {metrics['num_unscored_predictions']}")
+    return "\n".join(lines + notes)
+
+
+# ---------------------------------------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m spa3_vlm.eval",
+        description="Evaluate Spa3-VLM or Qwen2.5-VL on VSI-Bench or SynthRooms-QA (resumable), then score.",
+    )
+    parser.add_argument("--model", help="model folder or hub id (model_type spa3_vlm or qwen2_5_vl)")
+    parser.add_argument("--processor", help="processor folder or hub id (default: --model)")
+    parser.add_argument("--dataset", required=True, choices=DATASETS)
+    parser.add_argument(
+        "--data_root",
+        help="vsibench: folder with <dataset>/<scene_name>.mp4 videos (and test-*.parquet); "
+        "synthrooms-qa: a Dataset.save_to_disk folder (default: generate the split)",
+    )
+    parser.add_argument("--records", help="vsibench: records file (.parquet/.jsonl/.json) instead of --data_root's")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--hub_config", default="full", help=f"vsibench: {VSIBENCH_HUB_ID} config (Hub loading)")
+    parser.add_argument("--output", required=True, help="predictions JSONL (appended to; a rerun resumes)")
+    parser.add_argument("--metrics_output", help="metrics JSON (default: <output stem>.metrics.json)")
+    parser.add_argument("--batch_size", type=int, default=1)
+    parser.add_argument("--num_frames", type=int, default=DEFAULT_NUM_FRAMES)
+    parser.add_argument("--max_new_tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
+    parser.add_argument("--min_pixels", type=int, help="Qwen-branch pixel budget per frame (default: the processor's)")
+    parser.add_argument("--max_pixels", type=int, help="(reference protocol: --min_pixels 200704 --max_pixels 1605632)")
+    parser.add_argument("--system_message", default=DEFAULT_SYSTEM_MESSAGE)
+    parser.add_argument(
+        "--generation_config", help="folder / hub id whose generation_config.json replaces the model's (greedy kept)"
+    )
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--dtype", default="auto", choices=["auto", *sorted(DTYPES)], help="auto: bfloat16 on GPU, float32 on CPU"
+    )
+    parser.add_argument("--attn_implementation", help="e.g. sdpa, flash_attention_2")
+    parser.add_argument("--parsing", default="lmms-eval-2024", choices=PARSING_MODES, help="numerical answer parsing")
+    parser.add_argument("--limit", type=int, help="only the first N questions (smoke runs)")
+    parser.add_argument("--score_only", action="store_true", help="score an existing --output without a model")
+    parser.add_argument("--allow_missing", action="store_true", help="score questions without a prediction as wrong")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    synth = parser.add_argument_group("synthrooms-qa (generated when --data_root is not given)")
+    synth.add_argument("--synthrooms_scenes", type=int, default=8)
+    synth.add_argument("--synthrooms_frames", type=int, default=8)
+    synth.add_argument("--synthrooms_image_size", type=int, nargs=2, default=(84, 112), metavar=("H", "W"))
+    synth.add_argument("--synthrooms_seed", type=int, default=0)
+    synth.add_argument("--synthrooms_per_scene", type=int, default=10)
+    return parser
+
+
+def _metrics_path(args) -> Path:
+    if args.metrics_output:
+        return Path(args.metrics_output)
+    output = Path(args.output)
+    return output.with_name(output.stem + ".metrics.json")
+
+
+def _load_samples(args) -> tuple[list[EvalSample], str]:
+    if args.dataset == "vsibench":
+        return load_vsibench_samples(args.data_root, args.records, args.split, args.hub_config)
+    return load_synthrooms_qa_samples(
+        args.data_root,
+        args.split,
+        num_scenes=args.synthrooms_scenes,
+        frames_per_scene=args.synthrooms_frames,
+        image_size=tuple(args.synthrooms_image_size),
+        seed=args.synthrooms_seed,
+        per_scene=args.synthrooms_per_scene,
+    )
+
+
+def _evaluate(args, generator, log: Callable[[str], None]) -> dict[str, Any]:
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be a positive int, got {args.limit}")
+    if not args.score_only and generator is None and not args.model:
+        raise ValueError("--model is required (or --score_only to score an existing --output)")
+    samples, source = _load_samples(args)
+    selected = samples[: args.limit] if args.limit else samples
+    log(f"{args.dataset}: {len(selected)} of {len(samples)} questions from {source}")
+    output = Path(args.output)
+    settings: dict[str, Any] = {"num_frames": args.num_frames, "batch_size": args.batch_size}
+    if not args.score_only:
+        absent = missing_videos(selected)
+        if absent:
+            raise FileNotFoundError(
+                f"{len(absent)} video(s) are missing under {args.data_root} (expected <dataset>/<scene_name>.mp4), "
+                f"e.g. {absent[:3]}"
+            )
+        if generator is None:
+            generator = VSIBenchGenerator.from_pretrained(
+                args.model,
+                args.processor,
+                device=args.device,
+                dtype=args.dtype,
+                attn_implementation=args.attn_implementation,
+                generation_config=args.generation_config,
+                max_new_tokens=args.max_new_tokens,
+                system_message=args.system_message or None,
+                min_pixels=args.min_pixels,
+                max_pixels=args.max_pixels,
+            )
+        report = run_generation(
+            generator,
+            selected,
+            output,
+            num_frames=args.num_frames,
+            batch_size=args.batch_size,
+            known_ids=[sample.id for sample in samples],
+            progress=not args.no_progress,
+            log=log,
+        )
+        log(f"answered {report.generated} question(s), {report.already_done} already in {output}")
+        if hasattr(generator, "settings"):
+            settings.update(generator.settings())
+    elif not output.is_file():
+        raise FileNotFoundError(f"--score_only: predictions file not found: {output}")
+
+    written = read_predictions(output)
+    if written.invalid_lines:
+        raise ValueError(
+            f"{output} has {len(written.invalid_lines)} unreadable line(s) ({_describe_lines(written.invalid_lines)}); "
+            "rerun without --score_only to answer those questions again"
+        )
+    _check_against_dataset(written.predictions, {sample.id: sample.record["question_type"] for sample in samples}, output)
+    metrics = score_predictions(
+        selected, written.predictions, parsing=args.parsing, allow_missing=args.allow_missing, source=str(output)
+    )
+    metrics["dataset"] = args.dataset
+    metrics["data_source"] = source
+    metrics["predictions_file"] = str(output)
+    metrics["settings"] = settings
+    return metrics
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def main(argv: Optional[Sequence[str]] = None, generator=None) -> int:
+    """Command line entry point; ``generator`` replaces model loading (tests, notebooks). Returns the exit code.
+
+    Bad input (files, records, predictions) prints ``error: ...`` and returns 2.
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        metrics = _evaluate(args, generator, _log_stderr)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(format_table(metrics))
+    metrics_path = _metrics_path(args)
+    metrics_path.parent.mkdir(parents=True, exist_ok=True)
+    metrics_path.write_text(json.dumps(_json_safe(metrics), indent=2) + "\n", encoding="utf-8")
+    print(f"metrics: {metrics_path}")
+    return 0
