@@ -50,16 +50,16 @@ class ModelArguments:
 class DataArguments:
     dataset: str = field(default="synthrooms", metadata={"help": "synthrooms | scannet | scannetpp"})
     data_root: Optional[str] = field(default=None, metadata={"help": "Root folder of a real dataset."})
-    num_train_scenes: int = field(default=48, metadata={"help": "SynthRooms training scenes."})
+    num_train_scenes: int = field(default=160, metadata={"help": "SynthRooms training scenes."})
     num_eval_scenes: int = field(default=8, metadata={"help": "SynthRooms held-out scenes for the field evaluation."})
-    frames_per_scene: int = field(default=24, metadata={"help": "SynthRooms frames per scene (the camera walk)."})
+    frames_per_scene: int = field(default=16, metadata={"help": "SynthRooms frames per scene (the camera walk)."})
     image_height: int = field(default=84, metadata={"help": "SynthRooms image height (multiple of 14)."})
     image_width: int = field(default=112, metadata={"help": "SynthRooms image width (multiple of 14)."})
     min_views: int = field(default=4, metadata={"help": "Fewest views per sample."})
     max_views: int = field(default=6, metadata={"help": "Most views per sample (the paper: 4-12)."})
     min_interval: int = field(default=1, metadata={"help": "Smallest frame step between sampled views."})
     max_interval: int = field(default=3, metadata={"help": "Largest frame step (ScanNet: 2-6, ScanNet++: 20-60)."})
-    samples_per_scene: int = field(default=20, metadata={"help": "View sets drawn per scene and epoch."})
+    samples_per_scene: int = field(default=8, metadata={"help": "View sets drawn per scene and epoch."})
     data_seed_offset: int = field(default=0, metadata={"help": "Shifts SynthRooms scene seeds (other scenes)."})
     figure_path: Optional[str] = field(default=None, metadata={"help": "PCA figure path (default: output_dir/field_pca.png)."})
 
@@ -104,7 +104,7 @@ def main(argv=None) -> dict:
         output_dir="runs/spa3r-tiny",
         max_steps=1200,
         per_device_train_batch_size=8,
-        learning_rate=1e-3,
+        learning_rate=2e-3,
         weight_decay=1e-4,
         warmup_steps=50,
         lr_scheduler_type="cosine",

@@ -103,7 +103,7 @@ def format_field_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _pca_colors(features: torch.Tensor, basis_from: torch.Tensor) -> torch.Tensor:
+def pca_colors(features: torch.Tensor, basis_from: torch.Tensor) -> torch.Tensor:
     """Project ``features [..., C]`` on the top-3 principal components of ``basis_from [M, C]`` -> RGB in [0, 1]."""
     mean = basis_from.mean(0)
     _, _, vh = torch.linalg.svd(basis_from - mean, full_matrices=False)
@@ -134,7 +134,7 @@ def field_pca_figure(
     basis = teacher.reshape(-1, teacher.shape[-1]).float()
     rows = [images.float()]
     for features in (teacher, predicted):
-        colors = _pca_colors(features.float(), basis).reshape(views, *grid, 3).permute(0, 3, 1, 2)
+        colors = pca_colors(features.float(), basis).reshape(views, *grid, 3).permute(0, 3, 1, 2)
         rows.append(F.interpolate(colors, size=(height, width), mode="nearest"))
     pad = 4
     canvas = Image.new("RGB", (views * (width + pad) + pad, 3 * (height + pad) + pad), "white")

@@ -1,0 +1,788 @@
+"""Everything the Space does besides drawing the UI: model choice and loading, upload checks, Spa3-VLM answers,
+SynthRooms example scenes and the virtual camera of the "See" tab. No gradio here: problems a user can fix raise
+``ValueError`` with a message meant for the UI (``app.py`` shows it with ``gr.Error``).
+
+Importing this module loads no model and touches neither the network nor the disk beyond Python imports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+
+SPACE_DIR = Path(__file__).resolve().parent
+# The Space folder sits in the package repository; a deployed Space carries copies of hub_configs/ (and runs/).
+SEARCH_ROOTS = (Path.cwd(), SPACE_DIR, SPACE_DIR.parent)
+
+TINY_RANDOM = "tiny-random"
+VLM_ENV, SPA3R_ENV = "SPA3_VLM_MODEL", "SPA3R_MODEL"
+VLM_TINY_CONFIG = "hub_configs/spa3-vlm-tiny"
+SPA3R_TINY_CONFIG = "hub_configs/spa3r-tiny-synthrooms"
+# Where train/pretrain_psfm.py and train/sft_vlm.py save by default.
+DEFAULT_SPA3R_FOLDER = "runs/spa3r-tiny"
+DEFAULT_VLM_FOLDER = "runs/spa3-vlm-tiny-sft"
+RANDOM_SEED = 0  # random tiny models are built from this seed, so their outputs are reproducible
+
+MAX_FILE_MB = float(os.environ.get("SPA3_SPACE_MAX_FILE_MB", "50"))
+MAX_FRAMES = 32  # VSI-Bench evaluation samples 32 frames per video
+MAX_SEE_VIEWS = 12  # the paper pre-trains Spa3R on 4-12 views
+MAX_IMAGE_PIXELS = 40_000_000
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpeg", ".mpg")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+NUM_EXAMPLE_SCENES = 4
+ASK_EXAMPLE_SIZE = (168, 224)  # twice the tiny SynthRooms size: readable thumbnails, the processor resizes anyway
+# Context frames of a See-tab scene: 6 views 3 frames apart on a 24-frame walk, as the PSFM evaluation samples them
+# (6 views, steps of 1-3 frames, on held-out "test" scenes of train/pretrain_psfm.py's defaults).
+SEE_WALK_FRAMES = 24
+SEE_CONTEXT_FRAMES = (0, 3, 6, 9, 12, 15)
+DISPLAY_WIDTH = 448
+
+
+# ------------------------------------------------------------------------------------------------ model choice
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a model comes from: ``kind`` is ``"random"`` (tiny config, random weights), ``"folder"`` or ``"hub"``."""
+
+    kind: str
+    source: str
+
+    @property
+    def label(self) -> str:
+        if self.kind == "random":
+            return f"{TINY_RANDOM} ({self.source}, random weights)"
+        return f"{self.source} ({'local folder' if self.kind == 'folder' else 'Hub'})"
+
+
+def _find(relative: str) -> Optional[Path]:
+    for root in SEARCH_ROOTS:
+        candidate = root / relative
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _read_json(path: Path) -> Optional[dict]:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _adapter_base(folder: Path) -> Optional[str]:
+    """The base model a PEFT adapter folder names (train/sft_vlm.py --use_lora saves one), else None."""
+    adapter = _read_json(folder / "adapter_config.json") if (folder / "adapter_config.json").is_file() else None
+    return (adapter or {}).get("base_model_name_or_path")
+
+
+def _is_saved_model(folder: Path, model_type: str) -> bool:
+    """A finished ``save_pretrained`` folder (or PEFT adapter on such a base) of ``model_type``, not a run that
+    has not saved its model yet."""
+    if not (any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))):
+        return False
+    config = folder / "config.json"
+    base = _adapter_base(folder)
+    if not config.is_file() and base and Path(base).is_dir():
+        config = Path(base) / "config.json"
+    return config.is_file() and (_read_json(config) or {}).get("model_type") == model_type
+
+
+def local_model_folders(model_type: str) -> list[str]:
+    """Saved models of ``model_type`` under ``runs/`` (newest first), as paths relative to their root."""
+    found: dict[str, float] = {}
+    for root in SEARCH_ROOTS:
+        runs = root / "runs"
+        if not runs.is_dir():
+            continue
+        for folder in runs.iterdir():
+            if folder.is_dir() and _is_saved_model(folder, model_type):
+                found.setdefault(f"runs/{folder.name}", folder.stat().st_mtime)
+    return sorted(found, key=lambda name: -found[name])
+
+
+def default_model_choice(env_var: str, preferred_folder: str, model_type: str) -> str:
+    """The env var if set, else the preferred trained folder, else any trained folder, else the random tiny model."""
+    from_env = os.environ.get(env_var, "").strip()
+    if from_env:
+        return from_env
+    folders = local_model_folders(model_type)
+    if preferred_folder in folders:
+        return preferred_folder
+    return folders[0] if folders else TINY_RANDOM
+
+
+def model_choices(env_var: str, preferred_folder: str, model_type: str) -> list[str]:
+    choices = [default_model_choice(env_var, preferred_folder, model_type), TINY_RANDOM]
+    choices += local_model_folders(model_type)
+    return list(dict.fromkeys(choices))
+
+
+def resolve_model(choice: Optional[str], env_var: str, preferred_folder: str, model_type: str) -> ModelSpec:
+    """Textbox / dropdown value -> :class:`ModelSpec`. A hub id is only used when typed (or set in ``env_var``)."""
+    choice = (choice or "").strip() or default_model_choice(env_var, preferred_folder, model_type)
+    if choice == TINY_RANDOM or choice.startswith(TINY_RANDOM + " "):
+        return ModelSpec("random", "")
+    path = Path(choice).expanduser()
+    candidates = [path] if path.is_absolute() else [root / path for root in SEARCH_ROOTS]
+    for candidate in candidates:
+        if candidate.is_dir():
+            if not (candidate / "config.json").is_file() and not _adapter_base(candidate):
+                raise ValueError(
+                    f"Model folder {choice!r} has no config.json (nor a PEFT adapter_config.json): give a folder "
+                    "written by save_pretrained."
+                )
+            return ModelSpec("folder", str(candidate))
+    if HUB_ID.match(choice) and not choice.startswith((".", "~")):
+        return ModelSpec("hub", choice)
+    raise ValueError(
+        f"Model {choice!r} is neither a local folder nor a Hub id (owner/name); use {TINY_RANDOM!r} for the tiny "
+        "random model."
+    )
+
+
+class _ModelCache:
+    """Loaded models by spec, loaded once (under a lock: two events may ask for the same model together)."""
+
+    def __init__(self, loader: Callable, capacity: int = 2):
+        self._loader, self._capacity = loader, capacity
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, spec: ModelSpec):
+        with self._lock:
+            if spec not in self._items:
+                self._items[spec] = self._loader(spec)
+                while len(self._items) > self._capacity:
+                    self._items.popitem(last=False)
+            self._items.move_to_end(spec)
+            return self._items[spec]
+
+    def loaded(self) -> list[ModelSpec]:
+        return list(self._items)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _tiny_config_folder(relative: str) -> Path:
+    folder = _find(relative)
+    if folder is None:
+        raise ValueError(
+            f"The tiny model config {relative}/ is missing (copy it from the spa3-vlm repository next to the Space) "
+            "and no trained model was given."
+        )
+    return folder
+
+
+@dataclass
+class VLMBundle:
+    spec: ModelSpec
+    model: object
+    processor: object
+    random_weights: bool
+
+
+def _load_vlm(spec: ModelSpec) -> VLMBundle:
+    from spa3_vlm import Spa3VLMConfig, Spa3VLMForConditionalGeneration, Spa3VLMProcessor
+    from transformers import AutoModelForImageTextToText
+
+    target = device()
+    if spec.kind == "random":
+        folder = _tiny_config_folder(VLM_TINY_CONFIG)
+        processor = Spa3VLMProcessor.from_pretrained(folder)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_SEED)
+            model = Spa3VLMForConditionalGeneration(Spa3VLMConfig.from_pretrained(folder))
+        return VLMBundle(ModelSpec("random", VLM_TINY_CONFIG), model.to(target).eval(), processor, True)
+    dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
+    base = _adapter_base(Path(spec.source)) if spec.kind == "folder" else None
+    try:
+        if base and not (Path(spec.source) / "config.json").is_file():
+            try:
+                from peft import PeftModel
+            except ImportError as err:
+                raise ValueError(f"{spec.label} is a LoRA adapter: loading it needs `pip install peft`.") from err
+            base_model = AutoModelForImageTextToText.from_pretrained(base, dtype=dtype)
+            model = PeftModel.from_pretrained(base_model, spec.source).merge_and_unload()
+        else:
+            model = AutoModelForImageTextToText.from_pretrained(spec.source, dtype=dtype)
+        processor = Spa3VLMProcessor.from_pretrained(spec.source)
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"Could not load a Spa3-VLM from {spec.label}: {err}") from err
+    if not isinstance(model, Spa3VLMForConditionalGeneration):
+        raise ValueError(f"{spec.label} holds a {type(model).__name__}, not a Spa3-VLM (model_type 'spa3_vlm').")
+    return VLMBundle(spec, model.to(target).eval(), processor, False)
+
+
+def _load_field_model(spec: ModelSpec) -> "FieldBundle":
+    from spa3_vlm import Spa3RConfig, Spa3RForFieldPrediction, Spa3RImageProcessor
+
+    target = device()
+    if spec.kind == "random":
+        folder = _tiny_config_folder(SPA3R_TINY_CONFIG)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_SEED)
+            model = Spa3RForFieldPrediction(Spa3RConfig.from_pretrained(folder))
+        spec, random_weights = ModelSpec("random", SPA3R_TINY_CONFIG), True
+    else:
+        try:
+            model, info = Spa3RForFieldPrediction.from_pretrained(spec.source, output_loading_info=True)
+        except (OSError, ValueError, KeyError) as err:
+            raise ValueError(f"Could not load a Spa3R field model from {spec.label}: {err}") from err
+        missing = [k for k in info["missing_keys"] if k.split(".")[0] in ("decoder", "heads", "pose_tokenizer")]
+        if missing:
+            raise ValueError(
+                f"{spec.label} has no field decoder weights (missing {missing[:3]}...): the See tab needs a "
+                "Spa3RForFieldPrediction checkpoint such as train/pretrain_psfm.py saves, not an encoder-only Spa3RModel."
+            )
+        random_weights = False
+    config = model.config
+    if config.vggt_config is None:
+        raise ValueError(f"{spec.label} has no VGGT backbone (vggt_config is None): it cannot encode images.")
+    width = int(config.vggt_config.image_size)
+    processor = Spa3RImageProcessor(target_width=width, max_height=width, patch_size=config.patch_size)
+    return FieldBundle(spec, model.to(target).eval(), processor, random_weights)
+
+
+VLM_CACHE = _ModelCache(_load_vlm)
+FIELD_CACHE = _ModelCache(_load_field_model)
+
+
+def get_vlm(choice: Optional[str]) -> VLMBundle:
+    return VLM_CACHE.get(resolve_model(choice, VLM_ENV, DEFAULT_VLM_FOLDER, "spa3_vlm"))
+
+
+def get_field_model(choice: Optional[str]) -> "FieldBundle":
+    return FIELD_CACHE.get(resolve_model(choice, SPA3R_ENV, DEFAULT_SPA3R_FOLDER, "spa3r"))
+
+
+# ------------------------------------------------------------------------------------------------ uploads
+
+
+def _name(path: str) -> str:
+    return os.path.basename(str(path))
+
+
+def check_upload_sizes(paths: Sequence[str]) -> None:
+    for path in paths:
+        size_mb = os.path.getsize(path) / 1e6
+        if size_mb > MAX_FILE_MB:
+            raise ValueError(f"{_name(path)} is {size_mb:.3g} MB; the limit is {MAX_FILE_MB:g} MB per file.")
+
+
+def read_image(path: str) -> PIL.Image.Image:
+    """An uploaded image file -> RGB PIL image, or a ``ValueError`` naming the file."""
+    try:
+        with PIL.Image.open(path) as image:
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise ValueError(
+                    f"{_name(path)} is {image.width}x{image.height} pixels; at most {MAX_IMAGE_PIXELS // 1_000_000} "
+                    "megapixels per image."
+                )
+            image.load()  # decode now: a truncated file fails here, not inside the model
+            return image.convert("RGB")
+    except (PIL.UnidentifiedImageError, OSError, SyntaxError, PIL.Image.DecompressionBombError) as err:
+        raise ValueError(f"Cannot read image {_name(path)}: it is not a valid image file ({err}).") from err
+
+
+def classify(path: str) -> str:
+    extension = os.path.splitext(str(path))[1].lower()
+    if extension in IMAGE_EXTENSIONS:
+        return "image"
+    if extension in VIDEO_EXTENSIONS:
+        return "video"
+    raise ValueError(
+        f"{_name(path)} is not an image or a video. Images: {', '.join(IMAGE_EXTENSIONS)}; "
+        f"videos: {', '.join(VIDEO_EXTENSIONS)}."
+    )
+
+
+def read_uploads(
+    paths: Optional[Sequence[str]], num_video_frames: int, max_images: int = MAX_FRAMES
+) -> tuple[list[PIL.Image.Image], str]:
+    """Uploaded files -> (RGB frames, ``"images"`` or ``"video"``).
+
+    Several images are used in upload order; one video gives ``num_video_frames`` evenly spaced frames
+    (``linspace(0, n-1, k)`` cast to int, all frames if the video is shorter), as in evaluation.
+    """
+    paths = [str(p) for p in (paths or [])]
+    if not paths:
+        raise ValueError("No frames: upload images or one video (or load an example scene) first.")
+    check_upload_sizes(paths)
+    kinds = [classify(p) for p in paths]
+    if "video" in kinds:
+        if len(paths) > 1:
+            raise ValueError(
+                f"Got {len(paths)} files including a video: upload several images or one video, not both."
+            )
+        if not 1 <= int(num_video_frames) <= MAX_FRAMES:
+            raise ValueError(f"Frames per video must be between 1 and {MAX_FRAMES}, got {num_video_frames}.")
+        from spa3_vlm.video import load_video_frames
+
+        try:
+            frames = load_video_frames(paths[0], int(num_video_frames))
+        except ValueError as err:
+            raise ValueError(f"Cannot use video {_name(paths[0])}: {err}") from err
+        if not frames:
+            raise ValueError(f"Video {_name(paths[0])} has 0 frames.")
+        return frames, "video"
+    if len(paths) > max_images:
+        raise ValueError(f"Got {len(paths)} images; at most {max_images} frames per question.")
+    return [read_image(p) for p in paths], "images"
+
+
+def files_digest(paths: Sequence[str]) -> str:
+    digest = hashlib.sha1()
+    for path in paths:
+        with open(path, "rb") as handle:
+            digest.update(hashlib.sha1(handle.read()).digest())
+    return digest.hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------------ Ask
+
+
+def build_user_message(num_frames: int, kind: str, question: str) -> list[dict]:
+    if kind == "video":
+        slots = [{"type": "video"}]
+    else:
+        slots = [{"type": "image"} for _ in range(num_frames)]
+    return [{"role": "user", "content": slots + [{"type": "text", "text": question}]}]
+
+
+@dataclass
+class Answer:
+    text: str
+    frames_seen: int  # image blocks the processor built (one per frame)
+    visual_tokens: int
+    prompt_tokens: int
+
+
+@torch.no_grad()
+def answer_question(
+    bundle: VLMBundle, frames: Sequence[PIL.Image.Image], kind: str, question: str, max_new_tokens: int = 32
+) -> Answer:
+    """Greedy Spa3-VLM answer about ``frames`` (one image slot per frame, or one video of these frames)."""
+    question = (question or "").strip()
+    if not question:
+        raise ValueError("Type a question first.")
+    if not frames:
+        raise ValueError("No frames to look at.")
+    if not 1 <= int(max_new_tokens) <= 1024:
+        raise ValueError(f"max_new_tokens must be between 1 and 1024, got {max_new_tokens}.")
+    processor = bundle.processor
+    prompt = processor.apply_chat_template(
+        build_user_message(len(frames), kind, question), add_generation_prompt=True, tokenize=False
+    )
+    if kind == "video":
+        inputs = processor(text=[prompt], videos=[list(frames)], num_frames=len(frames), return_tensors="pt")
+    else:
+        inputs = processor(text=[prompt], images=list(frames), return_tensors="pt")
+    model = bundle.model
+    target = next(model.parameters()).device
+    inputs = {
+        key: ([None if v is None else v.to(target) for v in value] if isinstance(value, list) else value.to(target))
+        for key, value in inputs.items()
+    }
+    generated = model.generate(**inputs, max_new_tokens=int(max_new_tokens), do_sample=False)
+    prompt_length = inputs["input_ids"].shape[1]
+    text = processor.batch_decode(generated[:, prompt_length:], skip_special_tokens=True)[0].strip()
+    visual_tokens = int((inputs["input_ids"] == processor.image_token_id).sum())
+    return Answer(text, int(inputs["image_grid_thw"].shape[0]), visual_tokens, int(prompt_length))
+
+
+# ------------------------------------------------------------------------------------------------ SynthRooms
+
+
+def example_scene_seed(index: int) -> int:
+    """Held-out scenes: the "test" split of train/pretrain_psfm.py's defaults (never seen in pre-training)."""
+    from spa3_vlm.data.synthrooms import scene_seed
+
+    if not 0 <= int(index) < NUM_EXAMPLE_SCENES:
+        raise ValueError(f"Example scene must be 0-{NUM_EXAMPLE_SCENES - 1}, got {index}.")
+    return scene_seed(0, "test", int(index))
+
+
+_EXAMPLE_LOCK = threading.Lock()
+_ASK_EXAMPLES: dict = {}
+
+
+def ask_example(index: int) -> tuple[list[PIL.Image.Image], list[dict]]:
+    """Frames (8-frame walk, as SynthRooms-QA) and VSI-Bench-style questions of example scene ``index``."""
+    from spa3_vlm.data.synthrooms import SynthRoomsConfig, generate_scene, render_scene_frames, scene_to_row
+    from spa3_vlm.data.synthrooms_qa import synthrooms_qa_records
+
+    with _EXAMPLE_LOCK:
+        if index not in _ASK_EXAMPLES:
+            scene = generate_scene(example_scene_seed(index), SynthRoomsConfig())
+            rendered = render_scene_frames(scene, ASK_EXAMPLE_SIZE)
+            row = scene_to_row(scene, rendered, f"test-{index:05d}", "test")
+            _ASK_EXAMPLES[index] = (row["images"], synthrooms_qa_records([row], seed=0, per_scene=None))
+        return _ASK_EXAMPLES[index]
+
+
+def pick_question(records: list[dict], question_type: str) -> dict:
+    """The first record of ``question_type`` (any type for ``"any"``), else the first record."""
+    if not records:
+        raise ValueError("This example scene has no questions.")
+    for record in records:
+        if question_type in ("any", record["question_type"]):
+            return record
+    return records[0]
+
+
+def example_prompt(record: dict) -> str:
+    from spa3_vlm.evaluation.vsibench import build_vsibench_prompt
+
+    return build_vsibench_prompt(record["question"], record["question_type"], record.get("options"))
+
+
+# ------------------------------------------------------------------------------------------------ See
+
+
+@dataclass
+class FieldBundle:
+    spec: ModelSpec
+    model: object  # Spa3RForFieldPrediction
+    image_processor: object  # Spa3RImageProcessor for uploads
+    random_weights: bool
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """``(H, W)`` of SynthRooms renders for this model: its backbone width, 4:3, whole patches."""
+        patch, width = self.model.config.patch_size, self.image_processor.target_width
+        return max(1, round(width * 0.75 / patch)) * patch, width
+
+    @property
+    def head(self) -> str:
+        """The field shown: the VGGT-feature head ``geo`` if present, else the first head with >= 3 channels."""
+        heads = self.model.config.target_heads
+        if "geo" in heads:
+            return "geo"
+        for name, size in heads.items():
+            if size >= 3:
+                return name
+        raise ValueError(f"{self.spec.label} has no field head with at least 3 channels to colour: {dict(heads)}.")
+
+
+@dataclass
+class ViewSet:
+    """Context views for the See tab.
+
+    ``images [V, 3, H, W]`` in [0, 1]. For SynthRooms scenes also ``scene`` (ground truth), ``world_extrinsics``
+    ``[V, 4, 4]`` (world->camera, metres) and ``intrinsics [V, 3, 3]``; uploads get their cameras from the backbone.
+    """
+
+    key: str
+    label: str
+    images: torch.Tensor
+    scene: object = None
+    world_extrinsics: Optional[np.ndarray] = None
+    intrinsics: Optional[np.ndarray] = None
+
+    @property
+    def num_views(self) -> int:
+        return int(self.images.shape[0])
+
+
+_SEE_SCENES: dict = {}
+
+
+def synthrooms_views(index: int, image_size: tuple[int, int]) -> ViewSet:
+    """Context views of held-out example scene ``index`` rendered at ``image_size``, with their ground truth."""
+    from spa3_vlm.data.synthrooms import SynthRoomsConfig, generate_scene, render
+
+    key = (int(index), tuple(image_size))
+    with _EXAMPLE_LOCK:
+        if key not in _SEE_SCENES:
+            config = SynthRoomsConfig(frames_per_scene=SEE_WALK_FRAMES, image_size=tuple(image_size))
+            scene = generate_scene(example_scene_seed(index), config)
+            frames = list(SEE_CONTEXT_FRAMES)
+            extrinsics, intrinsics = scene.extrinsics[frames], scene.intrinsics[frames]
+            rgb = render(scene, extrinsics, intrinsics, tuple(image_size))["rgb"]
+            images = torch.from_numpy(rgb).permute(0, 3, 1, 2).contiguous()
+            _SEE_SCENES[key] = ViewSet(
+                f"synthrooms-{index}-{image_size}", f"SynthRooms test scene {index}", images, scene, extrinsics, intrinsics
+            )
+        return _SEE_SCENES[key]
+
+
+def uploaded_views(paths: Optional[Sequence[str]], bundle: FieldBundle) -> ViewSet:
+    """Uploaded images -> context views at the model's input size (no cameras: the backbone predicts them)."""
+    paths = [str(p) for p in (paths or [])]
+    if not paths:
+        raise ValueError("No views: upload 1-12 images of one scene, or pick a SynthRooms scene.")
+    check_upload_sizes(paths)
+    if any(classify(p) == "video" for p in paths):
+        raise ValueError("The See tab takes images (views of one scene), not a video: upload 1-12 images.")
+    if len(paths) > MAX_SEE_VIEWS:
+        raise ValueError(f"Got {len(paths)} images; the field model takes at most {MAX_SEE_VIEWS} context views.")
+    images = [read_image(p) for p in paths]
+    try:
+        resized = bundle.image_processor.resize_sample(images)
+    except ValueError as err:
+        raise ValueError(f"Cannot use these views together: {err}") from err
+    pixels = bundle.image_processor.to_tensor(resized)
+    return ViewSet(f"upload-{files_digest(paths)}-{tuple(pixels.shape)}", f"{len(paths)} uploaded images", pixels)
+
+
+def relative_motion(yaw_deg: float, pitch_deg: float, forward: float, sideways: float) -> np.ndarray:
+    """``[4, 4]`` map from a camera's frame to a virtual camera's frame (OpenCV axes: x right, y down, z forward).
+
+    The virtual camera stands at ``(sideways, 0, forward)`` in the reference camera's frame, turned by ``yaw``
+    about the reference camera's vertical axis (positive = to the right), then pitched about its own x axis
+    (positive = up). So ``relative_motion(...) @ E_ref`` is the virtual camera's world->camera matrix.
+    """
+    for name, value in (("yaw", yaw_deg), ("pitch", pitch_deg), ("forward", forward), ("sideways", sideways)):
+        if value is None or not math.isfinite(float(value)):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+    yaw, pitch = math.radians(float(yaw_deg)), math.radians(float(pitch_deg))
+    turn = np.array([[math.cos(yaw), 0.0, math.sin(yaw)], [0.0, 1.0, 0.0], [-math.sin(yaw), 0.0, math.cos(yaw)]])
+    tilt = np.array([[1.0, 0.0, 0.0], [0.0, math.cos(pitch), -math.sin(pitch)], [0.0, math.sin(pitch), math.cos(pitch)]])
+    axes = turn @ tilt  # columns: the virtual camera's axes in the reference camera's frame
+    centre = np.array([float(sideways), 0.0, float(forward)])
+    motion = np.eye(4)
+    motion[:3, :3] = axes.T
+    motion[:3, 3] = -axes.T @ centre
+    return motion
+
+
+def relative_to_first(extrinsics: np.ndarray) -> np.ndarray:
+    """``[V, 4, 4]`` world->camera -> the same cameras in view 0's frame (``E_i inv(E_0)``), as PSFMDataset does."""
+    return extrinsics @ np.linalg.inv(extrinsics[0])
+
+
+def nearest_view(extrinsics: np.ndarray, query: np.ndarray) -> tuple[int, float]:
+    """Index of the camera nearest to ``query`` (centre distance + distance of unit viewing directions, as the
+    field evaluation's nearest-view baseline) and that distance."""
+    from spa3_vlm.training.field_eval import camera_centers_and_directions
+
+    centres, directions = camera_centers_and_directions(torch.from_numpy(extrinsics).double())
+    centre, direction = camera_centers_and_directions(torch.from_numpy(query).double())
+    distance = (centres - centre).norm(dim=-1) + (directions - direction).norm(dim=-1)
+    index = int(distance.argmin())
+    return index, float(distance[index])
+
+
+@dataclass
+class Encoded:
+    """A view set encoded by one field model: cameras in view 0's frame, backbone tokens and latents."""
+
+    extrinsics: np.ndarray  # [V, 4, 4] relative to view 0
+    intrinsics: np.ndarray  # [V, 3, 3] pixels
+    context_tokens: torch.Tensor  # [1, V, N, C_backbone]
+    latents: torch.Tensor  # [1, Q, hidden]
+    pose_note: str
+
+
+_ENCODED: OrderedDict = OrderedDict()
+_ENCODE_LOCK = threading.Lock()
+
+
+def encode_views(bundle: FieldBundle, views: ViewSet) -> Encoded:
+    """Encode ``views`` once per (model, view set); later camera moves only run the decoder."""
+    key = (bundle.spec, views.key)
+    with _ENCODE_LOCK:
+        if key not in _ENCODED:
+            _ENCODED[key] = _encode(bundle, views)
+            while len(_ENCODED) > 8:
+                _ENCODED.popitem(last=False)
+        _ENCODED.move_to_end(key)
+        return _ENCODED[key]
+
+
+@torch.no_grad()
+def _backbone(model, pixels: torch.Tensor, compute_cameras: bool):
+    """The frozen VGGT as pre-training runs it (bf16 autocast on GPUs)."""
+    from spa3_vlm.modeling_spa3r import frozen_autocast
+
+    with frozen_autocast(pixels.device):
+        return model.spa3r.backbone(pixels, compute_cameras=compute_cameras, compute_depth=False, output_all_layers=False)
+
+
+@torch.no_grad()
+def _encode(bundle: FieldBundle, views: ViewSet) -> Encoded:
+    model = bundle.model
+    target = next(model.parameters()).device
+    pixels = views.images[None].to(target)
+    height, width = pixels.shape[-2:]
+    patch = model.config.patch_size
+    if views.scene is not None:
+        out = _backbone(model, pixels, compute_cameras=False)
+        extrinsics, intrinsics = relative_to_first(views.world_extrinsics), views.intrinsics
+        note = "ground-truth cameras of the scene (metric, relative to view 0)"
+    else:
+        if model.spa3r.backbone.camera_head is None:
+            raise ValueError(
+                f"{bundle.spec.label} has no camera head to estimate the poses of uploaded images: pick a SynthRooms scene."
+            )
+        out = _backbone(model, pixels, compute_cameras=True)
+        predicted = out.extrinsics[0].double().cpu().numpy()
+        if predicted.shape[-2:] == (3, 4):
+            bottom = np.broadcast_to(np.array([0.0, 0.0, 0.0, 1.0]), (predicted.shape[0], 1, 4))
+            predicted = np.concatenate([predicted, bottom], axis=1)
+        intrinsics = out.intrinsics[0].double().cpu().numpy()
+        usable = np.isfinite(predicted).all() and np.isfinite(intrinsics).all()
+        if not usable or (intrinsics[:, 0, 0] <= 0).any() or (intrinsics[:, 1, 1] <= 0).any():
+            raise ValueError("The backbone's camera head gave no usable poses for these images; try other views.")
+        extrinsics = relative_to_first(predicted)
+        note = "poses predicted by the VGGT camera head (up to scale, relative to view 0)"
+        if bundle.random_weights:
+            note += "; with random weights these poses are arbitrary"
+    tokens = out.last_patch_tokens.float()
+    # Cameras matter to encoders with encoder_camera_encoding="prope" and are ignored otherwise.
+    latents = model.spa3r.encode_tokens(
+        tokens,
+        (height // patch, width // patch),
+        torch.from_numpy(extrinsics).float()[None].to(target),
+        torch.from_numpy(intrinsics).float()[None].to(target),
+        (height, width),
+    )
+    return Encoded(extrinsics, intrinsics, tokens, latents, note)
+
+
+def _upscale(image: torch.Tensor, mode: str) -> PIL.Image.Image:
+    """``[3, H, W]`` in [0, 1] -> PIL image about :data:`DISPLAY_WIDTH` wide (integer factor)."""
+    factor = max(1, DISPLAY_WIDTH // image.shape[-1])
+    kwargs = {"align_corners": False} if mode == "bilinear" else {}
+    big = F.interpolate(image[None].float(), scale_factor=factor, mode=mode, **kwargs)[0]
+    array = (big.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    return PIL.Image.fromarray(array)
+
+
+def field_image(features: torch.Tensor, basis: torch.Tensor, grid: tuple[int, int]) -> PIL.Image.Image:
+    """PCA colours of ``features [N, C]`` in the top-3 components of ``basis [M, C]`` as a patch image."""
+    from spa3_vlm.training.field_eval import pca_colors
+
+    colours = pca_colors(features.float(), basis.float()).reshape(*grid, 3).permute(2, 0, 1)
+    return _upscale(colours, "nearest")
+
+
+@dataclass
+class SeeResult:
+    field: PIL.Image.Image
+    nearest: PIL.Image.Image
+    nearest_index: int
+    true_view: Optional[PIL.Image.Image]
+    teacher_field: Optional[PIL.Image.Image]
+    extrinsics: np.ndarray  # [4, 4] the virtual camera, relative to view 0
+    intrinsics: np.ndarray  # [3, 3]
+    true_rgb: Optional[np.ndarray]  # [H, W, 3] float in [0, 1], the exact render
+    notes: list
+
+
+@torch.no_grad()
+def see(
+    bundle: FieldBundle,
+    views: ViewSet,
+    view_index: int,
+    yaw_deg: float = 0.0,
+    pitch_deg: float = 0.0,
+    forward: float = 0.0,
+    sideways: float = 0.0,
+) -> SeeResult:
+    """Predict the field for a virtual camera placed relative to context view ``view_index``.
+
+    The virtual camera has the chosen view's intrinsics. Colours: PCA of the teacher (backbone) features of the
+    context views when the head is ``geo`` (the features it learns to predict), else of the predicted field at
+    the context cameras; the same basis colours the teacher features of the true rendering.
+    """
+    if isinstance(view_index, bool) or int(view_index) != view_index or not 0 <= int(view_index) < views.num_views:
+        raise ValueError(f"Context view must be 0-{views.num_views - 1} ({views.label}), got {view_index}.")
+    index = int(view_index)
+    encoded = encode_views(bundle, views)
+    model = bundle.model
+    target = next(model.parameters()).device
+    motion = relative_motion(yaw_deg, pitch_deg, forward, sideways)
+    virtual = motion @ encoded.extrinsics[index]
+    intrinsics = encoded.intrinsics[index]
+    height, width = views.images.shape[-2:]
+    patch = model.config.patch_size
+    grid = (height // patch, width // patch)
+
+    cameras = np.concatenate([encoded.extrinsics, virtual[None]])[None]
+    all_intrinsics = np.concatenate([encoded.intrinsics, intrinsics[None]])[None]
+    field = model.decode_field(
+        encoded.latents,
+        torch.from_numpy(cameras).float().to(target),
+        torch.from_numpy(all_intrinsics).float().to(target),
+        (height, width),
+    )
+    head = bundle.head
+    predicted = field[head][0]  # [V + 1, N, C]
+    if head == "geo":
+        basis = encoded.context_tokens[0].reshape(-1, encoded.context_tokens.shape[-1])
+        basis_note = "the backbone (teacher) features of the context views"
+    else:
+        basis = predicted[:-1].reshape(-1, predicted.shape[-1])
+        basis_note = "the predicted field at the context cameras"
+    notes = [
+        f"Field head `{head}` ({predicted.shape[-1]} channels), coloured by the top 3 principal components of {basis_note}.",
+        f"Cameras: {encoded.pose_note}.",
+    ]
+    nearest_index, distance = nearest_view(encoded.extrinsics, virtual)
+    true_view = teacher = true_rgb = None
+    if views.scene is not None:
+        world = motion @ views.world_extrinsics[index]
+        from spa3_vlm.data.synthrooms import render
+
+        world_centre = -world[:3, :3].T @ world[:3, 3]
+        room = np.asarray(views.scene.room_size, dtype=np.float64)
+        if (world_centre <= 0).any() or (world_centre >= room).any():
+            notes.append(
+                "No true rendering: the virtual camera stands outside the room (at "
+                f"({world_centre[0]:.2f}, {world_centre[1]:.2f}, {world_centre[2]:.2f}) m; the room spans "
+                f"{room[0]:.2f} x {room[1]:.2f} x {room[2]:.2f} m)."
+            )
+        else:
+            true_rgb = render(views.scene, world, views.intrinsics[index], (height, width))["rgb"]
+        if true_rgb is not None:
+            true_image = torch.from_numpy(true_rgb).permute(2, 0, 1)
+            true_view = _upscale(true_image, "bilinear")
+            if head == "geo":
+                # The teacher sees the context views with the new one, as in pre-training's full pass.
+                both = torch.cat([views.images, true_image[None]])[None].to(target)
+                tokens = _backbone(model, both, compute_cameras=False).last_patch_tokens
+                teacher = field_image(tokens[0, -1], basis, grid)
+    centre = np.round(-virtual[:3, :3].T @ virtual[:3, 3], 2) + 0.0  # + 0.0: no "-0.00"
+    notes.append(
+        f"Virtual camera centre in view 0's frame: ({centre[0]:+.2f}, {centre[1]:+.2f}, {centre[2]:+.2f}); nearest "
+        f"input view: #{nearest_index} (distance {distance:.2f})."
+    )
+    return SeeResult(
+        field=field_image(predicted[-1], basis, grid),
+        nearest=_upscale(views.images[nearest_index], "bilinear"),
+        nearest_index=nearest_index,
+        true_view=true_view,
+        teacher_field=teacher,
+        extrinsics=virtual,
+        intrinsics=intrinsics,
+        true_rgb=true_rgb,
+        notes=notes,
+    )
+
+
+def view_thumbnails(views: ViewSet) -> list[tuple[PIL.Image.Image, str]]:
+    return [(_upscale(image, "bilinear"), f"view {i}") for i, image in enumerate(views.images)]
