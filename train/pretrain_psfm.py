@@ -109,7 +109,7 @@ def main(argv=None) -> dict:
     # Defaults of the tiny CPU run; every one can be overridden on the command line or in a JSON file.
     parser.set_defaults(
         output_dir="runs/spa3r-tiny",
-        max_steps=1200,
+        max_steps=2400,
         per_device_train_batch_size=8,
         learning_rate=2e-3,
         weight_decay=1e-4,
@@ -117,7 +117,7 @@ def main(argv=None) -> dict:
         lr_scheduler_type="cosine",
         max_grad_norm=1.0,
         logging_steps=50,
-        save_steps=400,
+        save_steps=800,
         save_total_limit=2,
         report_to="none",
         dataloader_num_workers=0,
