@@ -200,8 +200,8 @@ def test_conversion_is_strict(reference, released):
 
     fails({**state, "projector_extra.weight": torch.zeros(1)}, r"unknown tensor name\(s\) in the Spa3-VLM checkpoint: \['projector_extra.weight'\]")
     fails({**state, SPA3R_REF + "mystery.weight": torch.zeros(1)}, r"unknown Spa3R tensor name\(s\) \['geometry_encoder.spa3r.mystery.weight'\]")
-    fails({k: v for k, v in state.items() if k != "geometry_gate.0.bias"}, r"missing 1: \['geometry_gate.0.bias'\]")
-    fails({k: v for k, v in state.items() if k != SPA3R_REF + "encoder.norm.weight"}, r"missing 1: \['spa3r.encoder.norm.weight'\]")
+    fails({k: v for k, v in state.items() if k != "geometry_gate.0.bias"}, r"missing 1 key\(s\): \['geometry_gate.0.bias'\]")
+    fails({k: v for k, v in state.items() if k != SPA3R_REF + "encoder.norm.weight"}, r"missing 1 key\(s\): \['spa3r.encoder.norm.weight'\]")
     fails({**state, "ln.weight": torch.ones(32)}, r"shape mismatch: ln.weight \(32,\) vs \(64,\)")
     fails({**state, "lm_head.weight": state["lm_head.weight"] + 1}, "lm_head.weight differs from the input embeddings")
 

@@ -122,11 +122,11 @@ def vggt_config_from_reference(
     )
 
 
-def _strict_load(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong_shape = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+def check_state_dict(state: dict[str, torch.Tensor], expected_shapes: dict, what: str, optional=frozenset()) -> None:
+    """Raise a ``ValueError`` naming missing, unexpected and wrongly shaped tensors (``optional`` may be absent)."""
+    missing = sorted(set(expected_shapes) - set(state) - set(optional))
+    unexpected = sorted(set(state) - set(expected_shapes))
+    wrong_shape = sorted(k for k in set(state) & set(expected_shapes) if tuple(state[k].shape) != tuple(expected_shapes[k]))
     problems = []
     if missing:
         problems.append(f"missing {len(missing)} key(s): {missing[:10]}")
@@ -134,10 +134,15 @@ def _strict_load(model: torch.nn.Module, state: dict[str, torch.Tensor], what: s
         problems.append(f"unexpected {len(unexpected)} key(s): {unexpected[:10]}")
     if wrong_shape:
         problems.append(
-            "shape mismatch: " + ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong_shape[:10])
+            "shape mismatch: "
+            + ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(expected_shapes[k])}" for k in wrong_shape[:10])
         )
     if problems:
         raise ValueError(f"{what}: the state dict does not match the model config; " + "; ".join(problems))
+
+
+def _strict_load(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    check_state_dict(state, {k: v.shape for k, v in model.state_dict().items()}, what)
     model.load_state_dict(state, strict=True)
 
 

@@ -32,7 +32,7 @@ from ..configuration_spa3r import Spa3RConfig
 from ..configuration_vggt import VGGTConfig
 from ..modeling_spa3_vlm import Spa3VLMForConditionalGeneration
 from ..modeling_spa3r import Spa3RModel
-from .reference import VGGT_PREFIXES, ConversionReport, _strict_load, _vggt_state, load_reference_checkpoint
+from .reference import VGGT_PREFIXES, ConversionReport, _strict_load, _vggt_state, check_state_dict, load_reference_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -238,20 +238,8 @@ def spa3_vlm_state_from_reference(
         del converted["lm_head.weight"]
         report.drop("lm_head tied to the input embeddings", ["lm_head.weight"])
 
-    expected = expected_state_shapes(config)
     optional = {"lm_head.weight"} if config.tie_word_embeddings else set()
-    missing = sorted(set(expected) - set(converted) - optional)
-    unexpected = sorted(set(converted) - set(expected))
-    wrong = sorted(k for k in set(converted) & set(expected) if tuple(converted[k].shape) != expected[k])
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)}: {missing[:10]}")
-    if unexpected:
-        problems.append(f"unexpected {len(unexpected)}: {unexpected[:10]}")
-    if wrong:
-        problems.append("shape mismatch: " + ", ".join(f"{k} {tuple(converted[k].shape)} vs {expected[k]}" for k in wrong[:10]))
-    if problems:
-        raise ValueError("Spa3-VLM conversion: the checkpoint does not match the config; " + "; ".join(problems))
+    check_state_dict(converted, expected_state_shapes(config), "Spa3-VLM conversion", optional)
     return converted
 
 
