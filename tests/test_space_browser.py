@@ -1,5 +1,6 @@
 """The Space in a real browser: Debian's headless Chromium driven by Playwright loads the page, runs the Ask
-example and the See tab, and saves a screenshot of each tab into docs/screenshots/.
+example and the See tab, and saves a screenshot of each tab: into a temporary folder, or into docs/screenshots/
+with SPA3_UPDATE_SCREENSHOTS=1 (how the README's screenshots are refreshed), so a test run never edits the repo.
 
 Needs ``pip install playwright`` and ``apt-get install chromium`` (never ``playwright install``: no downloads).
 """
@@ -21,7 +22,7 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--no-first-run",
 ]
-SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+DOC_SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
 
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="playwright is not installed (pip install playwright; the browser comes from apt)"
@@ -42,6 +43,14 @@ def app_url():
 
 
 @pytest.fixture(scope="module")
+def screenshots(tmp_path_factory) -> Path:
+    if os.environ.get("SPA3_UPDATE_SCREENSHOTS") == "1":
+        DOC_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        return DOC_SCREENSHOTS
+    return tmp_path_factory.mktemp("screenshots")
+
+
+@pytest.fixture(scope="module")
 def browser_page(app_url):
     """The app's page in headless Chromium, with the JavaScript errors it raised."""
     with sync_api.sync_playwright() as playwright:
@@ -58,9 +67,8 @@ def browser_page(app_url):
             browser.close()
 
 
-def test_ask_tab_runs_an_example(browser_page):
+def test_ask_tab_runs_an_example(browser_page, screenshots):
     page, errors = browser_page
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.get_by_role("button", name="Load example scene").click()
     question = page.get_by_label("Question", exact=True)
     sync_api.expect(question).to_have_value(re.compile(r"^These are frames of a video\."), timeout=60_000)
@@ -69,11 +77,12 @@ def test_ask_tab_runs_an_example(browser_page):
     sync_api.expect(page.get_by_text("the model saw 8 frames")).to_be_visible(timeout=60_000)
     sync_api.expect(page.get_by_text("Model:").first).to_be_visible()  # which model answered (trained or random)
     sync_api.expect(page.locator("#seen-frames img")).to_have_count(8)
-    page.screenshot(path=str(SCREENSHOTS / "ask.png"), full_page=True)
+    page.screenshot(path=str(screenshots / "ask.png"), full_page=True)
+    assert (screenshots / "ask.png").stat().st_size > 10_000
     assert errors == []
 
 
-def test_see_tab_predicts_a_field(browser_page):
+def test_see_tab_predicts_a_field(browser_page, screenshots):
     page, errors = browser_page
     page.get_by_role("tab", name="See").click()
     page.get_by_role("button", name="Predict the field").click()
@@ -81,7 +90,8 @@ def test_see_tab_predicts_a_field(browser_page):
     for image in ("#field-image", "#nearest-image", "#true-image", "#teacher-image"):
         sync_api.expect(page.locator(f"{image} img")).to_be_visible()
     sync_api.expect(page.locator("#context-views img")).to_have_count(6)
-    page.screenshot(path=str(SCREENSHOTS / "see.png"), full_page=True)
+    page.screenshot(path=str(screenshots / "see.png"), full_page=True)
+    assert (screenshots / "see.png").stat().st_size > 10_000
     assert errors == []
 
 
