@@ -355,7 +355,7 @@ class Spa3VLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         """
         if len(visual_tokens) != latents.shape[0]:
             raise ValueError(f"{len(visual_tokens)} samples of visual tokens but {latents.shape[0]} latent sets")
-        dtype = self.geometry_projector[0].weight.dtype
+        dtype = next(self.geometry_projector.parameters()).dtype  # not [0]: PEFT's modules_to_save wrapper has no indexing
         lengths = [tokens.shape[0] for tokens in visual_tokens]
         queries = nn.utils.rnn.pad_sequence([tokens.to(dtype) for tokens in visual_tokens], batch_first=True)
         context = self.geometry_projector(latents.to(device=queries.device, dtype=dtype))

@@ -1,0 +1,77 @@
+"""train/compare_spatial_branch.py: both arms start as the same function (shared Qwen weights, identity adapter,
+the pre-trained Spa3R loaded), and a minimal run writes the table's JSON in the paper's column order."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from spa3_vlm import Spa3RConfig, Spa3RForFieldPrediction
+from spa3_vlm.evaluation.vsibench import TASK_ORDER
+from spa3_vlm.processing_spa3_vlm import Spa3VLMProcessor
+from spa3_vlm.training.sft import Spa3VLMSFTCollator
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "train"))
+import compare_spatial_branch  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def spa3r_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("spa3r")
+    torch.manual_seed(3)
+    Spa3RForFieldPrediction(Spa3RConfig.from_pretrained(REPO / "hub_configs" / "spa3r-tiny-synthrooms")).save_pretrained(folder)
+    return folder
+
+
+def test_arms_start_from_the_same_qwen_and_the_pretrained_spa3r(spa3r_folder):
+    from PIL import Image
+
+    args = compare_spatial_branch.CompareArguments(spa3r_name_or_path=str(spa3r_folder), random_spa3r_control=True)
+    arms = compare_spatial_branch.build_arm_models(args, seed=5)
+    plain = arms["qwen2.5-vl (no spatial branch)"]
+    spatial = arms["spa3-vlm (pre-trained Spa3R)"]
+    control = arms["spa3-vlm (random Spa3R)"]
+    for name, value in plain.state_dict().items():
+        assert torch.equal(spatial.state_dict()[name], value) and torch.equal(control.state_dict()[name], value), name
+    source = Spa3RForFieldPrediction.from_pretrained(spa3r_folder).spa3r.state_dict()
+    assert all(torch.equal(v, source[k]) for k, v in spatial.spa3r.state_dict().items())
+    assert not torch.equal(control.spa3r.projection.weight, spatial.spa3r.projection.weight)
+
+    processor = Spa3VLMProcessor.from_pretrained(REPO / "hub_configs" / "spa3-vlm-tiny")
+    frames = [Image.new("RGB", (70, 56), (40 * k, 90, 200 - 30 * k)) for k in range(3)]
+    example = {"id": "x", "images": frames, "messages": [
+        {"role": "user", "content": [{"type": "image"}] * 3 + [{"type": "text", "text": "How big is the room?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "12.5"}]},
+    ]}  # fmt: skip
+    batch = Spa3VLMSFTCollator(processor, spatial_inputs="frames")([example])
+    with torch.no_grad():
+        reference = plain.eval()(**{k: v for k, v in batch.items() if k != "geometry_pixel_values"}).logits
+        assert torch.allclose(spatial.eval()(**batch).logits, reference, atol=1e-5)  # identity adapter at the start
+
+
+def test_minimal_comparison_writes_the_table(spa3r_folder, tmp_path, capsys):
+    result = compare_spatial_branch.main([
+        "--spa3r_name_or_path", str(spa3r_folder), "--output_dir", str(tmp_path), "--num_train_scenes", "2",
+        "--num_eval_scenes", "1", "--frames_per_scene", "4", "--questions_per_scene", "4", "--max_steps", "2",
+        "--batch_size", "4", "--max_new_tokens", "2", "--random_spa3r_control", "false",
+        "--data_cache_dir", str(tmp_path / "data"),
+    ])  # fmt: skip
+    written = json.loads((tmp_path / "compare_spatial_branch.json").read_text())
+    assert written["task_order"] == list(TASK_ORDER)
+    arms = written["runs"]["0"]
+    assert set(arms) == {"qwen2.5-vl (no spatial branch)", "spa3-vlm (pre-trained Spa3R)"}
+    for arm in arms.values():
+        assert len(arm["predictions"]) == written["num_held_out_questions"] > 0 and 0.0 <= arm["overall"] <= 1.0
+        assert arm["held_out_answer_loss"] > 0
+    assert arms["spa3-vlm (pre-trained Spa3R)"]["trainable_parameters"]["adapter"] > 0
+    assert arms["qwen2.5-vl (no spatial branch)"]["trainable_parameters"]["adapter"] == 0
+    assert result["spa3_minus_qwen"][0]["overall"] == pytest.approx(
+        arms["spa3-vlm (pre-trained Spa3R)"]["overall"] - arms["qwen2.5-vl (no spatial branch)"]["overall"]
+    )
+    header = [line for line in capsys.readouterr().out.splitlines() if line.startswith("arm")][0]
+    assert header.split()[1:] == ["overall", "count", "abs-dist", "obj-size", "room-size", "rel-dist", "rel-dir", "route", "appear", "ans-loss"]

@@ -1,0 +1,343 @@
+"""Does the Spa3R spatial branch help? Tiny Spa3-VLM vs the same tiny Qwen2.5-VL without it, on SynthRooms-QA.
+
+Both arms start from the *same* randomly initialised tiny Qwen2.5-VL (hub_configs/spa3-vlm-tiny; the Spa3-VLM
+gets those exact Qwen weights plus the Spa3R encoder pre-trained by train/pretrain_psfm.py and a fresh
+identity adapter), are tuned with the same budget, data order, learning rates and seed (Spa3VLMSFTTrainer:
+LLM + adapter trained, vision tower and Spa3R frozen), and are scored on questions about held-out scenes with
+greedy answers (max 16 new tokens) by the VSI-Bench metrics. A third row, "train prior", answers every question
+with the training set's most common answer of its type (median for numbers): what a model that ignores the
+video can reach. A control arm (--random_spa3r_control, on by default): the same Spa3-VLM with a *random*
+Spa3R, which separates "pre-trained spatial field" from "extra adapter parameters".
+
+    python train/compare_spatial_branch.py                                  # Spa3R from runs/spa3r-tiny
+    python train/compare_spatial_branch.py --spa3r_name_or_path <folder> --seeds 0,1,2
+
+Prints per-arm rows in the paper's column order (TASK_ORDER, x100) plus the held-out answer loss (teacher-forced
+NLL of the answer tokens: more sensitive than greedy accuracy at this size), the mean over --seeds and the per-seed
+Spa3-VLM - Qwen difference, and writes JSON (--output_json, default <output_dir>/compare_spatial_branch.json).
+Default settings (one seed, three arms) take about 4 minutes on an idle 2-core CPU (about 10 when it is shared).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import torch
+from transformers import HfArgumentParser, set_seed
+from trl import SFTConfig
+
+from spa3_vlm.configuration_spa3_vlm import Spa3VLMConfig
+from spa3_vlm.data.latent_cache import add_spatial_latents
+from spa3_vlm.data.synthrooms_qa import build_synthrooms_qa
+from spa3_vlm.evaluation.vsibench import NUMERICAL_TYPES, TASK_ORDER, vsibench_scores
+from spa3_vlm.modeling_spa3_vlm import Spa3VLMForConditionalGeneration
+from spa3_vlm.processing_spa3_vlm import Spa3VLMProcessor
+from spa3_vlm.training.sft import (
+    PARAMETER_GROUPS,
+    Spa3VLMSFTCollator,
+    Spa3VLMSFTTrainer,
+    configure_trainable,
+    evaluate_vsibench,
+    load_spa3r_encoder,
+    parameter_group,
+    processor_for_image_size,
+    vlm_spa3r_config,
+)
+
+logger = logging.getLogger("compare_spatial_branch")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass
+class CompareArguments:
+    spa3r_name_or_path: str = field(
+        default="runs/spa3r-tiny",
+        metadata={"help": "Spa3R pre-trained by train/pretrain_psfm.py (its encoder must match the tiny VLM's)."},
+    )
+    config_name: str = field(default=os.path.join(REPO, "hub_configs", "spa3-vlm-tiny"), metadata={"help": "Tiny VLM."})
+    output_dir: str = field(default="runs/compare-spatial-branch", metadata={"help": "Trainer scratch + JSON."})
+    output_json: Optional[str] = field(
+        default=None, metadata={"help": "Default: <output_dir>/compare_spatial_branch.json."}
+    )
+    num_train_scenes: int = field(default=32, metadata={"help": "SynthRooms-QA training scenes."})
+    num_eval_scenes: int = field(default=16, metadata={"help": "Held-out scenes (the 'test' split: unseen rooms)."})
+    frames_per_scene: int = field(default=8, metadata={"help": "Frames per scene video."})
+    questions_per_scene: int = field(default=10, metadata={"help": "Questions per scene."})
+    image_height: int = field(default=84, metadata={"help": "Frame height (PSFM pre-training size)."})
+    image_width: int = field(default=112, metadata={"help": "Frame width (PSFM pre-training size)."})
+    max_steps: int = field(default=250, metadata={"help": "Optimizer steps per arm (the shared budget)."})
+    batch_size: int = field(default=8, metadata={"help": "Per-step batch."})
+    learning_rate: float = field(default=3e-3, metadata={"help": "LLM learning rate."})
+    adapter_lr: Optional[float] = field(default=None, metadata={"help": "Adapter lr (default: learning_rate)."})
+    warmup_steps: int = field(default=10, metadata={"help": "Linear warm-up steps (cosine decay after)."})
+    seed: int = field(default=0, metadata={"help": "SynthRooms scenes and questions."})
+    seeds: str = field(
+        default="0",
+        metadata={"help": "Comma-separated training seeds (model init + data order); each runs every arm, and the "
+                  "table reports the mean over seeds and the per-seed Spa3-VLM - Qwen difference."},
+    )
+    max_new_tokens: int = field(default=16, metadata={"help": "Greedy tokens per answer."})
+    random_spa3r_control: bool = field(
+        default=True, metadata={"help": "Add the Spa3-VLM arm with a random Spa3R (control)."}
+    )
+    data_cache_dir: Optional[str] = field(default=None, metadata={"help": "datasets cache folder (default HF_HOME)."})
+    cpu_threads: int = field(
+        default=1,
+        metadata={"help": "torch threads when training on CPU (0 = torch's default); one, because two OpenMP threads "
+                  "stall each other whenever another process shares a 2-core machine."},
+    )
+
+
+def _check_spa3r_folder(path: str) -> None:
+    if not os.path.exists(os.path.join(path, "config.json")):
+        raise FileNotFoundError(
+            f"no pre-trained Spa3R at {path!r} (no config.json). Train one first: "
+            f"python train/pretrain_psfm.py --output_dir {path}  (or pass --spa3r_name_or_path)"
+        )
+
+
+def build_arm_models(args: CompareArguments, seed: int) -> dict[str, Spa3VLMForConditionalGeneration]:
+    """The arms' initial models, sharing every Qwen2.5-VL weight."""
+    set_seed(seed)
+    plain = Spa3VLMForConditionalGeneration(Spa3VLMConfig.from_pretrained(args.config_name, spatial_branch=False))
+    qwen_state = plain.state_dict()
+    models = {"qwen2.5-vl (no spatial branch)": plain}
+
+    def spatial(spa3r_path: Optional[str]):
+        from spa3_vlm.configuration_spa3r import Spa3RConfig
+
+        config = Spa3VLMConfig.from_pretrained(args.config_name, spatial_branch=True)
+        if spa3r_path is not None:
+            config.spa3r_config = vlm_spa3r_config(Spa3RConfig.from_pretrained(spa3r_path))
+            config.spa3r_name_or_path = spa3r_path
+        model = Spa3VLMForConditionalGeneration(config)
+        missing, unexpected = model.load_state_dict(qwen_state, strict=False)
+        groups = {parameter_group(name) for name in missing}
+        if unexpected or not groups <= {"spa3r", "adapter"}:
+            raise RuntimeError(f"Qwen weights do not transfer: unexpected {unexpected[:5]}, missing groups {groups}")
+        if spa3r_path is not None:
+            load_spa3r_encoder(model, spa3r_path)
+        return model
+
+    models["spa3-vlm (pre-trained Spa3R)"] = spatial(args.spa3r_name_or_path)
+    if args.random_spa3r_control:
+        torch.manual_seed(seed + 1)
+        models["spa3-vlm (random Spa3R)"] = spatial(None)
+    return models
+
+
+def prior_answers(train, held_out) -> list[str]:
+    """Per question type, the training set's most common answer (median for numerical types)."""
+    by_type: dict[str, list[str]] = {}
+    for question_type, answer in zip(train["question_type"], train["ground_truth"]):
+        by_type.setdefault(question_type, []).append(answer)
+    prior = {}
+    for question_type, answers in by_type.items():
+        if question_type in NUMERICAL_TYPES:
+            prior[question_type] = f"{statistics.median(float(a) for a in answers):g}"
+        else:
+            prior[question_type] = Counter(answers).most_common(1)[0][0]
+    return [prior.get(question_type, "") for question_type in held_out["question_type"]]
+
+
+def train_arm(name, model, args: CompareArguments, seed: int, processor, train, held_out) -> dict:
+    spatial = model.config.spatial_branch
+    configure_trainable(model, tune_llm=True, tune_adapter=spatial)
+    trainable = dict.fromkeys(PARAMETER_GROUPS, 0)
+    for param_name, param in model.named_parameters():
+        if param.requires_grad:
+            trainable[parameter_group(param_name)] += param.numel()
+    run_name = name.split(" ")[0] + ("-random" if "random" in name else "") + f"-seed{seed}"
+    config = SFTConfig(
+        output_dir=os.path.join(args.output_dir, run_name),
+        max_steps=args.max_steps,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=16,
+        learning_rate=args.learning_rate,
+        weight_decay=0.01,
+        warmup_steps=args.warmup_steps,
+        lr_scheduler_type="cosine",
+        max_grad_norm=1.0,
+        logging_steps=max(args.max_steps // 5, 1),
+        save_strategy="no",
+        report_to="none",
+        dataloader_num_workers=0,
+        bf16=False,
+        activation_checkpointing=False,
+        max_length=None,
+        seed=seed,
+        disable_tqdm=True,
+    )
+    mode = "latents" if spatial else "none"
+    trainer = Spa3VLMSFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=train,
+        processing_class=processor,
+        data_collator=Spa3VLMSFTCollator(processor, spatial_inputs=mode),
+        learning_rates={"adapter": args.adapter_lr} if args.adapter_lr is not None else None,
+        fused_lm_head=False,  # same loss; TRL's chunked LM head costs more than this tiny model on a CPU
+    )
+    start = time.perf_counter()
+    output = trainer.train()
+    train_seconds = time.perf_counter() - start
+    eval_loss = trainer.evaluate(eval_dataset=held_out)["eval_loss"]
+    start = time.perf_counter()
+    scores = evaluate_vsibench(
+        model, processor, held_out, batch_size=16, max_new_tokens=args.max_new_tokens, spatial_inputs=mode
+    )
+    return {
+        "scores": scores,
+        "train_loss": output.training_loss,
+        "held_out_answer_loss": eval_loss,
+        "train_seconds": train_seconds,
+        "eval_seconds": time.perf_counter() - start,
+        "trainable_parameters": trainable,
+        "learning_rates": trainer.group_lrs(),
+    }
+
+
+def format_table(rows: dict[str, dict]) -> str:
+    """Arms x (overall, the 8 tasks in the paper's order, held-out answer loss); scores x100."""
+    short = {
+        "object_counting": "count", "object_abs_distance": "abs-dist", "object_size_estimation": "obj-size",
+        "room_size_estimation": "room-size", "object_rel_distance": "rel-dist", "object_rel_direction": "rel-dir",
+        "route_planning": "route", "obj_appearance_order": "appear",
+    }  # fmt: skip
+    width = max(len(name) for name in rows) + 2
+    columns = "".join(short[t].rjust(10) for t in TASK_ORDER)
+    header = "arm".ljust(width) + "overall".rjust(8) + columns + "ans-loss".rjust(10)
+    lines = [header, "-" * len(header)]
+    for name, row in rows.items():
+        tasks = row["scores"]["tasks"]
+        cells = "".join((f"{100 * tasks[t]:.1f}" if t in tasks else "-").rjust(10) for t in TASK_ORDER)
+        loss = row.get("held_out_answer_loss")
+        overall = f"{100 * row['scores']['overall']:.1f}".rjust(8)
+        lines.append(name.ljust(width) + overall + cells + (f"{loss:.3f}" if loss is not None else "-").rjust(10))
+    counts = next(iter(rows.values()))["scores"]["task_counts"]
+    lines.append("n".ljust(width) + "".rjust(8) + "".join(str(counts.get(t, 0)).rjust(10) for t in TASK_ORDER))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    parser = HfArgumentParser(CompareArguments)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    (args,) = parser.parse_args_into_dataclasses(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    _check_spa3r_folder(args.spa3r_name_or_path)
+    if args.cpu_threads > 0 and not torch.cuda.is_available():
+        torch.set_num_threads(args.cpu_threads)
+    began = time.perf_counter()
+
+    processor = processor_for_image_size(
+        Spa3VLMProcessor.from_pretrained(args.config_name), args.image_height, args.image_width
+    )
+    common = dict(
+        frames_per_scene=args.frames_per_scene,
+        image_size=(args.image_height, args.image_width),
+        seed=args.seed,
+        per_scene=args.questions_per_scene,
+        cache_dir=args.data_cache_dir,
+    )
+    train = build_synthrooms_qa(num_scenes=args.num_train_scenes, split="train", **common)
+    held_out = build_synthrooms_qa(num_scenes=args.num_eval_scenes, split="test", **common)
+    logger.info("SynthRooms-QA: %d training questions, %d held-out questions", len(train), len(held_out))
+
+    prior = prior_answers(train, held_out)
+    table = held_out.select_columns(["id", "question_type", "ground_truth", "options"]).to_list()
+    prior_row = {"scores": vsibench_scores([{**r, "prediction": p} for r, p in zip(table, prior)])}
+
+    seeds = [int(value) for value in args.seeds.split(",") if value.strip()]
+    if not seeds:
+        raise ValueError(f"--seeds must list at least one int, got {args.seeds!r}")
+    runs: dict[int, dict[str, dict]] = {}
+    for seed in seeds:
+        runs[seed] = {}
+        for name, model in build_arm_models(args, seed).items():
+            arm_train, arm_held_out = train, held_out
+            if model.config.spatial_branch:
+                arm_train = add_spatial_latents(train, model, processor)
+                arm_held_out = add_spatial_latents(held_out, model, processor)
+            logger.info("seed %d: training %s", seed, name)
+            runs[seed][name] = train_arm(name, model, args, seed, processor, arm_train, arm_held_out)
+
+    arms = list(runs[seeds[0]])
+    mean_rows = {"train prior (no video)": prior_row}
+    for name in arms:
+        per_seed = [runs[seed][name] for seed in seeds]
+        mean_rows[name] = {
+            "scores": {
+                "overall": statistics.fmean(r["scores"]["overall"] for r in per_seed),
+                "tasks": {
+                    t: statistics.fmean(r["scores"]["tasks"][t] for r in per_seed) for t in per_seed[0]["scores"]["tasks"]
+                },
+                "task_counts": per_seed[0]["scores"]["task_counts"],
+            },
+            "held_out_answer_loss": statistics.fmean(r["held_out_answer_loss"] for r in per_seed),
+        }
+    spatial_name, plain_name = "spa3-vlm (pre-trained Spa3R)", "qwen2.5-vl (no spatial branch)"
+    differences = {
+        seed: {
+            "overall": runs[seed][spatial_name]["scores"]["overall"] - runs[seed][plain_name]["scores"]["overall"],
+            "held_out_answer_loss": runs[seed][spatial_name]["held_out_answer_loss"]
+            - runs[seed][plain_name]["held_out_answer_loss"],
+        }
+        for seed in seeds
+    }
+
+    print(f"\nHeld-out SynthRooms-QA: {len(held_out)} questions on {args.num_eval_scenes} unseen scenes; "
+          f"{args.max_steps} steps x batch {args.batch_size} per arm; VSI-Bench metrics x100; "
+          f"{'mean over seeds ' + args.seeds if len(seeds) > 1 else 'seed ' + str(seeds[0])}")
+    print(format_table(mean_rows))
+    per_seed_text = ", ".join(
+        f"seed {seed}: overall {100 * d['overall']:+.1f}, answer loss {d['held_out_answer_loss']:+.3f}"
+        for seed, d in differences.items()
+    )
+    print(f"\nspa3-vlm - qwen2.5-vl per seed: {per_seed_text}")
+    result = {
+        "benchmark": "compare_spatial_branch",
+        "args": asdict(args),
+        "task_order": list(TASK_ORDER),
+        "num_train_questions": len(train),
+        "num_held_out_questions": len(held_out),
+        "train_prior": {"overall": prior_row["scores"]["overall"], "tasks": prior_row["scores"]["tasks"]},
+        "mean_over_seeds": {
+            name: {"overall": row["scores"]["overall"], "tasks": row["scores"]["tasks"],
+                   "held_out_answer_loss": row.get("held_out_answer_loss")}
+            for name, row in mean_rows.items()
+        },
+        "spa3_minus_qwen": differences,
+        "runs": {
+            seed: {
+                name: {
+                    **{k: v for k, v in row.items() if k != "scores"},
+                    "overall": row["scores"]["overall"],
+                    "tasks": row["scores"]["tasks"],
+                    "task_counts": row["scores"]["task_counts"],
+                    "question_type_scores": row["scores"]["question_type_scores"],
+                    "predictions": row["scores"].get("predictions"),
+                }
+                for name, row in by_arm.items()
+            }
+            for seed, by_arm in runs.items()
+        },
+        "total_seconds": time.perf_counter() - began,
+    }
+    path = args.output_json or os.path.join(args.output_dir, "compare_spatial_branch.json")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as handle:
+        json.dump(result, handle, indent=2)
+    print(f"\nwritten {path} ({result['total_seconds']:.0f} s)")
+    return result
+
+
+if __name__ == "__main__":
+    main()
