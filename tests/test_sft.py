@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from spa3_vlm import Spa3RConfig, Spa3RForFieldPrediction, Spa3VLMConfig, Spa3VLMForConditionalGeneration
+from spa3_vlm.configuration_spa3_vlm import encoder_only_spa3r_config
 from spa3_vlm.processing_spa3_vlm import Spa3VLMProcessor
 from spa3_vlm.training.sft import (
     ADAPTER_MODULES,
@@ -28,7 +29,6 @@ from spa3_vlm.training.sft import (
     processor_for_image_size,
     spa3r_config_differences,
     validate_sft_example,
-    vlm_spa3r_config,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -284,7 +284,7 @@ def test_pretrained_spa3r_loads_into_the_tiny_vlm(spa3r_folder):
     loaded = model.spa3r.state_dict()
     assert set(loaded) <= set(source) and all(torch.equal(loaded[k], source[k]) for k in loaded)
     # The VLM runs exactly the checkpoint's encoder path (its config, reduced to the encoder).
-    expected = vlm_spa3r_config(Spa3RConfig.from_pretrained(spa3r_folder))
+    expected = encoder_only_spa3r_config(Spa3RConfig.from_pretrained(spa3r_folder))
     assert spa3r_config_differences(model.config.spa3r_config, expected) == {}
     assert "pose_source" in notes["spa3r_config_changes"]  # the tiny VLM's own config reads cameras from VGGT
     frames = processor_for_image_size(Spa3VLMProcessor.from_pretrained(TINY), 84, 112)(images=[[frame(1, (112, 84))] * 2], return_tensors="pt")

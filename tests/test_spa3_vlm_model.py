@@ -515,3 +515,14 @@ def test_tiny_hub_model_with_the_processor(repo_root):
         generated = model.generate(**inputs, max_new_tokens=3, do_sample=False)
     assert out.logits.shape[:2] == inputs["input_ids"].shape and torch.isfinite(out.logits).all()
     assert generated.shape == (2, inputs["input_ids"].shape[1] + 3)
+
+
+def test_encoder_only_config_keeps_the_camera_head_a_prope_encoder_needs():
+    from transformers import AutoConfig
+
+    from spa3_vlm.configuration_spa3_vlm import encoder_only_spa3r_config
+
+    plain = encoder_only_spa3r_config(AutoConfig.from_pretrained("hub_configs/spa3r-tiny"))
+    prope = encoder_only_spa3r_config(AutoConfig.from_pretrained("hub_configs/spa3r-tiny-synthrooms"))
+    assert not plain.vggt_config.use_camera_head and not plain.vggt_config.use_depth_head
+    assert prope.vggt_config.use_camera_head and not prope.vggt_config.use_depth_head

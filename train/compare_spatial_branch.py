@@ -35,7 +35,7 @@ import torch
 from transformers import HfArgumentParser, set_seed
 from trl import SFTConfig
 
-from spa3_vlm.configuration_spa3_vlm import Spa3VLMConfig
+from spa3_vlm.configuration_spa3_vlm import Spa3VLMConfig, encoder_only_spa3r_config
 from spa3_vlm.data.latent_cache import add_spatial_latents
 from spa3_vlm.data.synthrooms_qa import build_synthrooms_qa
 from spa3_vlm.evaluation.vsibench import NUMERICAL_TYPES, TASK_ORDER, vsibench_scores
@@ -50,7 +50,6 @@ from spa3_vlm.training.sft import (
     load_spa3r_encoder,
     parameter_group,
     processor_for_image_size,
-    vlm_spa3r_config,
 )
 
 logger = logging.getLogger("compare_spatial_branch")
@@ -117,7 +116,7 @@ def build_arm_models(args: CompareArguments, seed: int) -> dict[str, Spa3VLMForC
 
         config = Spa3VLMConfig.from_pretrained(args.config_name, spatial_branch=True)
         if spa3r_path is not None:
-            config.spa3r_config = vlm_spa3r_config(Spa3RConfig.from_pretrained(spa3r_path))
+            config.spa3r_config = encoder_only_spa3r_config(Spa3RConfig.from_pretrained(spa3r_path))
             config.spa3r_name_or_path = spa3r_path
         model = Spa3VLMForConditionalGeneration(config)
         missing, unexpected = model.load_state_dict(qwen_state, strict=False)

@@ -55,7 +55,9 @@ def encoder_only_spa3r_config(config: Spa3RConfig | dict) -> Spa3RConfig:
         vggt = dict(values["vggt_config"])
         for key in ("model_type", "transformers_version", "architectures", "auto_map", "dtype"):
             vggt.pop(key, None)
-        vggt.update(use_camera_head=False, use_depth_head=False, use_point_head=False)
+        # The camera head stays only where the encoder itself reads cameras (encoder_camera_encoding="prope").
+        keep_cameras = values.get("encoder_camera_encoding") == "prope"
+        vggt.update(use_camera_head=keep_cameras, use_depth_head=False, use_point_head=False)
         values["vggt_config"] = vggt
     return Spa3RConfig(**values)
 

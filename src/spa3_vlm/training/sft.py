@@ -40,6 +40,7 @@ from torch import nn
 from transformers import Trainer
 from trl import SFTTrainer
 
+from ..configuration_spa3_vlm import encoder_only_spa3r_config
 from ..data.synthrooms_qa import validate_record
 from ..evaluation.vsibench import QUESTION_TYPES, TASK_ORDER, normalize_answer, vsibench_scores
 
@@ -62,7 +63,6 @@ __all__ = [
     "route_fused_forward_through_adapter",
     "spa3r_config_differences",
     "validate_sft_example",
-    "vlm_spa3r_config",
 ]
 
 IGNORE_INDEX = -100
@@ -375,20 +375,6 @@ def load_spa3r_encoder(model, spa3r_name_or_path: str) -> None:
     model.load_spa3r_state_dict(encoder.state_dict())
 
 
-def vlm_spa3r_config(spa3r_config):
-    """The encoder path of a (pre-training) Spa3R config, as the VLM must build it.
-
-    ``encoder_only_spa3r_config`` drops VGGT's camera head, but an encoder with
-    ``encoder_camera_encoding="prope"`` reads its cameras from that head: keep it there.
-    """
-    from ..configuration_spa3_vlm import encoder_only_spa3r_config
-
-    reduced = encoder_only_spa3r_config(spa3r_config)
-    if getattr(reduced, "encoder_camera_encoding", "none") == "prope" and reduced.vggt_config is not None:
-        reduced.vggt_config.use_camera_head = True
-    return reduced
-
-
 def spa3r_config_differences(first, second) -> dict[str, tuple]:
     """Fields (dotted, nested configs included) whose values differ between two Spa3R configs."""
 
@@ -424,7 +410,7 @@ def load_spa3_vlm(
       e.g. ``hub_configs/spa3-vlm-tiny``).
 
     ``spa3r_name_or_path``: pretrained Spa3R weights for the encoder. The model's ``spa3r_config`` becomes that
-    checkpoint's encoder path (:func:`vlm_spa3r_config`), so weights and architecture always agree;
+    checkpoint's encoder path (:func:`encoder_only_spa3r_config`), so weights and architecture always agree;
     differences from the config's original ``spa3r_config`` are reported in ``notes["spa3r_config_changes"]``.
     """
     from transformers import AutoConfig
@@ -440,7 +426,7 @@ def load_spa3_vlm(
     spa3r_name_or_path = spa3r_name_or_path if spatial_branch else None
     spa3r_config = None
     if spa3r_name_or_path is not None:
-        spa3r_config = vlm_spa3r_config(Spa3RConfig.from_pretrained(spa3r_name_or_path))
+        spa3r_config = encoder_only_spa3r_config(Spa3RConfig.from_pretrained(spa3r_name_or_path))
     notes: dict[str, Any] = {"spatial_branch": spatial_branch, "spa3r_name_or_path": spa3r_name_or_path}
 
     def with_encoder(config):
@@ -460,7 +446,7 @@ def load_spa3_vlm(
                 model_name_or_path, config=config, **from_pretrained_kwargs
             )
         elif model_type == "qwen2_5_vl":
-            # As from_qwen_pretrained, with the encoder config already reduced by vlm_spa3r_config.
+            # As from_qwen_pretrained, with the encoder config already reduced by encoder_only_spa3r_config.
             config = Spa3VLMConfig.from_qwen(
                 AutoConfig.from_pretrained(model_name_or_path),
                 spa3r_config=spa3r_config,
