@@ -350,8 +350,26 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> st
     return "\n".join(lines)
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def repo_relative(value):
+    """Paths inside the repository, anywhere in a JSON-like payload, as repo-relative strings (results are
+    shared between machines)."""
+    if isinstance(value, dict):
+        return {key: repo_relative(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [repo_relative(item) for item in value]
+    if isinstance(value, (str, Path)) and os.path.isabs(str(value)):
+        try:
+            return str(Path(value).resolve().relative_to(REPO_ROOT))
+        except ValueError:
+            return str(value)
+    return value
+
+
 def write_json(path: Path, payload: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    path.write_text(json.dumps(repo_relative(payload), indent=2, default=str) + "\n")
     return path

@@ -304,7 +304,8 @@ def main(argv=None) -> dict:
     print(f"\nspa3-vlm - qwen2.5-vl per seed: {per_seed_text}")
     result = {
         "benchmark": "compare_spatial_branch",
-        "args": asdict(args),
+        # Repo-relative paths: the JSON is compared across machines.
+        "args": {k: os.path.relpath(v, REPO) if isinstance(v, str) and v.startswith(REPO) else v for k, v in asdict(args).items()},
         "task_order": list(TASK_ORDER),
         "num_train_questions": len(train),
         "num_held_out_questions": len(held_out),
