@@ -10,6 +10,13 @@ from spa3_vlm.conversion import load_reference_checkpoint, vggt_from_reference
 from spa3_vlm.conversion.reference import SPA3R_RENAMES
 
 
+# Tracking-head sizes for tiny_vggt_config (the converter test maps them from the reference's TrackHead names).
+TINY_TRACK = dict(
+    use_track_head=True, track_features=8, track_num_iterations=2, track_corr_levels=2, track_corr_radius=1,
+    track_hidden_size=16, track_num_attention_heads=8, track_depth=6, track_num_virtual_tracks=64,
+)  # fmt: skip
+
+
 def tiny_vggt_config(**overrides):
     args = dict(
         image_size=56, patch_size=14, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, patch_embed_type="conv",
@@ -19,15 +26,17 @@ def tiny_vggt_config(**overrides):
     return VGGTConfig(**args)
 
 
-def test_state_dict_matches_vggt_1b_release(fixtures_dir):
-    """Every released tensor name and shape, built on the meta device (the tracking head is not implemented)."""
-    released = json.loads((fixtures_dir / "vggt_1b_keys.json").read_text())["tensors"]
+def test_state_dict_matches_vggt_1b_release(fixtures_dir, repo_root):
+    """Every released tensor name and shape, tracking head included, in the release's order (meta device)."""
+    released = json.loads((fixtures_dir / "vggt_1b_keys.json").read_text())
+    config = VGGTConfig.from_pretrained(repo_root / "hub_configs" / "vggt-1b")
+    assert config.use_track_head and not VGGTConfig().use_track_head  # Spa3R configs keep building none
     with torch.device("meta"):
-        model = VGGTModel(VGGTConfig())
-    ours = {name: list(t.shape) for name, t in model.state_dict().items()}
-    theirs = {t["name"]: t["shape"] for t in released if not t["name"].startswith("track_head.")}
-    assert ours == theirs
-    assert list(ours) == [t["name"] for t in released if not t["name"].startswith("track_head.")]  # same order
+        model = VGGTModel(config)
+    ours = [(name, list(t.shape)) for name, t in model.state_dict().items()]
+    assert ours == [(t["name"], t["shape"]) for t in released["tensors"]]
+    assert len(ours) == released["num_tensors"] == 1797
+    assert sum(p.numel() for p in model.parameters()) == released["num_elements"]
 
 
 def test_spa3r_base_layout_matches_reference_spa3r(fixtures_dir):
@@ -137,11 +146,33 @@ def test_conversion_is_strict_and_reports_what_it_drops(tmp_path):
         camera_head=dict(trunk_depth=1, num_heads=2),
         depth_head=dict(features=8, out_channels=[4, 8, 8, 8], intermediate_layer_idx=[0, 1, 1, 2]),
     )
-    extra = dict(state)
-    extra["track_head.fnet.weight"] = torch.zeros(1)
-    model, report = vggt_from_reference(extra, return_report=True, **reference_args)
-    assert report.dropped["tracking head: not implemented, not used by Spa3R"] == ["track_head.fnet.weight"]
+    tracking = VGGTModel(tiny_vggt_config(**TINY_TRACK)).state_dict()
+    track_state = {k: v for k, v in tracking.items() if k.startswith("track_head.")}
+    assert len(track_state) == 394  # as many as the release's
+    extra = {**state, **track_state, "spa3r_decoder.weight": torch.zeros(1)}
+    disabled = dict(reference_args, vggt={**reference_args["vggt"], "enable_track": False})
+    model, report = vggt_from_reference(extra, return_report=True, **disabled)
+    assert model.track_head is None
+    assert report.dropped["track_head disabled in the config"] == sorted(track_state)
+    assert report.dropped["not part of VGGT"] == ["spa3r_decoder.weight"]
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+    track_args = dict(features=8, iters=2, corr_levels=2, corr_radius=1, hidden_size=16)
+    converted, report = vggt_from_reference(
+        {**state, **track_state}, return_report=True, **reference_args, track_head=track_args
+    )
+    assert not report.dropped and converted.config.use_track_head
+    assert converted.config.track_num_iterations == 2 and converted.config.track_corr_radius == 1
+    assert all(torch.equal(converted.state_dict()[k], v) for k, v in {**state, **track_state}.items())
+    with pytest.raises(ValueError, match=r"missing 394 key\(s\): \['track_head"):
+        vggt_from_reference(state, **reference_args, track_head=track_args)
+    assert vggt_from_reference(extra, **disabled, track_head=track_args).track_head is None
+    assert vggt_from_reference(state, **reference_args).track_head is None  # no track tensors, no head
+    # Track tensors but no sizes: the head is built with VGGT-1B's sizes, so these tiny tensors do not fit.
+    with pytest.raises(ValueError, match=r"shape mismatch: track_head\."):
+        vggt_from_reference(extra, **reference_args)
+    with pytest.raises(ValueError, match="predict_conf=True"):
+        vggt_from_reference(state, **reference_args, track_head=dict(track_args, predict_conf=False))
 
     missing = dict(state)
     del missing["aggregator.camera_token"]

@@ -1,4 +1,4 @@
-"""Configuration of the VGGT geometry backbone (aggregator, camera head, DPT heads)."""
+"""Configuration of the VGGT geometry backbone (aggregator, camera head, DPT heads, tracking head)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,20 @@ class VGGTConfig(PreTrainedConfig):
         use_camera_head / use_depth_head / use_point_head: which heads to build.
         camera_trunk_depth / camera_num_heads / camera_num_iterations: camera head size and refinement steps.
         dpt_features / dpt_out_channels / dpt_intermediate_layers: DPT (depth / point) head sizes and the
-            aggregator layers they read.
+            aggregator layers they read. The tracking head's feature extractor reads the same layers with the same
+            ``dpt_out_channels`` (the reference builds all three DPTs with these defaults).
+        use_track_head: build VGGT's point-tracking head (``track_head.*``, 65.9 M parameters in VGGT-1B).
+            facebook/VGGT-1B has it; Spa3R never runs it, so the default is off and existing Spa3R configs
+            (whose ``vggt_config`` omits this key) keep building no tracking head.
+        track_features: width of the tracking feature maps and of the tracker's latent track features
+            (divisible by 4 for the sin/cos embeddings).
+        track_stride: the tracking feature maps have ``1 / track_stride`` of the image resolution.
+        track_num_iterations: refinement iterations of the tracker.
+        track_corr_levels / track_corr_radius: correlation pyramid levels (each halves the resolution) and the
+            sampling radius; every level contributes ``(2 * radius + 1) ** 2`` correlations.
+        track_hidden_size / track_num_attention_heads / track_depth: the tracker's update transformer (``depth``
+            time-attention blocks, each followed by a space-attention round through the virtual tracks).
+        track_num_virtual_tracks: learned virtual tracks that carry information between the query points.
     """
 
     model_type = "spa3_vggt"
@@ -58,6 +71,16 @@ class VGGTConfig(PreTrainedConfig):
     dpt_features: int = 256
     dpt_out_channels: list[int] | None = None
     dpt_intermediate_layers: list[int] | None = None
+    use_track_head: bool = False
+    track_features: int = 128
+    track_stride: int = 2
+    track_num_iterations: int = 4
+    track_corr_levels: int = 7
+    track_corr_radius: int = 4
+    track_hidden_size: int = 384
+    track_num_attention_heads: int = 8
+    track_depth: int = 6
+    track_num_virtual_tracks: int = 64
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
@@ -73,12 +96,34 @@ class VGGTConfig(PreTrainedConfig):
             raise ValueError(
                 f"hidden_size {self.hidden_size} must be divisible by num_attention_heads {self.num_attention_heads}"
             )
-        if (self.use_depth_head or self.use_point_head) and max(self.dpt_intermediate_layers) >= self.num_hidden_layers:
+        self._check_track_sizes()
+        uses_dpt = self.use_depth_head or self.use_point_head or self.use_track_head
+        if uses_dpt and max(self.dpt_intermediate_layers) >= self.num_hidden_layers:
             raise ValueError(
                 f"dpt_intermediate_layers {self.dpt_intermediate_layers} must index the {self.num_hidden_layers} "
                 "aggregator layers"
             )
         super().__post_init__(**kwargs)
+
+    def _check_track_sizes(self) -> None:
+        minimum = {"track_corr_radius": 0}
+        for name in (
+            "track_features", "track_stride", "track_num_iterations", "track_corr_levels", "track_corr_radius",
+            "track_hidden_size", "track_num_attention_heads", "track_depth", "track_num_virtual_tracks",
+        ):  # fmt: skip
+            value = getattr(self, name)
+            low = minimum.get(name, 1)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        if self.track_features % 4:
+            raise ValueError(
+                f"track_features must be divisible by 4 (sin/cos embeddings of x and y), got {self.track_features}"
+            )
+        if self.track_hidden_size % self.track_num_attention_heads:
+            raise ValueError(
+                f"track_hidden_size {self.track_hidden_size} must be divisible by track_num_attention_heads "
+                f"{self.track_num_attention_heads}"
+            )
 
     @property
     def patch_start_idx(self) -> int:

@@ -13,6 +13,9 @@ Pipeline for one chunk of frames (``hp, wp`` = patch grid, ``H, W`` = image size
       --> bilinear (align_corners) to (H, W) --> + sin/cos UV embedding
       --> output_conv2 --> activation: preds [.., output_dim-1], confidence [..]
 
+In *feature-only* mode (VGGT's tracking head) ``output_conv1`` keeps all ``features`` channels, there is no
+``output_conv2`` and no activation: the head returns the resized feature map ``[B, S, features, H', W']``.
+
 Ships to the Hub with ``save_pretrained``: imports only torch and the standard library.
 """
 
@@ -288,14 +291,15 @@ class DPTScratch(nn.Module):
     ``layer{i}_rn`` map the four resized feature levels to ``features`` channels (3x3, no bias);
     ``refinenet4 -> 1`` fuse them coarse to fine; ``output_conv1`` halves the width.
     ``output_conv2`` (3x3 conv, ReLU, 1x1 conv to ``output_dim``) is applied by :class:`DPTHead`
-    after the full-resolution resize.
+    after the full-resolution resize. With ``feature_only`` ``output_conv1`` keeps the width and there
+    is no ``output_conv2``.
 
     Shapes (``forward``): four maps ``[N, out_channels[i], h_i, w_i]`` with
     ``(h_i, w_i) = (4hp, 4wp), (2hp, 2wp), (hp, wp), (ceil(hp/2), ceil(wp/2))``
-    -> ``[N, features // 2, 8hp, 8wp]``.
+    -> ``[N, features // 2, 8hp, 8wp]`` (``[N, features, 8hp, 8wp]`` with ``feature_only``).
     """
 
-    def __init__(self, out_channels: Sequence[int], features: int, output_dim: int) -> None:
+    def __init__(self, out_channels: Sequence[int], features: int, output_dim: int, feature_only: bool = False) -> None:
         super().__init__()
         self.layer1_rn = nn.Conv2d(out_channels[0], features, kernel_size=3, stride=1, padding=1, bias=False)
         self.layer2_rn = nn.Conv2d(out_channels[1], features, kernel_size=3, stride=1, padding=1, bias=False)
@@ -305,6 +309,9 @@ class DPTScratch(nn.Module):
         self.refinenet2 = FeatureFusionBlock(features)
         self.refinenet3 = FeatureFusionBlock(features)
         self.refinenet4 = FeatureFusionBlock(features, has_residual=False)
+        if feature_only:
+            self.output_conv1 = nn.Conv2d(features, features, kernel_size=3, stride=1, padding=1)
+            return
         self.output_conv1 = nn.Conv2d(features, features // 2, kernel_size=3, stride=1, padding=1)
         self.output_conv2 = nn.Sequential(
             nn.Conv2d(features // 2, _OUTPUT_HIDDEN_CHANNELS, kernel_size=3, stride=1, padding=1),
@@ -337,6 +344,8 @@ class DPTHead(nn.Module):
         out_channels: widths of the four projected feature levels.
         intermediate_layer_idx: which four entries of the aggregator's token list are used.
         pos_embed: add the sin/cos UV embedding to every level and to the full-resolution map.
+        feature_only: return the ``features``-channel map itself (no ``output_conv2``, no activation);
+            ``output_dim`` and the activations are then unused.
         down_ratio: predict at ``(H / down_ratio, W / down_ratio)`` instead of ``(H, W)``.
         frames_chunk_size: default number of frames per chunk in :meth:`forward` (``None``: all).
     """
@@ -352,6 +361,7 @@ class DPTHead(nn.Module):
         out_channels: Sequence[int] = (256, 512, 1024, 1024),
         intermediate_layer_idx: Sequence[int] = (4, 11, 17, 23),
         pos_embed: bool = True,
+        feature_only: bool = False,
         down_ratio: int = 1,
         frames_chunk_size: Optional[int] = 8,
     ) -> None:
@@ -372,12 +382,16 @@ class DPTHead(nn.Module):
             raise ValueError(
                 f"Unknown conf_activation {conf_activation!r}; expected one of {CONF_ACTIVATIONS}"
             )
+        if isinstance(down_ratio, bool) or not isinstance(down_ratio, int) or down_ratio < 1:
+            raise ValueError(f"down_ratio must be a positive int, got {down_ratio!r}")
         if pos_embed:
-            embedded_widths = out_channels + [features // 2]
+            output_width = features if feature_only else features // 2
+            embedded_widths = out_channels + [output_width]
             if any(c % 4 for c in embedded_widths):
                 raise ValueError(
-                    "with pos_embed=True every embedded width (out_channels and features // 2) must be "
-                    f"divisible by 4, got out_channels={out_channels}, features // 2={features // 2}"
+                    "with pos_embed=True every embedded width (out_channels and the output width "
+                    f"{'features' if feature_only else 'features // 2'}) must be divisible by 4, got "
+                    f"out_channels={out_channels}, output width={output_width}"
                 )
         if frames_chunk_size is not None and frames_chunk_size < 1:
             raise ValueError(f"frames_chunk_size must be a positive int or None, got {frames_chunk_size}")
@@ -388,6 +402,7 @@ class DPTHead(nn.Module):
         self.activation = activation
         self.conf_activation = conf_activation
         self.pos_embed = pos_embed
+        self.feature_only = feature_only
         self.down_ratio = down_ratio
         self.frames_chunk_size = frames_chunk_size
         self.intermediate_layer_idx = intermediate_layer_idx
@@ -405,7 +420,7 @@ class DPTHead(nn.Module):
                 nn.Conv2d(out_channels[3], out_channels[3], kernel_size=3, stride=2, padding=1),
             ]
         )
-        self.scratch = DPTScratch(out_channels, features, output_dim)
+        self.scratch = DPTScratch(out_channels, features, output_dim, feature_only=feature_only)
 
     def forward(
         self,
@@ -413,8 +428,8 @@ class DPTHead(nn.Module):
         images: torch.Tensor,
         patch_start_idx: int,
         frames_chunk_size: Optional[int] = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Predict a dense map and its confidence for every frame.
+    ) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
+        """Predict a dense map and its confidence for every frame (or, ``feature_only``, a feature map).
 
         Args:
             aggregated_tokens: one ``[B, S, P, dim_in]`` tensor per aggregator layer, with
@@ -426,7 +441,7 @@ class DPTHead(nn.Module):
 
         Returns:
             ``preds [B, S, H', W', output_dim - 1]`` and ``conf [B, S, H', W']`` with
-            ``(H', W') = (H, W) / down_ratio``.
+            ``(H', W') = (H, W) / down_ratio``; with ``feature_only`` one ``[B, S, features, H', W']`` map.
         """
         batch, num_frames, grid_h, grid_w = self._check_inputs(aggregated_tokens, images, patch_start_idx)
         chunk = self.frames_chunk_size if frames_chunk_size is None else frames_chunk_size
@@ -436,17 +451,14 @@ class DPTHead(nn.Module):
             chunk = num_frames
 
         image_h, image_w = images.shape[-2], images.shape[-1]
-        all_preds, all_conf = [], []
+        chunks = []
         for start in range(0, num_frames, chunk):
             frames = slice(start, min(start + chunk, num_frames))
-            preds, conf = self._decode_frames(
-                aggregated_tokens, frames, patch_start_idx, grid_h, grid_w, image_h, image_w
-            )
-            all_preds.append(preds.reshape(batch, -1, *preds.shape[1:]))
-            all_conf.append(conf.reshape(batch, -1, *conf.shape[1:]))
-        if len(all_preds) == 1:
-            return all_preds[0], all_conf[0]
-        return torch.cat(all_preds, dim=1), torch.cat(all_conf, dim=1)
+            out = self._decode_frames(aggregated_tokens, frames, patch_start_idx, grid_h, grid_w, image_h, image_w)
+            parts = (out,) if self.feature_only else out
+            chunks.append(tuple(part.reshape(batch, -1, *part.shape[1:]) for part in parts))
+        merged = tuple(parts[0] if len(chunks) == 1 else torch.cat(parts, dim=1) for parts in zip(*chunks))
+        return merged[0] if self.feature_only else merged
 
     def _decode_frames(
         self,
@@ -457,8 +469,9 @@ class DPTHead(nn.Module):
         grid_w: int,
         image_h: int,
         image_w: int,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Decode the frames in ``frames`` of every sample: returns ``[B*s, H', W', *]`` maps."""
+    ) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
+        """Decode the frames in ``frames`` of every sample: returns ``[B*s, H', W', *]`` maps
+        (``feature_only``: one ``[B*s, features, H', W']`` map)."""
         levels = []
         for level, layer_idx in enumerate(self.intermediate_layer_idx):
             tokens = aggregated_tokens[layer_idx][:, frames, patch_start_idx:]
@@ -477,6 +490,8 @@ class DPTHead(nn.Module):
         out = interpolate_bilinear(out, out_size, align_corners=True)
         if self.pos_embed:
             out = add_uv_position_embedding(out, image_w, image_h)
+        if self.feature_only:
+            return out
         out = self.scratch.output_conv2(out)
         return activate_head(out, activation=self.activation, conf_activation=self.conf_activation)
 

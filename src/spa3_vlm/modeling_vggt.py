@@ -1,9 +1,11 @@
-"""VGGT geometry backbone: aggregator, camera head and DPT heads, weight-compatible with facebook/VGGT-1B.
+"""VGGT geometry backbone: aggregator, camera head, DPT heads and tracking head, weight-compatible with
+facebook/VGGT-1B.
 
 ``VGGTModel`` reads ``pixel_values [B, S, 3, H, W]`` in [0, 1] (ImageNet normalisation happens inside)
 and returns one aggregated token tensor ``[B, S, P, 2C]`` per layer, where each frame holds
 ``P = 1 camera + R register + N patch`` tokens; the camera head turns the last layer into pose
-encodings and cameras, the DPT heads into dense depth / point maps.
+encodings and cameras, the DPT heads into dense depth / point maps, and the optional tracking head
+(``config.use_track_head``) follows query points of view 0 through every view.
 
 A *view mask* (``True`` = target-only view) runs Spa3R's masked pass: context views attend only to
 context views in the global blocks, target views attend to all. It is computed without an attention
@@ -26,6 +28,7 @@ from .configuration_vggt import VGGTConfig
 from .modeling_common import Block, LayerScale, Mlp, RotaryEmbedding2D, patch_grid_positions
 from .modeling_dpt import DPTHead
 from .modeling_geometry import pose_encoding_to_cameras
+from .modeling_vggt_track import TrackUpdateFormer, VGGTTracker, VGGTTrackHead
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -286,6 +289,10 @@ class VGGTOutput(ModelOutput):
         intrinsics: ``[B, S, 3, 3]`` in pixels.
         depth / depth_conf: ``[B, S, H, W, 1]`` / ``[B, S, H, W]``.
         world_points / world_points_conf: ``[B, S, H, W, 3]`` / ``[B, S, H, W]``.
+        tracks: ``[B, S, N, 2]`` pixel (x, y) positions of the query points in every view (last refinement step;
+            view 0 holds the queries); ``track_list`` holds every step.
+        track_visibility / track_confidence: ``[B, S, N]`` probabilities that the point is visible in the view and
+            that its track is accurate.
     """
 
     aggregated_tokens: Optional[tuple] = None
@@ -298,6 +305,10 @@ class VGGTOutput(ModelOutput):
     depth_conf: Optional[torch.Tensor] = None
     world_points: Optional[torch.Tensor] = None
     world_points_conf: Optional[torch.Tensor] = None
+    tracks: Optional[torch.Tensor] = None
+    track_list: Optional[tuple] = None
+    track_visibility: Optional[torch.Tensor] = None
+    track_confidence: Optional[torch.Tensor] = None
 
     @property
     def last_patch_tokens(self) -> torch.Tensor:
@@ -318,9 +329,12 @@ class VGGTPreTrainedModel(PreTrainedModel):
             init.trunc_normal_(module.weight, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm) and module.elementwise_affine:
+        elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)) and module.weight is not None:
             init.ones_(module.weight)
             init.zeros_(module.bias)
+        elif isinstance(module, nn.MultiheadAttention):
+            init.xavier_uniform_(module.in_proj_weight)
+            init.zeros_(module.in_proj_bias)
         elif isinstance(module, nn.RMSNorm):
             init.ones_(module.weight)
         elif isinstance(module, LayerScale):
@@ -340,10 +354,15 @@ class VGGTPreTrainedModel(PreTrainedModel):
             fov_bias = module.pose_branch.fc2.bias
             with torch.no_grad():
                 fov_bias[7:9] = 1.0 / module.num_iterations
+        elif isinstance(module, VGGTTracker):
+            init.normal_(module.query_ref_token, std=1.0)  # the reference's torch.randn
+        elif isinstance(module, TrackUpdateFormer):
+            init.normal_(module.virual_tracks, std=1.0)
 
 
 class VGGTModel(VGGTPreTrainedModel):
-    """The VGGT backbone with its camera, depth and point heads (the tracking head is not implemented)."""
+    """The VGGT backbone with its camera, depth and point heads and, with ``config.use_track_head``, the tracking
+    head (VGGT-1B has it; Spa3R never runs it)."""
 
     def __init__(self, config: VGGTConfig):
         super().__init__(config)
@@ -359,6 +378,7 @@ class VGGTModel(VGGTPreTrainedModel):
         # Built in the release's order so state dicts list tensors the same way.
         self.point_head = DPTHead(output_dim=4, activation="inv_log", **dpt) if config.use_point_head else None
         self.depth_head = DPTHead(output_dim=2, activation="exp", **dpt) if config.use_depth_head else None
+        self.track_head = VGGTTrackHead(config) if config.use_track_head else None
         self.post_init()
 
     def forward(
@@ -369,6 +389,7 @@ class VGGTModel(VGGTPreTrainedModel):
         compute_depth: bool = True,
         compute_points: bool = False,
         output_all_layers: bool = True,
+        query_points: Optional[torch.Tensor] = None,
         **kwargs,
     ) -> VGGTOutput:
         """
@@ -378,15 +399,20 @@ class VGGTModel(VGGTPreTrainedModel):
                 View 0 must be a context view and every sample needs the same number of context views.
             compute_cameras / compute_depth / compute_points: run the heads (when built).
             output_all_layers: keep every layer's tokens; ``False`` keeps only those the heads need.
+            query_points: ``[B, N, 2]`` pixel (x, y) positions in view 0, with ``0 <= x <= W - 1`` and
+                ``0 <= y <= H - 1``: runs the tracking head (needs ``config.use_track_head``) and fills ``tracks``,
+                ``track_list``, ``track_visibility`` and ``track_confidence``.
         """
         check_pixel_values(pixel_values, self.config.patch_size)
         height, width = pixel_values.shape[-2:]
+        if query_points is not None:
+            self._check_query_points(query_points, pixel_values)
         run_depth = compute_depth and self.depth_head is not None
         run_points = compute_points and self.point_head is not None
         keep = None
         if not output_all_layers:
             keep = {self.config.num_hidden_layers - 1}
-            if run_depth or run_points:
+            if run_depth or run_points or query_points is not None:
                 keep |= set(self.config.dpt_intermediate_layers)
 
         order = None
@@ -413,7 +439,45 @@ class VGGTModel(VGGTPreTrainedModel):
             output.depth, output.depth_conf = self.depth_head(tokens, pixel_values, self.config.patch_start_idx)
         if run_points:
             output.world_points, output.world_points_conf = self.point_head(tokens, pixel_values, self.config.patch_start_idx)
+        if query_points is not None:
+            # Positions stay in at least float32 even for a half-precision model: bf16 cannot hold pixel offsets.
+            positions = query_points.to(torch.promote_types(query_points.dtype, torch.float32))
+            tracks, visibility, confidence = self.track_head(tokens, pixel_values, self.config.patch_start_idx, positions)
+            output.track_list = tuple(tracks)
+            output.tracks = tracks[-1]
+            output.track_visibility, output.track_confidence = visibility, confidence
         return output
+
+    def _check_query_points(self, query_points: torch.Tensor, pixel_values: torch.Tensor) -> None:
+        """Raise a ``ValueError`` that says what is wrong with ``query_points`` for this model and these images."""
+        if self.track_head is None:
+            raise ValueError(
+                "query_points were given but this model has no tracking head; build it with "
+                "VGGTConfig(use_track_head=True) (as facebook/VGGT-1B, hub_configs/vggt-1b)"
+            )
+        batch, _, _, height, width = pixel_values.shape
+        expected = f"[B, N, 2] = [{batch}, N >= 1, 2] pixel (x, y) positions in view 0"
+        if not isinstance(query_points, torch.Tensor) or not query_points.is_floating_point():
+            got = query_points.dtype if isinstance(query_points, torch.Tensor) else type(query_points).__name__
+            raise ValueError(f"query_points must be a floating-point tensor {expected}, got {got}")
+        shape = tuple(query_points.shape)
+        if len(shape) != 3 or shape[0] != batch or shape[1] == 0 or shape[2] != 2:
+            raise ValueError(f"query_points must have shape {expected}, got {shape}")
+        if not torch.isfinite(query_points).all():
+            raise ValueError("query_points contains NaN or infinite values")
+        x, y = query_points[..., 0], query_points[..., 1]
+        if x.min() < 0 or x.max() > width - 1 or y.min() < 0 or y.max() > height - 1:
+            raise ValueError(
+                f"query_points must lie inside the {height}x{width} image: x in [0, {width - 1}], "
+                f"y in [0, {height - 1}] (pixel coordinates); got x in [{x.min().item():.4g}, {x.max().item():.4g}], "
+                f"y in [{y.min().item():.4g}, {y.max().item():.4g}]"
+            )
+        smallest = self.track_head.min_image_size()
+        if min(height, width) < smallest:
+            raise ValueError(
+                f"images of {height}x{width} are too small for the tracking head: its {self.config.track_corr_levels} "
+                f"correlation levels at stride {self.config.track_stride} need at least {smallest} pixels per side"
+            )
 
 
 __all__ = ["VGGTModel", "VGGTPreTrainedModel", "VGGTOutput", "check_pixel_values"]

@@ -16,7 +16,7 @@ from ..modeling_vggt import VGGTModel
 
 logger = logging.getLogger(__name__)
 
-VGGT_PREFIXES = ("aggregator.", "camera_head.", "depth_head.", "point_head.")
+VGGT_PREFIXES = ("aggregator.", "camera_head.", "depth_head.", "point_head.", "track_head.")
 # Reference Spa3R module -> our module path inside Spa3RForFieldPrediction.
 SPA3R_RENAMES = {
     "projection.": "spa3r.projection.",
@@ -84,17 +84,29 @@ def vggt_config_from_reference(
     camera_head: Optional[dict] = None,
     depth_head: Optional[dict] = None,
     point_head: Optional[dict] = None,
+    track_head: Optional[dict] = None,
     global_qk_norm: str = "layernorm",
     **unused,
 ) -> VGGTConfig:
-    """Map the reference constructors' argument dicts (``VGGT``, ``Aggregator``, ``CameraHead``, ``DPTHead``)
-    onto a ``VGGTConfig``. Missing dicts mean the reference defaults (VGGT-1B)."""
+    """Map the reference constructors' argument dicts (``VGGT``, ``Aggregator``, ``CameraHead``, ``DPTHead``,
+    ``TrackHead``) onto a ``VGGTConfig``. Missing dicts mean the reference defaults (VGGT-1B).
+
+    The tracking head is built when ``vggt["enable_track"]`` is true or, without that key, when a ``track_head`` dict
+    is given. (The reference's own default is ``enable_track=True``, but Spa3R never runs the head and its callers
+    pass VGGT dicts without the key.)
+    """
     vggt = dict(vggt or {})
     agg = {**{k: vggt[k] for k in ("img_size", "patch_size", "embed_dim") if k in vggt}, **(aggregator or {})}
     cam = dict(camera_head or {})
     dpt = dict(depth_head or point_head or {})
+    track = dict(track_head or {})
     if agg.get("aa_order", ["frame", "global"]) != ["frame", "global"] or agg.get("aa_block_size", 1) != 1:
         raise ValueError("only aa_order=['frame', 'global'] with aa_block_size=1 (VGGT-1B's layout) is supported")
+    if not track.get("predict_conf", True):
+        raise ValueError("only a tracking head with predict_conf=True (VGGT-1B's) is supported, got predict_conf=False")
+    if track.get("stride", 2) != 2:
+        # The reference fixes the feature extractor's down_ratio at 2; our single track_stride sets both.
+        raise ValueError(f"only a tracking head with stride=2 (VGGT-1B's) is supported, got stride={track['stride']}")
     embed_dim = agg.get("embed_dim", 1024)
     return VGGTConfig(
         image_size=agg.get("img_size", 518),
@@ -119,6 +131,12 @@ def vggt_config_from_reference(
         dpt_features=dpt.get("features", 256),
         dpt_out_channels=list(dpt.get("out_channels", [256, 512, 1024, 1024])),
         dpt_intermediate_layers=list(dpt.get("intermediate_layer_idx", [4, 11, 17, 23])),
+        use_track_head=bool(vggt.get("enable_track", track_head is not None)),
+        track_features=track.get("features", 128),
+        track_num_iterations=track.get("iters", 4),
+        track_corr_levels=track.get("corr_levels", 7),
+        track_corr_radius=track.get("corr_radius", 4),
+        track_hidden_size=track.get("hidden_size", 384),
     )
 
 
@@ -149,8 +167,6 @@ def _strict_load(model: torch.nn.Module, state: dict[str, torch.Tensor], what: s
 def _vggt_state(state: dict[str, torch.Tensor], config: VGGTConfig, report: ConversionReport, prefix: str = "") -> dict:
     """Select and adapt VGGT tensors (``prefix`` + reference names) for a ``VGGTModel`` built from ``config``."""
     selected = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix) and k[len(prefix) :].startswith(VGGT_PREFIXES)}
-    selected_track = [k for k in state if k.startswith(prefix + "track_head.")]
-    report.drop("tracking head: not implemented, not used by Spa3R", selected_track)
     if config.global_qk_norm == "rmsnorm":
         # Spa3R's global blocks use weight-only RMSNorm q/k norms; LayerNorm biases have no counterpart
         # (the reference drops them silently when loading VGGT-1B; we drop them and say so).
@@ -158,7 +174,13 @@ def _vggt_state(state: dict[str, torch.Tensor], config: VGGTConfig, report: Conv
         for key in biases:
             del selected[key]
         report.drop("q/k LayerNorm biases of the global blocks (RMSNorm variant)", [prefix + k for k in biases])
-    for head, enabled in (("camera_head.", config.use_camera_head), ("depth_head.", config.use_depth_head), ("point_head.", config.use_point_head)):
+    heads = (
+        ("camera_head.", config.use_camera_head),
+        ("depth_head.", config.use_depth_head),
+        ("point_head.", config.use_point_head),
+        ("track_head.", config.use_track_head),
+    )
+    for head, enabled in heads:
         if not enabled:
             unused = [k for k in selected if k.startswith(head)]
             for key in unused:
@@ -179,15 +201,23 @@ def vggt_from_reference(
         state_dict: reference names (``aggregator.*``, ``camera_head.*``, ...).
         global_qk_norm: ``"layernorm"`` (VGGT-1B) or ``"rmsnorm"`` (Spa3R's variant). Default: LayerNorm if the
             global q/k-norm biases are present, otherwise RMSNorm.
-        reference_config: the ``vggt``, ``aggregator``, ``camera_head``, ``depth_head``, ``point_head`` dicts.
+        reference_config: the ``vggt``, ``aggregator``, ``camera_head``, ``depth_head``, ``point_head``,
+            ``track_head`` dicts (see ``vggt_config_from_reference``). Without ``enable_track`` or a ``track_head``
+            dict, the tracking head is built iff ``state_dict`` has ``track_head.*`` tensors (VGGT-1B's sizes);
+            with ``enable_track=False`` they are reported as dropped.
     """
     if global_qk_norm is None:
         has_bias = any(k.startswith("aggregator.global_blocks.") and k.endswith("q_norm.bias") for k in state_dict)
         global_qk_norm = "layernorm" if has_bias else "rmsnorm"
+    vggt_args = dict(reference_config.get("vggt") or {})
+    if "enable_track" not in vggt_args and "track_head" not in reference_config:
+        # As the reference (enable_track=True by default) when the weights hold a tracking head: VGGT-1B converts whole.
+        vggt_args["enable_track"] = any(k.startswith("track_head.") for k in state_dict)
+        reference_config = {**reference_config, "vggt": vggt_args}
     config = vggt_config_from_reference(global_qk_norm=global_qk_norm, **reference_config)
     report = ConversionReport()
     state = _vggt_state(state_dict, config, report)
-    report.drop("not part of VGGT", [k for k in state_dict if not k.startswith(VGGT_PREFIXES + ("track_head.",))])
+    report.drop("not part of VGGT", [k for k in state_dict if not k.startswith(VGGT_PREFIXES)])
     model = VGGTModel(config)
     _strict_load(model, state, "VGGT conversion")
     model.eval()
@@ -282,7 +312,7 @@ def spa3r_from_reference(
     else:
         report.drop("frozen VGGT (no vggt_config)", [k for k in state_dict if k.startswith(VGGT_PREFIXES)])
     report.drop("DINOv3 teacher from torch.hub (not converted)", [k for k in state_dict if k.startswith("dino.")])
-    used_prefixes = tuple(SPA3R_RENAMES) + VGGT_PREFIXES + ("track_head.", "dino.")
+    used_prefixes = tuple(SPA3R_RENAMES) + VGGT_PREFIXES + ("dino.",)
     report.drop("unknown to Spa3R", [k for k in state_dict if not k.startswith(used_prefixes)])
 
     model = Spa3RForFieldPrediction(config)

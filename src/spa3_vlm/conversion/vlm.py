@@ -45,7 +45,6 @@ SPA3R_DROPPED = {
     "depth_prob.": "Spa3R depth probe (pre-training only)",
     "pose_tokenizer.": "Spa3R camera-ray tokenizer of the decoder (pre-training only)",
     "dino.": "DINOv3 semantic teacher (pre-training only)",
-    "track_head.": "VGGT tracking head (not used by Spa3R)",
 }
 # transformers 4.50 Qwen2.5-VL names -> transformers 5 names (first match wins: `visual.` before `model.`).
 QWEN_RENAMES = (("visual.", "model.visual."), ("model.", "model.language_model."), ("lm_head.", "lm_head."))
@@ -137,8 +136,6 @@ def spa3r_encoder_state_from_reference(
     else:
         local.drop("frozen VGGT (spa3r_config has no vggt_config)", [k for k in state_dict if k.startswith(VGGT_PREFIXES)])
     for prefix, reason in SPA3R_DROPPED.items():
-        if prefix == "track_head." and config.vggt_config is not None:
-            continue  # _vggt_state reported it
         local.drop(reason, [k for k in state_dict if k.startswith(prefix)])
     for reason, keys in local.dropped.items():
         report.drop(reason, [source_prefix + k for k in keys])
