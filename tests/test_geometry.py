@@ -15,6 +15,7 @@ from spa3_vlm.modeling_geometry import (
     invert_intrinsics,
     invert_rigid,
     matrix_to_quaternion,
+    plucker_rays,
     pose_encoding_to_cameras,
     quaternion_to_matrix,
     to_homogeneous,
@@ -93,6 +94,30 @@ def test_camera_rays_unit_norm_principal_ray_and_fixture(fixtures_dir):
     reference = load_file(fixtures_dir / "spa3r_tiny" / "outputs.safetensors")
     ours = camera_rays(reference["intrinsics_patch"], (4, 5))
     assert (ours - reference["camera_rays"]).abs().max() <= 1e-6
+
+
+def test_plucker_rays_are_world_rays_independent_of_the_point_on_them():
+    g = torch.Generator().manual_seed(5)
+    extrinsics = random_rigid(2, g)
+    intrinsics = torch.tensor([[2.0, 0, 2.5], [0, 3.0, 1.5], [0, 0, 1]]).repeat(2, 1, 1)
+    codes = plucker_rays(extrinsics, intrinsics, (3, 5))
+    assert codes.shape == (2, 6, 3, 5)
+    direction, moment = codes[:, :3], codes[:, 3:]
+    rotation = extrinsics[:, :3, :3]
+    local = camera_rays(intrinsics, (3, 5))
+    assert torch.allclose(direction, torch.einsum("nji,njhw->nihw", rotation, local), atol=1e-6)  # R^T d
+    assert torch.allclose((direction * moment).sum(1), torch.zeros(2, 3, 5), atol=1e-5)  # moment ⟂ direction
+    # Move the camera 1.7 units along its own principal ray: that ray keeps its code, the others change.
+    centre = invert_rigid(extrinsics)[:, :3, 3]
+    moved = extrinsics.clone()
+    moved[:, :3, 3] = -(rotation @ (centre + 1.7 * direction[:, :, 1, 2])[..., None])[..., 0]
+    shifted = plucker_rays(moved, intrinsics, (3, 5))
+    assert torch.allclose(shifted[:, :, 1, 2], codes[:, :, 1, 2], atol=1e-5)
+    assert not torch.allclose(shifted[:, 3:, 0, 0], codes[:, 3:, 0, 0], atol=1e-3)
+    # A camera at the world origin has zero moments.
+    at_origin = extrinsics.clone()
+    at_origin[:, :3, 3] = 0
+    assert torch.allclose(plucker_rays(at_origin, intrinsics, (3, 5))[:, 3:], torch.zeros(2, 3, 3, 5), atol=1e-6)
 
 
 def test_rope_2d_identity_at_origin_and_relative_positions():

@@ -526,3 +526,10 @@ def test_encoder_only_config_keeps_the_camera_head_a_prope_encoder_needs():
     prope = encoder_only_spa3r_config(AutoConfig.from_pretrained("hub_configs/spa3r-tiny-synthrooms"))
     assert not plain.vggt_config.use_camera_head and not plain.vggt_config.use_depth_head
     assert prope.vggt_config.use_camera_head and not prope.vggt_config.use_depth_head
+    # Training-only settings that name decoder heads are dropped with the heads; the tracking head goes too.
+    trained = AutoConfig.from_pretrained("hub_configs/spa3r-tiny-synthrooms")
+    trained.loss_weights, trained.smooth_l1_beta = {"rgb_l1": 2.0}, {"metric_depth": 0.1}
+    trained.vggt_config.use_track_head = True
+    encoder = encoder_only_spa3r_config(trained)
+    assert encoder.target_heads == {} and encoder.loss_weights is None and encoder.smooth_l1_beta is None
+    assert not encoder.vggt_config.use_track_head

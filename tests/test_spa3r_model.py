@@ -123,6 +123,86 @@ def test_dataset_cameras_and_extra_field_targets(tiny_config):
         model(x, extrinsics=extrinsics, intrinsics=intrinsics, field_targets={"sem": rgb})
 
 
+def test_loss_weights_and_smooth_l1_beta(tiny_config):
+    """Weights scale each named loss in the total; beta switches a head's smooth-L1 towards plain L1."""
+    base = {**tiny_config.to_dict(), "pose_source": "dataset", "target_heads": {"geo": 128, "rgb": 3}, "semantic_teacher_config": None}
+    x = images(batch=1, views=3)
+    cameras = dict(extrinsics=torch.eye(4).repeat(1, 3, 1, 1), intrinsics=torch.tensor([[60.0, 0, 42], [0, 60, 28], [0, 0, 1]]).repeat(1, 3, 1, 1))
+    rgb = torch.rand(1, 3, 24, 3)
+    mask = torch.tensor([[False, True, False]])
+    torch.manual_seed(0)
+    plain = Spa3RForFieldPrediction(Spa3RConfig.from_dict(base)).eval()
+    weighted = Spa3RForFieldPrediction(
+        Spa3RConfig.from_dict({**base, "loss_weights": {"rgb_l1": 3.0, "rgb_cos": 0.0}, "smooth_l1_beta": {"rgb": 0.0}})
+    ).eval()
+    weighted.load_state_dict(plain.state_dict())
+    a = plain(x, view_mask=mask, field_targets={"rgb": rgb}, **cameras)
+    b = weighted(x, view_mask=mask, field_targets={"rgb": rgb}, **cameras)
+    error = a.predictions["rgb"] - rgb
+    assert torch.allclose(a.losses["rgb_l1"], torch.where(error.abs() < 1, 0.5 * error**2, error.abs() - 0.5).mean())
+    assert torch.allclose(b.losses["rgb_l1"], error.abs().mean())  # beta 0: plain L1, logged unweighted
+    assert torch.allclose(a.loss, sum(a.losses.values()))
+    assert set(b.losses) == {"geo_l1", "geo_cos", "rgb_l1", "rgb_cos", "depth_probe"}
+    expected = b.losses["geo_l1"] + b.losses["geo_cos"] + 3.0 * b.losses["rgb_l1"] + b.losses["depth_probe"]
+    assert torch.allclose(b.loss, expected)
+
+
+def test_context_inputs_reach_the_encoder_from_context_views_only(tiny_config):
+    """Extra per-patch inputs start at zero effect, are read from context views only, and can be withheld."""
+    heads = {"geo": 128, "rgb": 3, "metric_depth": 1}
+    base = {**tiny_config.to_dict(), "pose_source": "dataset", "target_heads": heads, "semantic_teacher_config": None}
+    config = Spa3RConfig.from_dict({**base, "context_inputs": {"rgb": 3, "metric_depth": 1}})
+    torch.manual_seed(0)
+    model = Spa3RForFieldPrediction(config).eval()
+    x = images(batch=2, views=3)
+    cameras = dict(extrinsics=torch.eye(4).repeat(2, 3, 1, 1), intrinsics=torch.tensor([[60.0, 0, 42], [0, 60, 28], [0, 0, 1]]).repeat(2, 3, 1, 1))
+    fields = {"rgb": torch.rand(2, 3, 24, 3), "metric_depth": 1 + 4 * torch.rand(2, 3, 24, 1)}
+    mask = torch.tensor([[False, True, False], [False, False, True]])
+
+    def latents(field_targets, **overrides):
+        return model(x, view_mask=mask, field_targets=field_targets, **cameras, **overrides).latents
+
+    reference = latents(fields)
+    plain = model.spa3r.encode_tokens(torch.randn(2, 2, 24, 128), (4, 6))
+    assert all((p == 0).all() for p in model.spa3r.context_input_projections.parameters())  # zero start
+    with torch.no_grad():
+        for projection in model.spa3r.context_input_projections.values():
+            projection.weight.normal_()
+    informed = latents(fields)
+    assert not torch.allclose(informed, reference)
+    changed = {name: value.clone() for name, value in fields.items()}
+    changed["metric_depth"][0, 1] += 1.0  # view 1 of sample 0 is a target view: the encoder never sees it
+    assert torch.equal(latents(changed), informed)
+    changed["metric_depth"][1, 1] += 1.0  # a context view of sample 1 only
+    moved = latents(changed)
+    assert torch.equal(moved[0], informed[0]) and not torch.allclose(moved[1], informed[1])
+
+    tokens = torch.randn(2, 2, 24, 128)
+    zeros = {"rgb": torch.zeros(2, 2, 24, 3), "metric_depth": torch.zeros(2, 2, 24, 1)}
+    assert torch.equal(model.spa3r.encode_tokens(tokens, (4, 6)), model.spa3r.encode_tokens(tokens, (4, 6), context_inputs=zeros))
+    config.context_input_dropout = 0.5
+    model.train()
+    torch.manual_seed(3)
+    dropped = [latents(fields) for _ in range(6)]
+    model.eval()
+    withheld = latents({"rgb": fields["rgb"] * 0, "metric_depth": fields["metric_depth"] * 0})
+    for sample in range(2):
+        outcomes = [torch.allclose(d[sample], withheld[sample]) for d in dropped]
+        assert all(o or torch.allclose(d[sample], informed[sample]) for o, d in zip(outcomes, dropped))
+        assert any(outcomes) and not all(outcomes)  # both outcomes occur over 6 draws at p = 0.5 with this seed
+
+    with pytest.raises(ValueError, match=r"config.context_inputs needs \['metric_depth'\] for the context views"):
+        latents({"rgb": fields["rgb"]})
+    with pytest.raises(ValueError, match=r"context input 'rgb' must be \[B, Vc, N, 3\] = \(2, 2, 24, 3\), got \(2, 2, 24, 1\)"):
+        model.spa3r.encode_tokens(tokens, (4, 6), context_inputs={"rgb": torch.zeros(2, 2, 24, 1)})
+    with pytest.raises(ValueError, match=r"context_inputs \['sem'\] are not configured"):
+        model.spa3r.encode_tokens(tokens, (4, 6), context_inputs={"sem": torch.zeros(2, 2, 24, 1)})
+    plain_model = Spa3RForFieldPrediction(Spa3RConfig.from_dict(base))
+    with pytest.raises(ValueError, match=r"context_inputs \['rgb'\] were given, but config.context_inputs configures none"):
+        plain_model.spa3r.encode_tokens(tokens, (4, 6), context_inputs={"rgb": torch.zeros(2, 2, 24, 3)})
+    assert plain.shape == (2, 16, 64)
+
+
 def test_bad_inputs_are_rejected_with_clear_messages(tiny_model):
     model = tiny_model.eval()
     encoder = model.spa3r
@@ -164,6 +244,16 @@ def test_config_validation():
         Spa3RConfig(hidden_size=96, num_attention_heads=16)
     with pytest.raises(ValueError, match="'geo' head predicts backbone tokens of size 2048"):
         Spa3RConfig(target_heads={"geo": 1024})
+    with pytest.raises(ValueError, match=r"loss_weights names unknown loss\(es\) \['rbg_l1'\]"):
+        Spa3RConfig(loss_weights={"rbg_l1": 2.0})
+    with pytest.raises(ValueError, match=r"smooth_l1_beta names unknown head\(s\) \['depth'\]"):
+        Spa3RConfig(smooth_l1_beta={"depth": 0.1})
+    with pytest.raises(ValueError, match="context_inputs maps names to channel counts >= 1, got 'rgb': 0"):
+        Spa3RConfig(context_inputs={"rgb": 0})
+    with pytest.raises(ValueError, match=r"context_input_dropout must be in \[0, 1\), got 1.0"):
+        Spa3RConfig(context_input_dropout=1.0)
+    with pytest.raises(ValueError, match="non-negative numbers, got 'geo_l1': -1"):
+        Spa3RConfig(loss_weights={"geo_l1": -1})
 
 
 def test_save_and_load_round_trip(tiny_model, tmp_path):
@@ -282,3 +372,35 @@ def test_encoder_camera_encoding_uses_the_context_cameras(tiny_config):
         Spa3RConfig(encoder_camera_encoding="plucker")
     out = model.train()(x)  # field prediction passes the context views' cameras through
     assert torch.isfinite(out.loss)
+
+
+def test_plucker_ray_encoding_extends_the_camera_frame_rays(tiny_config):
+    """World-frame Plücker ray tokens reduce to the paper's camera-frame rays for a camera at the world origin;
+    the encoder's ray embedding starts from the same encoder when its weights are zero."""
+    values = {**tiny_config.to_dict(), "encoder_camera_encoding": "prope"}
+    torch.manual_seed(0)
+    camera = Spa3RForFieldPrediction(Spa3RConfig.from_dict(values)).eval()
+    plucker = Spa3RForFieldPrediction(Spa3RConfig.from_dict({**values, "ray_encoding": "plucker"})).eval()
+    assert plucker.pose_tokenizer.in_features == 6 and plucker.spa3r.ray_embedding.in_features == 6
+    assert camera.spa3r.ray_embedding is None
+    state = camera.state_dict()
+    state["pose_tokenizer.weight"] = torch.cat([state["pose_tokenizer.weight"], torch.randn(64, 3)], dim=1)
+    state["spa3r.ray_embedding.weight"] = torch.zeros(64, 6)
+    state["spa3r.ray_embedding.bias"] = torch.zeros(64)
+    plucker.load_state_dict(state)
+
+    latents = torch.randn(1, 16, 64)
+    extrinsics = torch.eye(4).repeat(1, 2, 1, 1)
+    extrinsics[0, 1, :3, 3] = torch.tensor([0.3, -0.2, 0.5])
+    intrinsics = torch.tensor([[60.0, 0, 42], [0, 60, 28], [0, 0, 1]]).repeat(1, 2, 1, 1)
+    with torch.no_grad():
+        ours = plucker.decode_field(latents, extrinsics, intrinsics, (56, 84))["geo"]
+        paper = camera.decode_field(latents, extrinsics, intrinsics, (56, 84))["geo"]
+        tokens = torch.randn(1, 2, 24, 128)
+        same = (camera.spa3r.encode_tokens(tokens, (4, 6), extrinsics, intrinsics), plucker.spa3r.encode_tokens(tokens, (4, 6), extrinsics, intrinsics))
+    # Ray tokens differ only where the moment c x d is non-zero: the translated view 1, not view 0 at the origin.
+    assert torch.allclose(ours[:, 0], paper[:, 0], atol=1e-5)
+    assert not torch.allclose(ours[:, 1], paper[:, 1], atol=1e-3)
+    assert torch.allclose(*same, atol=1e-6)
+    with pytest.raises(ValueError, match="ray_encoding must be one of"):
+        Spa3RConfig(ray_encoding="world")

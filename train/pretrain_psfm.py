@@ -137,7 +137,9 @@ def main(argv=None) -> dict:
     model = build_model(model_args)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("Spa3R: %.2fM trainable / %.2fM parameters", trainable / 1e6, sum(p.numel() for p in model.parameters()) / 1e6)
-    heads = [h for h in model.config.target_heads if h in ("rgb", "metric_depth")]
+    # Renderer fields the model needs: as targets of its heads and as context inputs of its encoder.
+    wanted = set(model.config.target_heads) | set(model.config.context_inputs or {})
+    heads = [name for name in ("rgb", "metric_depth") if name in wanted]
     views = (data_args.min_views, data_args.max_views)
     interval = (data_args.min_interval, data_args.max_interval)
     train_dataset = PSFMDataset(

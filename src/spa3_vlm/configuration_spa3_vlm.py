@@ -17,7 +17,7 @@ from transformers.configuration_utils import SubConfigSpec
 from .configuration_spa3r import Spa3RConfig
 
 # Spa3R fields that only pre-training uses (the semantic teacher); cleared for the VLM.
-_SPA3R_TRAINING_ONLY = ("semantic_teacher_config", "semantic_teacher_name_or_path")
+_SPA3R_TRAINING_ONLY = ("semantic_teacher_config", "semantic_teacher_name_or_path", "loss_weights", "smooth_l1_beta")
 
 
 def default_spa3r_encoder_config() -> dict:
@@ -57,7 +57,7 @@ def encoder_only_spa3r_config(config: Spa3RConfig | dict) -> Spa3RConfig:
             vggt.pop(key, None)
         # The camera head stays only where the encoder itself reads cameras (encoder_camera_encoding="prope").
         keep_cameras = values.get("encoder_camera_encoding") == "prope"
-        vggt.update(use_camera_head=keep_cameras, use_depth_head=False, use_point_head=False)
+        vggt.update(use_camera_head=keep_cameras, use_depth_head=False, use_point_head=False, use_track_head=False)
         values["vggt_config"] = vggt
     return Spa3RConfig(**values)
 

@@ -9,6 +9,7 @@ from .configuration_vggt import VGGTConfig
 
 MASKING_MODES = ("two_pass", "masked_pass")
 ENCODER_CAMERA_ENCODINGS = ("none", "prope")
+RAY_ENCODINGS = ("camera", "plucker")
 POSE_SOURCES = ("backbone", "dataset")
 
 
@@ -31,6 +32,19 @@ class Spa3RConfig(PreTrainedConfig):
         target_heads: name -> output channels of the field heads. ``geo`` is supervised with the backbone's
             last-layer patch tokens, ``sem`` with the semantic teacher's patch features; any other name with
             ``field_targets[name]`` given to the forward pass (e.g. per-patch RGB / depth of a renderer).
+        context_inputs: optional name -> channels of per-patch fields of the *context* views that the encoder reads
+            next to the backbone tokens (an extension, off in the paper's model). SynthRooms configs use the
+            renderer's ``metric_depth`` and ``rgb``: a randomly initialised tiny VGGT gives tokens that carry
+            neither, while the field evaluation's baselines copy exactly these context fields, so model and
+            baselines then see the same context. Each input has a zero-initialised projection, and an input not
+            passed adds nothing (the Spa3-VLM encoder runs without them).
+        context_input_dropout: training-time probability, per sample, of withholding all ``context_inputs`` so that
+            the encoder also works from backbone tokens alone.
+        loss_weights: optional loss name -> weight (``"<head>_l1"``, ``"<head>_cos"``, ``"depth_probe"``); unnamed
+            losses weigh 1, as in the paper.
+        smooth_l1_beta: optional head name -> beta of its smooth-L1 loss (default 1, the paper's; 0 is plain L1).
+            Renderer targets with small errors (colours in [0, 1]) learn faster with a small beta: past the
+            quadratic zone, their gradient no longer shrinks with the error.
         use_depth_probe: a depth probe on detached decoder features, supervised with the backbone's depth.
         mask_ratio: fraction of views held out as target-only views during pre-training (view 0 is always context).
         masking_mode: ``"two_pass"`` (backbone over the context views, then over all views; the paper's
@@ -40,6 +54,10 @@ class Spa3RConfig(PreTrainedConfig):
             features alone) or ``"prope"`` (an extension: context tokens carry their cameras through PRoPE, as the
             decoder's ray tokens do, instead of 2D RoPE; for backbones whose features are not pose-aware, such as
             a randomly initialised VGGT).
+        ray_encoding: what the decoder's ray tokens encode: ``"camera"`` (the paper: camera-frame ray directions;
+            the pose reaches attention through PRoPE) or ``"plucker"`` (an extension: world-frame Plücker
+            coordinates, so every ray token also says where in the scene its ray runs; with
+            ``encoder_camera_encoding="prope"`` the context tokens get the Plücker code of their rays too).
         vggt_config: the geometry backbone; ``None`` builds no backbone (features are then passed in).
         semantic_teacher_config: a transformers vision-backbone config (e.g. DINOv3 ViT) for the ``sem``
             targets, or ``None``. The teacher is frozen and only used by ``Spa3RForFieldPrediction``.
@@ -65,11 +83,16 @@ class Spa3RConfig(PreTrainedConfig):
     patch_size: int = 14
     backbone_hidden_size: int = 2048
     target_heads: dict[str, int] | None = None
+    context_inputs: dict[str, int] | None = None
+    context_input_dropout: float = 0.0
+    loss_weights: dict[str, float] | None = None
+    smooth_l1_beta: dict[str, float] | None = None
     use_depth_probe: bool = True
     mask_ratio: float = 0.5
     masking_mode: str = "two_pass"
     pose_source: str = "backbone"
     encoder_camera_encoding: str = "none"
+    ray_encoding: str = "camera"
     initializer_range: float = 0.02
     vggt_config: dict | PreTrainedConfig | None = None
     semantic_teacher_config: dict | None = None
@@ -80,6 +103,21 @@ class Spa3RConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         if self.target_heads is None:
             self.target_heads = {"geo": 2048, "sem": 1024}
+        for name, value in {**(self.loss_weights or {}), **(self.smooth_l1_beta or {})}.items():
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"loss_weights and smooth_l1_beta need non-negative numbers, got {name!r}: {value!r}")
+        for name, channels in (self.context_inputs or {}).items():
+            if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+                raise ValueError(f"context_inputs maps names to channel counts >= 1, got {name!r}: {channels!r}")
+        if not 0.0 <= self.context_input_dropout < 1.0:
+            raise ValueError(f"context_input_dropout must be in [0, 1), got {self.context_input_dropout}")
+        loss_names = {f"{head}_{kind}" for head in self.target_heads for kind in ("l1", "cos")} | {"depth_probe"}
+        unknown = sorted(set(self.loss_weights or {}) - loss_names)
+        if unknown:
+            raise ValueError(f"loss_weights names unknown loss(es) {unknown}; losses: {sorted(loss_names)}")
+        unknown = sorted(set(self.smooth_l1_beta or {}) - set(self.target_heads))
+        if unknown:
+            raise ValueError(f"smooth_l1_beta names unknown head(s) {unknown}; heads: {sorted(self.target_heads)}")
         if self.masking_mode not in MASKING_MODES:
             raise ValueError(f"masking_mode must be one of {MASKING_MODES}, got {self.masking_mode!r}")
         if self.pose_source not in POSE_SOURCES:
@@ -88,6 +126,8 @@ class Spa3RConfig(PreTrainedConfig):
             raise ValueError(
                 f"encoder_camera_encoding must be one of {ENCODER_CAMERA_ENCODINGS}, got {self.encoder_camera_encoding!r}"
             )
+        if self.ray_encoding not in RAY_ENCODINGS:
+            raise ValueError(f"ray_encoding must be one of {RAY_ENCODINGS}, got {self.ray_encoding!r}")
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
         if self.hidden_size % self.num_attention_heads or (self.hidden_size // self.num_attention_heads) % 8:

@@ -160,6 +160,24 @@ def camera_rays(intrinsics: torch.Tensor, grid_size: tuple[int, int]) -> torch.T
     return directions / directions.norm(dim=-3, keepdim=True).clamp_min(1e-3)
 
 
+def plucker_rays(extrinsics: torch.Tensor, intrinsics: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
+    """World-frame Plücker coordinates ``(d, c × d)`` of the rays through the cells of a ``grid_size`` grid.
+
+    Args:
+        extrinsics: ``[..., 3|4, 4]`` rigid world-to-camera transforms.
+        intrinsics: ``[..., 3, 3]`` in units of the grid's cells (as :func:`camera_rays`).
+    Returns:
+        ``[..., 6, h, w]``: unit world direction ``d`` then moment ``c × d`` (``c`` the camera centre). Both are
+        independent of the point chosen on the ray, so a ray has one code whichever camera on it looks along it.
+    """
+    directions = camera_rays(intrinsics, grid_size)  # [..., 3, h, w], camera frame
+    rotation, translation = extrinsics[..., :3, :3], extrinsics[..., :3, 3]
+    world = torch.einsum("...ji,...jhw->...ihw", rotation, directions)  # Rᵀ d
+    centre = -(rotation.transpose(-1, -2) @ translation[..., None])[..., 0]  # -Rᵀ t
+    moment = torch.linalg.cross(centre[..., :, None, None].expand_as(world), world, dim=-3)
+    return torch.cat([world, moment], dim=-3)
+
+
 # --------------------------------------------------------------------------------------------------
 # PRoPE
 # --------------------------------------------------------------------------------------------------

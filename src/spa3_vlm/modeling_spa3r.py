@@ -23,8 +23,16 @@ from transformers.utils import ModelOutput
 
 from .configuration_spa3r import Spa3RConfig
 from .modeling_common import Block, Mlp, RotaryEmbedding2D, patch_grid_positions
-from .modeling_geometry import ProjectiveRoPE, camera_rays, to_homogeneous
+from .modeling_geometry import ProjectiveRoPE, camera_rays, plucker_rays, to_homogeneous
 from .modeling_vggt import VGGTModel, check_pixel_values, context_first_order, gather_views, imagenet_normalize
+
+
+class ContextInputProjection(nn.Linear):
+    """Bias-free projection of an extra context input (``config.context_inputs``): a withheld (zeroed) input adds
+    exactly what an absent one adds, nothing."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features, bias=False)
 
 
 class Spa3RTransformer(nn.Module):
@@ -112,7 +120,9 @@ class Spa3RPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
+        if isinstance(module, ContextInputProjection):
+            init.zeros_(module.weight)  # zero start: the encoder begins as the paper's, reading backbone tokens only
+        elif isinstance(module, nn.Linear):
             init.trunc_normal_(module.weight, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
@@ -167,6 +177,15 @@ class Spa3RModel(Spa3RPreTrainedModel):
         super().__init__(config)
         self.backbone = VGGTModel(config.vggt_config) if config.vggt_config is not None else None
         self.projection = nn.Linear(config.backbone_hidden_size, config.hidden_size)
+        # Plücker codes of the context rays, where the encoder knows the context cameras.
+        self.ray_embedding = None
+        if config.ray_encoding == "plucker" and config.encoder_camera_encoding == "prope":
+            self.ray_embedding = nn.Linear(6, config.hidden_size)
+        self.context_input_projections = None
+        if config.context_inputs:
+            self.context_input_projections = nn.ModuleDict(
+                {name: ContextInputProjection(channels, config.hidden_size) for name, channels in config.context_inputs.items()}
+            )
         self.query_embed = nn.Embedding(config.num_queries, config.hidden_size)
         self.encoder = Spa3RTransformer(config, config.num_encoder_layers)
         self.post_init()
@@ -185,6 +204,7 @@ class Spa3RModel(Spa3RPreTrainedModel):
         extrinsics: Optional[torch.Tensor] = None,
         intrinsics: Optional[torch.Tensor] = None,
         image_size: Optional[tuple[int, int]] = None,
+        context_inputs: Optional[dict[str, torch.Tensor]] = None,
     ) -> torch.Tensor:
         """Encode backbone tokens of the context views into the latent field.
 
@@ -193,6 +213,8 @@ class Spa3RModel(Spa3RPreTrainedModel):
             extrinsics / intrinsics: the context views' cameras (``[B, Vc, 3|4, 4]`` world-to-camera,
                 ``[B, Vc, 3, 3]`` pixels of an ``image_size`` image, default ``patch_grid * patch_size``); used only
                 with ``encoder_camera_encoding="prope"``, where they are required.
+            context_inputs: optional ``name -> [B, Vc, N, channels]`` per-patch fields of the context views, for
+                the names in ``config.context_inputs`` (absent names add nothing).
         Returns:
             ``[B, num_queries, hidden]``.
         """
@@ -207,7 +229,12 @@ class Spa3RModel(Spa3RPreTrainedModel):
         if num_patches != grid_h * grid_w:
             raise ValueError(f"context_tokens have {num_patches} tokens per view, but patch_grid {patch_grid} has {grid_h * grid_w}")
         num_queries = self.config.num_queries
-        tokens = self.projection(context_tokens.to(self.projection.weight.dtype)).flatten(1, 2)
+        tokens = self.projection(context_tokens.to(self.projection.weight.dtype))
+        if context_inputs and self.context_input_projections is None:
+            raise ValueError(f"context_inputs {sorted(context_inputs)} were given, but config.context_inputs configures none")
+        if self.context_input_projections is not None:
+            tokens = tokens + self._embed_context_inputs(context_inputs, context_tokens.shape[:3], tokens.dtype)
+        tokens = tokens.flatten(1, 2)
         queries = self.query_embed.weight.expand(batch, -1, -1)
         if self.config.encoder_camera_encoding == "prope":
             if extrinsics is None or intrinsics is None:
@@ -218,6 +245,12 @@ class Spa3RModel(Spa3RPreTrainedModel):
             check_cameras(extrinsics, intrinsics, batch, views)
             patch = self.config.patch_size
             size = image_size or (grid_h * patch, grid_w * patch)
+            if self.ray_embedding is not None:
+                cell_intrinsics = intrinsics.float().clone()  # pixels -> patch-grid cells
+                cell_intrinsics[..., 0, :] *= grid_w / size[1]
+                cell_intrinsics[..., 1, :] *= grid_h / size[0]
+                rays = plucker_rays(extrinsics.float(), cell_intrinsics, patch_grid).flatten(-2).transpose(-1, -2)
+                tokens = tokens + self.ray_embedding(rays.reshape(batch, views * num_patches, 6).to(tokens.dtype))
             camera = ProjectiveRoPE(extrinsics, intrinsics, size, patch_grid, self.config.head_dim, self.config.prope_freq_base)
             encoded = self.encoder(torch.cat([queries, tokens], dim=1), camera_transform=camera)
         else:
@@ -226,17 +259,35 @@ class Spa3RModel(Spa3RPreTrainedModel):
             encoded = self.encoder(torch.cat([queries, tokens], dim=1), rope=rope)
         return encoded[:, :num_queries]
 
+    def _embed_context_inputs(
+        self, context_inputs: Optional[dict[str, torch.Tensor]], shape: torch.Size, dtype: torch.dtype
+    ) -> torch.Tensor | float:
+        """Sum of the projected extra context inputs (``config.context_inputs``); an absent input adds nothing."""
+        context_inputs = context_inputs or {}
+        unknown = sorted(set(context_inputs) - set(self.context_input_projections))
+        if unknown:
+            raise ValueError(f"context_inputs {unknown} are not configured; config.context_inputs: {self.config.context_inputs}")
+        total = 0.0
+        for name, values in context_inputs.items():
+            channels = self.config.context_inputs[name]
+            if values.shape != (*shape, channels):
+                raise ValueError(f"context input {name!r} must be [B, Vc, N, {channels}] = {(*shape, channels)}, got {tuple(values.shape)}")
+            total = total + self.context_input_projections[name](values.to(dtype))
+        return total
+
     def forward(
         self,
         pixel_values: torch.Tensor,
         extrinsics: Optional[torch.Tensor] = None,
         intrinsics: Optional[torch.Tensor] = None,
+        context_inputs: Optional[dict[str, torch.Tensor]] = None,
         **kwargs,
     ) -> Spa3RModelOutput:
         """``pixel_values [B, V, 3, H, W]`` in [0, 1] (all views are context) -> latents.
 
         With ``encoder_camera_encoding="prope"``, cameras (``[B, V, 3|4, 4]``, ``[B, V, 3, 3]`` pixels) may be
-        given; otherwise the backbone's camera head predicts them.
+        given; otherwise the backbone's camera head predicts them. ``context_inputs`` (``name -> [B, V, N, c]``)
+        as in :meth:`encode_tokens`.
         """
         check_pixel_values(pixel_values, self.config.patch_size)
         if self.backbone is None:
@@ -251,7 +302,9 @@ class Spa3RModel(Spa3RPreTrainedModel):
             extrinsics, intrinsics = out.extrinsics.float(), out.intrinsics.float()
         tokens = out.last_patch_tokens
         patch = self.config.patch_size
-        latents = self.encode_tokens(tokens, (height // patch, width // patch), extrinsics, intrinsics, (height, width))
+        latents = self.encode_tokens(
+            tokens, (height // patch, width // patch), extrinsics, intrinsics, (height, width), context_inputs=context_inputs
+        )
         return Spa3RModelOutput(latents=latents, context_tokens=tokens)
 
 
@@ -295,7 +348,7 @@ class Spa3RForFieldPrediction(Spa3RPreTrainedModel):
         super().__init__(config)
         dim = config.hidden_size
         self.spa3r = Spa3RModel(config)
-        self.pose_tokenizer = nn.Linear(3, dim)
+        self.pose_tokenizer = nn.Linear(6 if config.ray_encoding == "plucker" else 3, dim)
         self.decoder = Spa3RTransformer(config, config.num_decoder_layers)
         hidden = int(dim * config.mlp_ratio)
         self.heads = nn.ModuleDict({name: Mlp(dim, hidden, size) for name, size in config.target_heads.items()})
@@ -359,8 +412,11 @@ class Spa3RForFieldPrediction(Spa3RPreTrainedModel):
 
         patch_intrinsics = intrinsics.float().clone()
         patch_intrinsics[..., :2, :] = patch_intrinsics[..., :2, :] / patch
-        rays = camera_rays(patch_intrinsics, grid)  # [B, V, 3, h, w]
-        rays = rays.flatten(-2).transpose(-1, -2).reshape(batch * views, num_patches, 3)
+        if self.config.ray_encoding == "plucker":
+            rays = plucker_rays(extrinsics.float(), patch_intrinsics, grid)  # [B, V, 6, h, w]
+        else:
+            rays = camera_rays(patch_intrinsics, grid)  # [B, V, 3, h, w]
+        rays = rays.flatten(-2).transpose(-1, -2).reshape(batch * views, num_patches, -1)
         ray_tokens = self.pose_tokenizer(rays.to(self.pose_tokenizer.weight.dtype))
         view_latents = latents.repeat_interleave(views, dim=0).to(ray_tokens.dtype)
         prope = ProjectiveRoPE(
@@ -452,21 +508,44 @@ class Spa3RForFieldPrediction(Spa3RPreTrainedModel):
 
     # ---------------------------------------------------------------------------------------------- losses
 
-    @staticmethod
-    def field_losses(predictions: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], head_names) -> dict[str, torch.Tensor]:
-        """Smooth-L1 (β = 1) + mean (1 - cosine) per head (cosine only for heads wider than 1); smooth-L1 for
-        the depth probe."""
+    def field_losses(self, predictions: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], head_names) -> dict[str, torch.Tensor]:
+        """Unweighted losses: smooth-L1 (β from ``config.smooth_l1_beta``, default 1) + mean (1 - cosine) per
+        head (cosine only for heads wider than 1); smooth-L1 for the depth probe."""
+        betas = self.config.smooth_l1_beta or {}
         losses = {}
         for name in head_names:
             if name not in targets:
                 continue
             prediction, target = predictions[name].float(), targets[name].float()
-            losses[f"{name}_l1"] = F.smooth_l1_loss(prediction, target)
+            losses[f"{name}_l1"] = F.smooth_l1_loss(prediction, target, beta=float(betas.get(name, 1.0)))
             if prediction.shape[-1] > 1:  # the cosine of 1-d vectors only compares signs
                 losses[f"{name}_cos"] = (1 - F.cosine_similarity(prediction, target, dim=-1, eps=1e-8)).mean()
         if "depth" in predictions and "depth" in targets:
             losses["depth_probe"] = F.smooth_l1_loss(predictions["depth"].float(), targets["depth"].float())
         return losses
+
+    def _context_inputs(self, targets: dict[str, torch.Tensor], view_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The configured context inputs, taken from the targets of the context views (context-first order)."""
+        missing = sorted(set(self.config.context_inputs) - set(targets))
+        if missing:
+            raise ValueError(
+                f"config.context_inputs needs {missing} for the context views: pass them in field_targets "
+                f"(SynthRooms: PSFMCollator(field_targets=...))"
+            )
+        order, num_context = context_first_order(view_mask)
+        inputs = {name: gather_views(targets[name], order[:, :num_context]) for name in self.config.context_inputs}
+        if self.training and self.config.context_input_dropout > 0:
+            batch = view_mask.shape[0]
+            keep = torch.rand(batch, device=view_mask.device) >= self.config.context_input_dropout
+            inputs = {name: value * keep.view(batch, 1, 1, 1).to(value.dtype) for name, value in inputs.items()}
+        return inputs
+
+    def total_loss(self, losses: dict[str, torch.Tensor]) -> Optional[torch.Tensor]:
+        """The training loss: ``config.loss_weights`` (default 1 each) times each entry of ``losses``, summed."""
+        if not losses:
+            return None
+        weights = self.config.loss_weights or {}
+        return torch.stack([value * float(weights.get(name, 1.0)) for name, value in losses.items()]).sum()
 
     def forward(
         self,
@@ -504,8 +583,11 @@ class Spa3RForFieldPrediction(Spa3RPreTrainedModel):
                 raise ValueError('pose_source="dataset" needs extrinsics and intrinsics in the batch')
             targets["extrinsics"], targets["intrinsics"] = extrinsics, intrinsics
         for name, value in (field_targets or {}).items():
-            if name not in self.heads:
-                raise ValueError(f"field target {name!r} has no head; configured heads: {sorted(self.heads)}")
+            if name not in self.heads and name not in (self.config.context_inputs or {}):
+                raise ValueError(
+                    f"field target {name!r} has no head and is no context input; configured heads: {sorted(self.heads)}, "
+                    f"context inputs: {sorted(self.config.context_inputs or {})}"
+                )
             targets[name] = value
 
         patch = self.config.patch_size
@@ -514,12 +596,18 @@ class Spa3RForFieldPrediction(Spa3RPreTrainedModel):
             order, num_context = context_first_order(view_mask)
             context_extrinsics = gather_views(targets["extrinsics"], order[:, :num_context])
             context_intrinsics = gather_views(targets["intrinsics"], order[:, :num_context])
+        context_inputs = self._context_inputs(targets, view_mask) if self.config.context_inputs else None
         latents = self.spa3r.encode_tokens(
-            targets["context_tokens"], (height // patch, width // patch), context_extrinsics, context_intrinsics, (height, width)
+            targets["context_tokens"],
+            (height // patch, width // patch),
+            context_extrinsics,
+            context_intrinsics,
+            (height, width),
+            context_inputs=context_inputs,
         )
         field = self.decode_field(latents, targets["extrinsics"], targets["intrinsics"], (height, width))
         losses = self.field_losses(field, targets, self.heads.keys())
-        loss = torch.stack(list(losses.values())).sum() if losses else None
+        loss = self.total_loss(losses)
         predictions = {name: value for name, value in field.items() if name != "hidden_states"}
         field_targets_out = {name: targets[name] for name in predictions if name in targets}
         return Spa3RFieldOutput(
