@@ -144,6 +144,29 @@ def test_field_evaluation_and_figure_on_a_perfect_predictor():
     assert figure.size == (4 * (42 + 4) + 4, 3 * (28 + 4) + 4)
 
 
+def test_field_evaluation_reports_the_images_only_model_for_context_inputs():
+    """With context inputs the table gains a row for the same model with them withheld (as in Spa3-VLM)."""
+    config = AutoConfig.from_pretrained(TINY)
+    config.context_inputs = {"metric_depth": 1, "rgb": 3}
+    torch.manual_seed(0)
+    model = Spa3RForFieldPrediction(config).eval()
+    dataset = PSFMDataset(fake_scenes(2), num_views=(4, 4), seed=0)
+    batches = [PSFMCollator(field_targets=("rgb", "metric_depth"), mask_ratio=0.5)([dataset[0], dataset[1]])]
+    results = evaluate_field(model, batches)
+    with torch.no_grad():
+        alone = model(**batches[0], use_context_inputs=False).predictions["metric_depth"]
+    mask = batches[0]["view_mask"]
+    expected = (alone[mask] - batches[0]["field_targets"]["metric_depth"][mask]).abs().mean().item()
+    assert results["metric_depth"]["model_images_only"]["l1"] == pytest.approx(expected, rel=1e-5)
+    assert results["metric_depth"]["model_images_only"]["l1"] != pytest.approx(results["metric_depth"]["model"]["l1"])
+    header = format_field_table(results).splitlines()[0].split()
+    assert header == ["head", "metric", "model", "model_images_only", "context_mean", "nearest_view"]
+    config.context_inputs = None
+    plain = evaluate_field(Spa3RForFieldPrediction(config).eval(), batches)
+    assert "model_images_only" not in plain["rgb"]
+    assert format_field_table(plain).splitlines()[0].split()[2:] == ["model", "context_mean", "nearest_view"]
+
+
 class KillAt(TrainerCallback):
     """Simulates a crash: raises once training reaches a step."""
 

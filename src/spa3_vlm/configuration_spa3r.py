@@ -10,6 +10,7 @@ from .configuration_vggt import VGGTConfig
 MASKING_MODES = ("two_pass", "masked_pass")
 ENCODER_CAMERA_ENCODINGS = ("none", "prope")
 RAY_ENCODINGS = ("camera", "plucker")
+HEAD_ACTIVATIONS = ("identity", "exp", "sigmoid")
 POSE_SOURCES = ("backbone", "dataset")
 
 
@@ -36,10 +37,13 @@ class Spa3RConfig(PreTrainedConfig):
             next to the backbone tokens (an extension, off in the paper's model). SynthRooms configs use the
             renderer's ``metric_depth`` and ``rgb``: a randomly initialised tiny VGGT gives tokens that carry
             neither, while the field evaluation's baselines copy exactly these context fields, so model and
-            baselines then see the same context. Each input has a zero-initialised projection, and an input not
-            passed adds nothing (the Spa3-VLM encoder runs without them).
+            baselines then see the same context. Each input has a bias-free linear projection added to the
+            projected backbone tokens; an input not passed adds nothing (the Spa3-VLM encoder runs without them).
         context_input_dropout: training-time probability, per sample, of withholding all ``context_inputs`` so that
             the encoder also works from backbone tokens alone.
+        head_activations: optional head name -> output activation, ``"identity"`` (default, the paper's),
+            ``"exp"`` (positive values such as metric depth, predicted in log space) or ``"sigmoid"`` (values in
+            [0, 1] such as colours).
         loss_weights: optional loss name -> weight (``"<head>_l1"``, ``"<head>_cos"``, ``"depth_probe"``); unnamed
             losses weigh 1, as in the paper.
         smooth_l1_beta: optional head name -> beta of its smooth-L1 loss (default 1, the paper's; 0 is plain L1).
@@ -85,6 +89,7 @@ class Spa3RConfig(PreTrainedConfig):
     target_heads: dict[str, int] | None = None
     context_inputs: dict[str, int] | None = None
     context_input_dropout: float = 0.0
+    head_activations: dict[str, str] | None = None
     loss_weights: dict[str, float] | None = None
     smooth_l1_beta: dict[str, float] | None = None
     use_depth_probe: bool = True
@@ -115,6 +120,12 @@ class Spa3RConfig(PreTrainedConfig):
         unknown = sorted(set(self.loss_weights or {}) - loss_names)
         if unknown:
             raise ValueError(f"loss_weights names unknown loss(es) {unknown}; losses: {sorted(loss_names)}")
+        unknown = sorted(set(self.head_activations or {}) - set(self.target_heads))
+        if unknown:
+            raise ValueError(f"head_activations names unknown head(s) {unknown}; heads: {sorted(self.target_heads)}")
+        for name, activation in (self.head_activations or {}).items():
+            if activation not in HEAD_ACTIVATIONS:
+                raise ValueError(f"head_activations[{name!r}] must be one of {HEAD_ACTIVATIONS}, got {activation!r}")
         unknown = sorted(set(self.smooth_l1_beta or {}) - set(self.target_heads))
         if unknown:
             raise ValueError(f"smooth_l1_beta names unknown head(s) {unknown}; heads: {sorted(self.target_heads)}")

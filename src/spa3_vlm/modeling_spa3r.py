@@ -27,12 +27,8 @@ from .modeling_geometry import ProjectiveRoPE, camera_rays, plucker_rays, to_hom
 from .modeling_vggt import VGGTModel, check_pixel_values, context_first_order, gather_views, imagenet_normalize
 
 
-class ContextInputProjection(nn.Linear):
-    """Bias-free projection of an extra context input (``config.context_inputs``): a withheld (zeroed) input adds
-    exactly what an absent one adds, nothing."""
-
-    def __init__(self, in_features: int, out_features: int):
-        super().__init__(in_features, out_features, bias=False)
+# Output activations a head may use (config.head_activations): positive depths, colours in [0, 1].
+HEAD_ACTIVATIONS = {"identity": lambda x: x, "exp": torch.exp, "sigmoid": torch.sigmoid}
 
 
 class Spa3RTransformer(nn.Module):
@@ -120,9 +116,7 @@ class Spa3RPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
-        if isinstance(module, ContextInputProjection):
-            init.zeros_(module.weight)  # zero start: the encoder begins as the paper's, reading backbone tokens only
-        elif isinstance(module, nn.Linear):
+        if isinstance(module, nn.Linear):
             init.trunc_normal_(module.weight, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
@@ -184,7 +178,9 @@ class Spa3RModel(Spa3RPreTrainedModel):
         self.context_input_projections = None
         if config.context_inputs:
             self.context_input_projections = nn.ModuleDict(
-                {name: ContextInputProjection(channels, config.hidden_size) for name, channels in config.context_inputs.items()}
+                # Bias-free, so that a withheld (zeroed) input adds exactly what an absent one adds: nothing. (A zero
+                # initialisation, which would start from the paper's encoder, learned clearly slower on SynthRooms.)
+                {name: nn.Linear(channels, config.hidden_size, bias=False) for name, channels in config.context_inputs.items()}
             )
         self.query_embed = nn.Embedding(config.num_queries, config.hidden_size)
         self.encoder = Spa3RTransformer(config, config.num_encoder_layers)
@@ -431,7 +427,7 @@ class Spa3RForFieldPrediction(Spa3RPreTrainedModel):
         hidden = decoded[:, self.config.num_queries :].reshape(batch, views, num_patches, -1)
         field = {"hidden_states": hidden}
         for name, head in self.heads.items():
-            field[name] = head(hidden)
+            field[name] = HEAD_ACTIVATIONS[(self.config.head_activations or {}).get(name, "identity")](head(hidden))
         if self.depth_probe is not None:
             # A probe: it reads the features but must not shape them.
             field["depth"] = self.depth_probe(hidden.detach())
@@ -554,6 +550,7 @@ class Spa3RForFieldPrediction(Spa3RPreTrainedModel):
         extrinsics: Optional[torch.Tensor] = None,
         intrinsics: Optional[torch.Tensor] = None,
         field_targets: Optional[dict[str, torch.Tensor]] = None,
+        use_context_inputs: bool = True,
         **kwargs,
     ) -> Spa3RFieldOutput:
         """One PSFM step.
@@ -564,7 +561,10 @@ class Spa3RForFieldPrediction(Spa3RPreTrainedModel):
                 ``config.mask_ratio`` in training mode, all views as context in eval mode.
             extrinsics / intrinsics: dataset cameras (``[B, V, 3|4, 4]`` world-to-camera relative to view 0,
                 ``[B, V, 3, 3]`` pixels); required with ``pose_source="dataset"``.
-            field_targets: extra per-patch targets ``name -> [B, V, N, C]`` for heads other than geo/sem.
+            field_targets: extra per-patch targets ``name -> [B, V, N, C]`` for heads other than geo/sem, and the
+                ``config.context_inputs`` (read from the context views only).
+            use_context_inputs: ``False`` encodes from backbone tokens alone even where ``config.context_inputs``
+                is set (what the encoder sees in Spa3-VLM).
         """
         check_pixel_values(pixel_values, self.config.patch_size)
         batch, views, _, height, width = pixel_values.shape
@@ -596,7 +596,9 @@ class Spa3RForFieldPrediction(Spa3RPreTrainedModel):
             order, num_context = context_first_order(view_mask)
             context_extrinsics = gather_views(targets["extrinsics"], order[:, :num_context])
             context_intrinsics = gather_views(targets["intrinsics"], order[:, :num_context])
-        context_inputs = self._context_inputs(targets, view_mask) if self.config.context_inputs else None
+        context_inputs = None
+        if self.config.context_inputs and use_context_inputs:
+            context_inputs = self._context_inputs(targets, view_mask)
         latents = self.spa3r.encode_tokens(
             targets["context_tokens"],
             (height // patch, width // patch),

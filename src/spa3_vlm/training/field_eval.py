@@ -7,6 +7,9 @@ next to two baselines computed from the same batch:
 - ``nearest_view``: the targets of the context view whose camera is nearest (centre distance plus the
   distance between unit viewing directions), at the same patch positions.
 
+A model whose encoder also reads context fields (``config.context_inputs``) gets a second row,
+``model_images_only``: the same model with those inputs withheld, as the Spa3-VLM encoder runs it.
+
 Metrics per head: ``cosine`` (mean per-patch cosine similarity, heads wider than 1 channel) and ``l1``
 (mean absolute error).
 """
@@ -20,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-METHODS = ("model", "context_mean", "nearest_view")
+METHODS = ("model", "model_images_only", "context_mean", "nearest_view")
 
 
 def camera_centers_and_directions(extrinsics: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,7 +54,8 @@ def evaluate_field(model, batches: Iterable[dict], device: Optional[torch.device
     """Average the scores of the model and both baselines over ``batches`` (collated PSFM batches with a view
     mask holding at least one target view).
 
-    Returns ``{head: {method: {metric: value}}}`` with methods in :data:`METHODS`, plus ``num_views``.
+    Returns ``{head: {method: {metric: value}}}`` with methods in :data:`METHODS` (``model_images_only`` only
+    for models with ``config.context_inputs``), plus ``num_views``.
     """
     model.eval()
     device = device or next(model.parameters()).device
@@ -61,6 +65,9 @@ def evaluate_field(model, batches: Iterable[dict], device: Optional[torch.device
         batch = {k: ({n: t.to(device) for n, t in v.items()} if isinstance(v, dict) else v.to(device)) for k, v in batch.items()}
         view_mask = batch["view_mask"]
         output = model(**batch)
+        images_only = None
+        if getattr(getattr(model, "config", None), "context_inputs", None):
+            images_only = model(**batch, use_context_inputs=False)
         extrinsics = batch.get("extrinsics")
         if extrinsics is None:
             raise ValueError("field evaluation needs camera extrinsics in the batch to find the nearest context view")
@@ -71,11 +78,11 @@ def evaluate_field(model, batches: Iterable[dict], device: Optional[torch.device
             target = target.float()
             mean = (target * context).sum(1, keepdim=True) / context.sum(1, keepdim=True)
             index = nearest[..., None, None].expand(-1, -1, *target.shape[2:])
-            candidates = {
-                "model": prediction,
-                "context_mean": mean.expand_as(target),
-                "nearest_view": torch.gather(target, 1, index),
-            }
+            candidates = {"model": prediction}
+            if images_only is not None:
+                candidates["model_images_only"] = images_only.predictions[name].float()
+            candidates["context_mean"] = mean.expand_as(target)
+            candidates["nearest_view"] = torch.gather(target, 1, index)
             for method, values in candidates.items():
                 for metric, value in _scores(values[view_mask], target[view_mask]).items():
                     sums[name][method][metric] += value * int(view_mask.sum())
@@ -90,14 +97,15 @@ def evaluate_field(model, batches: Iterable[dict], device: Optional[torch.device
 
 def format_field_table(results: dict) -> str:
     """A plain-text table: one row per (head, metric), one column per method; the best value is starred."""
-    lines = [f"{'head':<14}{'metric':<8}" + "".join(f"{m:>15}" for m in METHODS)]
-    for name, methods in results.items():
-        if name == "num_views":
-            continue
+    heads = {name: methods for name, methods in results.items() if name != "num_views"}
+    present = [m for m in METHODS if any(m in methods for methods in heads.values())]
+    width = max(15, *(len(m) + 2 for m in present))
+    lines = [f"{'head':<14}{'metric':<8}" + "".join(f"{m:>{width}}" for m in present)]
+    for name, methods in heads.items():
         for metric in methods["model"]:
-            values = [methods[m][metric] for m in METHODS]
+            values = [methods[m][metric] for m in present]
             best = int(np.argmax(values) if metric == "cosine" else np.argmin(values))
-            cells = "".join(f"{v:>14.4f}{'*' if i == best else ' '}" for i, v in enumerate(values))
+            cells = "".join(f"{v:>{width - 1}.4f}{'*' if i == best else ' '}" for i, v in enumerate(values))
             lines.append(f"{name:<14}{metric:<8}{cells}")
     lines.append(f"({results.get('num_views', 0)} held-out target views; cosine: higher is better, l1: lower is better)")
     return "\n".join(lines)
