@@ -235,7 +235,7 @@ def test_main_job_trains_evaluates_and_saves_a_loadable_model(tmp_path):
         sys.path.pop(0)
     results = pretrain_psfm.main(["--output_dir", str(tmp_path), "--max_steps", "2", *TINY_RUN])
     assert set(results) >= {"geo", "sem", "rgb", "metric_depth", "num_views"}
-    assert set(results["rgb"]) == {"model", "context_mean", "nearest_view"}
+    assert set(results["rgb"]) == {"model", "model_images_only", "context_mean", "nearest_view"}
     assert (tmp_path / "field_pca.png").stat().st_size > 0
     saved = json.loads((tmp_path / "field_eval.json").read_text())
     assert saved["rgb"]["model"]["l1"] == pytest.approx(results["rgb"]["model"]["l1"])

@@ -288,7 +288,8 @@ def test_pretrained_spa3r_loads_into_the_tiny_vlm(spa3r_folder):
     assert spa3r_config_differences(model.config.spa3r_config, expected) == {}
     assert "pose_source" in notes["spa3r_config_changes"]  # the tiny VLM's own config reads cameras from VGGT
     frames = processor_for_image_size(Spa3VLMProcessor.from_pretrained(TINY), 84, 112)(images=[[frame(1, (112, 84))] * 2], return_tensors="pt")
-    assert model.compute_spatial_latents(frames["geometry_pixel_values"]).shape == (1, 16, 64)  # the encoder runs
+    queries = Spa3RConfig.from_pretrained(spa3r_folder).num_queries
+    assert model.compute_spatial_latents(frames["geometry_pixel_values"]).shape == (1, queries, 64)  # the encoder runs
     plain, notes = load_spa3_vlm(str(TINY), spa3r_name_or_path=str(spa3r_folder), spatial_branch=False)
     assert plain.spa3r is None and notes["spa3r_name_or_path"] is None
     with pytest.raises(ValueError, match="give config_name"):
