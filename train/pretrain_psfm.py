@@ -109,7 +109,7 @@ def main(argv=None) -> dict:
     # Defaults of the tiny CPU run; every one can be overridden on the command line or in a JSON file.
     parser.set_defaults(
         output_dir="runs/spa3r-tiny",
-        max_steps=2400,
+        max_steps=2000,
         per_device_train_batch_size=8,
         learning_rate=2e-3,
         weight_decay=1e-4,
