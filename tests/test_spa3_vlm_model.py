@@ -529,7 +529,9 @@ def test_encoder_only_config_keeps_the_camera_head_a_prope_encoder_needs():
     # Training-only settings that name decoder heads are dropped with the heads; the tracking head goes too.
     trained = AutoConfig.from_pretrained("hub_configs/spa3r-tiny-synthrooms")
     trained.loss_weights, trained.smooth_l1_beta = {"rgb_l1": 2.0}, {"metric_depth": 0.1}
+    trained.head_activations = {"metric_depth": "exp"}
     trained.vggt_config.use_track_head = True
     encoder = encoder_only_spa3r_config(trained)
     assert encoder.target_heads == {} and encoder.loss_weights is None and encoder.smooth_l1_beta is None
+    assert encoder.head_activations is None and encoder.context_inputs == {"metric_depth": 1, "rgb": 3}
     assert not encoder.vggt_config.use_track_head

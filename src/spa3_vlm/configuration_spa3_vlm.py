@@ -16,8 +16,10 @@ from transformers.configuration_utils import SubConfigSpec
 
 from .configuration_spa3r import Spa3RConfig
 
-# Spa3R fields that only pre-training uses (the semantic teacher); cleared for the VLM.
-_SPA3R_TRAINING_ONLY = ("semantic_teacher_config", "semantic_teacher_name_or_path", "loss_weights", "smooth_l1_beta")
+# Spa3R fields that only pre-training uses (semantic teacher, losses, head outputs); cleared for the VLM.
+_SPA3R_TRAINING_ONLY = (
+    "semantic_teacher_config", "semantic_teacher_name_or_path", "loss_weights", "smooth_l1_beta", "head_activations",
+)
 
 
 def default_spa3r_encoder_config() -> dict:
