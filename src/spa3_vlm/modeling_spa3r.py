@@ -520,19 +520,18 @@ class Spa3RForFieldPrediction(Spa3RPreTrainedModel):
             losses["depth_probe"] = F.smooth_l1_loss(predictions["depth"].float(), targets["depth"].float())
         return losses
 
-    def _context_inputs(self, targets: dict[str, torch.Tensor], view_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The configured context inputs, taken from the targets of the context views (context-first order)."""
+    def _context_inputs(self, targets: dict[str, torch.Tensor], context_index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The configured context inputs: the targets of the context views ``context_index [B, Vc]``, in that order."""
         missing = sorted(set(self.config.context_inputs) - set(targets))
         if missing:
             raise ValueError(
                 f"config.context_inputs needs {missing} for the context views: pass them in field_targets "
                 f"(SynthRooms: PSFMCollator(field_targets=...))"
             )
-        order, num_context = context_first_order(view_mask)
-        inputs = {name: gather_views(targets[name], order[:, :num_context]) for name in self.config.context_inputs}
+        inputs = {name: gather_views(targets[name], context_index) for name in self.config.context_inputs}
         if self.training and self.config.context_input_dropout > 0:
-            batch = view_mask.shape[0]
-            keep = torch.rand(batch, device=view_mask.device) >= self.config.context_input_dropout
+            batch = context_index.shape[0]
+            keep = torch.rand(batch, device=context_index.device) >= self.config.context_input_dropout
             inputs = {name: value * keep.view(batch, 1, 1, 1).to(value.dtype) for name, value in inputs.items()}
         return inputs
 
@@ -591,14 +590,15 @@ class Spa3RForFieldPrediction(Spa3RPreTrainedModel):
             targets[name] = value
 
         patch = self.config.patch_size
+        order, num_context = context_first_order(view_mask)
+        context_index = order[:, :num_context]  # the context views, in the order of the context tokens
         context_extrinsics = context_intrinsics = None
         if self.config.encoder_camera_encoding == "prope":
-            order, num_context = context_first_order(view_mask)
-            context_extrinsics = gather_views(targets["extrinsics"], order[:, :num_context])
-            context_intrinsics = gather_views(targets["intrinsics"], order[:, :num_context])
+            context_extrinsics = gather_views(targets["extrinsics"], context_index)
+            context_intrinsics = gather_views(targets["intrinsics"], context_index)
         context_inputs = None
         if self.config.context_inputs and use_context_inputs:
-            context_inputs = self._context_inputs(targets, view_mask)
+            context_inputs = self._context_inputs(targets, context_index)
         latents = self.spa3r.encode_tokens(
             targets["context_tokens"],
             (height // patch, width // patch),
