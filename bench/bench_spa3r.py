@@ -1,6 +1,6 @@
 """Speed, memory and scaling of Spa3R, every headline figure a ratio measured within one run.
 
-    python bench/bench_spa3r.py compute|passes|scaling|all [--device cpu|cuda] [--repeats 5] [--threads 1] [--quick]
+    python bench/bench_spa3r.py compute|passes|scaling|rows|all [--device cpu|cuda] [--repeats 5] [--threads 1] [--quick]
 
 - ``compute``: achieved FLOP/s of the encoder forward (``encode_tokens`` on random backbone tokens), of a
   PSFM training step without the backbone (encoder + decoder + heads, forward + backward, random tokens,
@@ -13,6 +13,10 @@
   exponents fitted round by round; the largest base-size view count that fits in memory, extrapolated from
   small measured runs; a check that attention never materialises its score matrix.
   Writes ``results/spa3r_scaling.json``.
+- ``rows``: a PSFM training step (encoder + decoder + heads, no backbone) whose last encoder / decoder block
+  computes only the rows it returns (``Spa3RTransformer(output_rows=...)``, the default) vs all rows then
+  sliced, for the tiny, the SynthRooms main-job and the base shapes: time ratio and the largest output
+  difference. Writes ``results/spa3r_rows.json``.
 
 CPU runs compute in float32; ``--device cuda`` runs under bf16 autocast. FLOPs are counted analytically
 (2·m·n·k per Linear, QKᵀ and AV per attention, PRoPE's 4x4 camera matmuls; norms, activations, RoPE, softmax
@@ -60,7 +64,7 @@ from common import (  # noqa: E402
 
 from spa3_vlm import Spa3RConfig, Spa3RForFieldPrediction, VGGTConfig  # noqa: E402
 from spa3_vlm.modeling_geometry import quaternion_to_matrix  # noqa: E402
-from spa3_vlm.modeling_spa3r import sample_view_mask  # noqa: E402
+from spa3_vlm.modeling_spa3r import Spa3RTransformer, sample_view_mask  # noqa: E402
 
 HUB_CONFIGS = Path(__file__).resolve().parents[1] / "hub_configs"
 SIZES = ("tiny", "mid", "base")
@@ -162,20 +166,26 @@ def camera_matrix_flops(cameras: int) -> int:
 def spa3r_encoder_flops(config: Spa3RConfig, views: int, grid: tuple[int, int], batch: int = 1) -> dict:
     """Forward FLOPs of ``Spa3RModel.encode_tokens`` on ``views`` context views of a ``grid`` patch grid.
 
-    Returns ``projection`` (backbone tokens -> width), ``linear`` and ``attention`` of the encoder blocks,
-    ``prope`` and ``camera_matrices`` (zero unless ``encoder_camera_encoding="prope"``), ``total``.
+    Returns ``projection`` (backbone tokens -> width), ``ray_embedding`` (context ray codes, where configured),
+    ``linear`` and ``attention`` of the encoder blocks, ``prope`` and ``camera_matrices`` (zero unless
+    ``encoder_camera_encoding="prope"``), ``last_block_skipped`` (negative: the rows the last block does not
+    compute, see :func:`last_block_skipped_flops`), ``total``.
     """
     patches = views * grid[0] * grid[1]
     seq = config.num_register_tokens + config.num_queries + patches
     blocks = block_flops(batch, seq, config.hidden_size, _mlp_hidden(config))
     layers = config.num_encoder_layers
     prope = _uses_encoder_prope(config)
+    ray_embedding = prope and config.ray_encoding == "plucker"
     out = {
         "projection": linear_flops(batch * patches, config.backbone_hidden_size, config.hidden_size),
+        "ray_embedding": linear_flops(batch * patches, config.ray_code_size, config.hidden_size) if ray_embedding else 0,
         "linear": layers * blocks["linear"],
         "attention": layers * blocks["attention"],
-        "prope": prope_flops(layers, batch * patches, config.hidden_size) if prope else 0,
+        # The last block transforms no output back: it outputs only the query rows, which carry no camera.
+        "prope": prope_flops(layers, batch * patches, config.hidden_size) - 4 * batch * patches * config.hidden_size if prope else 0,
         "camera_matrices": camera_matrix_flops(batch * views) if prope else 0,
+        "last_block_skipped": -last_block_skipped_flops(config, "encoder", views, grid, batch),
     }
     out["total"] = sum(out.values())
     return out
@@ -186,7 +196,8 @@ def spa3r_decoder_flops(config: Spa3RConfig, views: int, grid: tuple[int, int], 
 
     Every view is one decoder sequence ``[registers ; latents ; ray tokens]``. ``prope``: the 4x4 camera
     matrices PRoPE applies to half of each head's channels of q, k, v and the output, on the ray tokens
-    (``4 · hidden`` FLOPs per token and tensor). ``heads``: the field heads; ``depth_probe``: the probe.
+    (``4 · hidden`` FLOPs per token and tensor). ``heads``: the field heads; ``depth_probe``: the probe;
+    ``last_block_skipped`` (negative): the register and latent rows the last block does not compute.
     """
     patches = grid[0] * grid[1]
     sequences = batch * views
@@ -195,13 +206,14 @@ def spa3r_decoder_flops(config: Spa3RConfig, views: int, grid: tuple[int, int], 
     dim, hidden, layers = config.hidden_size, _mlp_hidden(config), config.num_decoder_layers
     blocks = block_flops(sequences, seq, dim, hidden)
     out = {
-        "pose_tokenizer": linear_flops(rows, 3, dim),
+        "pose_tokenizer": linear_flops(rows, config.ray_code_size, dim),
         "linear": layers * blocks["linear"],
         "attention": layers * blocks["attention"],
         "prope": prope_flops(layers, rows, dim),
         "heads": sum(linear_flops(rows, dim, hidden) + linear_flops(rows, hidden, size) for size in config.target_heads.values()),
         "depth_probe": linear_flops(rows, dim, hidden) + linear_flops(rows, hidden, 1) if config.use_depth_probe else 0,
         "camera_matrices": camera_matrix_flops(sequences),
+        "last_block_skipped": -last_block_skipped_flops(config, "decoder", views, grid, batch),
     }
     out["total"] = sum(out.values())
     return out
@@ -219,7 +231,7 @@ def spa3r_train_step_flops(config: Spa3RConfig, views: int, context_views: int, 
     forward = encoder["total"] + decoder["total"]
     rows = batch * views * grid[0] * grid[1]
     probe_first = linear_flops(rows, config.hidden_size, _mlp_hidden(config)) if config.use_depth_probe else 0
-    one_x = encoder["projection"] + encoder["prope"] + decoder["pose_tokenizer"] + decoder["prope"] + probe_first
+    one_x = encoder["projection"] + encoder["ray_embedding"] + encoder["prope"] + decoder["pose_tokenizer"] + decoder["prope"] + probe_first
     no_backward = encoder["camera_matrices"] + decoder["camera_matrices"]
     backward = 2 * (forward - one_x - no_backward) + one_x
     return {"encoder_forward": encoder["total"], "decoder_forward": decoder["total"], "forward": forward, "backward": backward, "total": forward + backward}
@@ -247,11 +259,14 @@ def vggt_aggregator_flops(config: VGGTConfig, views: int, grid: tuple[int, int],
     return embed + config.num_hidden_layers * (frame["linear"] + frame["attention"] + global_["linear"] + global_["attention"])
 
 
-def last_layer_discarded_flops(config: Spa3RConfig, part: str, views: int, grid: tuple[int, int], batch: int = 1) -> int:
-    """Forward FLOPs the last block of the encoder / decoder spends on rows whose output is dropped.
+def last_block_skipped_flops(config: Spa3RConfig, part: str, views: int, grid: tuple[int, int], batch: int = 1) -> int:
+    """Forward FLOPs the last block of the encoder / decoder skips because its output rows are dropped.
 
-    ``encode_tokens`` keeps only the query rows and ``decode_field`` only the ray-token rows; keys and values
-    of all rows are still needed, but the other rows' queries, attention rows, output projection and MLP are not.
+    ``encode_tokens`` keeps only the query rows and ``decode_field`` only the ray-token rows, and
+    ``Spa3RTransformer(output_rows=...)`` computes just those in its last block: the other rows' attention
+    rows, output projection and MLP are skipped (and, in a PRoPE encoder, the context rows' output transform,
+    which :func:`spa3r_encoder_flops` leaves out of ``prope``). Their keys and values are still needed, and q
+    comes out of the shared qkv projection of every row.
     """
     dim, hidden = config.hidden_size, _mlp_hidden(config)
     patches = grid[0] * grid[1]
@@ -264,7 +279,7 @@ def last_layer_discarded_flops(config: Spa3RConfig, part: str, views: int, grid:
     else:
         raise ValueError(f"part must be 'encoder' or 'decoder', got {part!r}")
     dropped = seq - kept
-    per_row = linear_flops(1, dim, dim) * 2 + linear_flops(1, dim, hidden) + linear_flops(1, hidden, dim)  # q, out, MLP
+    per_row = linear_flops(1, dim, dim) + linear_flops(1, dim, hidden) + linear_flops(1, hidden, dim)  # out, MLP
     return sequences * dropped * (per_row + 4 * seq * dim)
 
 
@@ -463,20 +478,20 @@ def run_compute(args, device: torch.device) -> dict:
         config = model.config
         grid = (case.image_size[0] // config.patch_size, case.image_size[1] // config.patch_size)
         context = context_count(config, case.views)
-        discarded = None
+        skipped = None
         if case.workload == "encoder_forward":
             data = random_field_batch(config, case.views, case.views, case.image_size, device)
             workload = encoder_forward(model, data, device)
             flops = spa3r_encoder_flops(config, case.views, grid)["total"]
-            discarded = last_layer_discarded_flops(config, "encoder", case.views, grid) / flops
+            skipped = last_block_skipped_flops(config, "encoder", case.views, grid) / (flops + last_block_skipped_flops(config, "encoder", case.views, grid))
             probe_rows = config.num_register_tokens + config.num_queries + case.views * grid[0] * grid[1]
             context = case.views
         elif case.workload == "train_step":
             data = random_field_batch(config, case.views, context, case.image_size, device)
             workload = train_step(model, data, device)
             flops = spa3r_train_step_flops(config, case.views, context, grid)["total"]
-            discarded = 3 * (last_layer_discarded_flops(config, "encoder", context, grid)
-                             + last_layer_discarded_flops(config, "decoder", case.views, grid)) / flops
+            saved = 3 * (last_block_skipped_flops(config, "encoder", context, grid) + last_block_skipped_flops(config, "decoder", case.views, grid))
+            skipped = saved / (flops + saved)
             probe_rows = case.views * (config.num_register_tokens + config.num_queries + grid[0] * grid[1])
         else:
             pixel_values = random_images(1, case.views, case.image_size, device)
@@ -510,7 +525,7 @@ def run_compute(args, device: torch.device) -> dict:
             "shape_matmul_flops_per_s": summarize(shape_rate),
             "efficiency": summarize(ratios(achieved, peak_rate)),
             "efficiency_vs_shape": summarize(ratios(achieved, shape_rate)),
-            "discarded_last_layer_share": discarded,
+            "last_block_skipped_share": skipped,
         }
         rows.append(row)
         if case.workload == "encoder_forward" and (case.size == "base" or args.quick):
@@ -737,10 +752,14 @@ def _largest_fitting_views(points: list[dict], key: str, input_bytes_per_view: i
 def run_scaling(args, device: torch.device) -> dict:
     if args.quick:
         view_counts, sweep_image, image_sizes, image_views = [1, 2, 4], (28, 28), [(28, 28), (56, 56)], 2
+        # Big enough that the first encoder block's dense scores (its last block computes only the query rows'
+        # scores) outweigh the other buffers at the peak.
+        control_image = (56, 56)
         sizes, fit_size, fit_views, fit_train_views, fit_image = ["tiny"], "tiny", [1, 2, 4], [1, 2, 4], (28, 28)
     else:
         view_counts, sweep_image, image_sizes, image_views = [2, 4, 8, 16, 32], (112, 112), [(112, 112), (168, 168), (224, 224), (336, 336)], 4
         sizes, fit_size, fit_views, fit_train_views, fit_image = ["tiny", "mid"], "base", [1, 2, 4, 8], [1, 2, 4], (224, 224)
+        control_image = sweep_image
     sections = {}
     for size in sizes:
         config = spa3r_config(size)
@@ -757,7 +776,7 @@ def run_scaling(args, device: torch.device) -> dict:
             # > 1 would mean the encoder holds more than one layer's worth of dense attention scores.
             "largest_point_peak_over_dense_scores": largest["encoder_peak_bytes"] / largest["encoder_dense_scores_bytes"],
             "largest_point_train_peak_over_dense_scores": largest["encoder_train_peak_bytes"] / largest["encoder_train_dense_scores_bytes"],
-            "math_backend_control": _math_backend_control(model, config, view_counts[-2:], sweep_image, device),
+            "math_backend_control": _math_backend_control(model, config, view_counts[-2:], control_image, device),
         }
         del model
 
@@ -835,7 +854,91 @@ def run_scaling(args, device: torch.device) -> dict:
 
 # ---------------------------------------------------------------------------------------------- main
 
-BENCHMARKS = {"compute": run_compute, "passes": run_passes, "scaling": run_scaling}
+# ---------------------------------------------------------------------------------------------- 4. rows
+
+
+@contextlib.contextmanager
+def all_rows_last_block():
+    """Every ``Spa3RTransformer`` computes all rows of its last block and slices afterwards (the old code path)."""
+    kept_rows_forward = Spa3RTransformer.forward
+
+    def forward(self, tokens, output_rows=None, **kwargs):
+        out = kept_rows_forward(self, tokens, **kwargs)
+        return out if output_rows is None else out[:, output_rows]
+
+    Spa3RTransformer.forward = forward
+    try:
+        yield
+    finally:
+        Spa3RTransformer.forward = kept_rows_forward
+
+
+def _rows_config(name: str) -> Spa3RConfig:
+    if name != "synthrooms":
+        return spa3r_config(name)
+    values = Spa3RConfig.from_pretrained(HUB_CONFIGS / "spa3r-tiny-synthrooms").to_dict()
+    values["vggt_config"] = values["semantic_teacher_config"] = None
+    return Spa3RConfig.from_dict(values)
+
+
+def run_rows(args, device: torch.device) -> dict:
+    if args.quick:
+        cases = [("tiny", 1, 4, (28, 42))]
+    else:  # (config, batch, views, image): the main job's batch, then one base sample
+        cases = [("tiny", 2, 4, (56, 84)), ("synthrooms", 8, 5, (84, 112)), ("base", 1, 4, (224, 224))]
+    rows = []
+    for name, batch, views, image_size in cases:
+        model = build_model(_rows_config(name), device)
+        config = model.config
+        context = context_count(config, views)
+        data = random_field_batch(config, views, context, image_size, device, batch=batch)
+        kept = train_step(model, data, device)
+
+        def all_rows(step=kept):
+            with all_rows_last_block():
+                return step()
+
+        with torch.no_grad(), autocast(device):
+            latents = encode(model, data)
+            field = model.decode_field(latents, data.extrinsics, data.intrinsics, data.image_size)["hidden_states"]
+            with all_rows_last_block():
+                latents_all = encode(model, data)
+                field_all = model.decode_field(latents_all, data.extrinsics, data.intrinsics, data.image_size)["hidden_states"]
+        saved = 3 * (last_block_skipped_flops(config, "encoder", context, data.grid, batch)
+                     + last_block_skipped_flops(config, "decoder", views, data.grid, batch))  # fmt: skip
+        flops = spa3r_train_step_flops(config, views, context, data.grid, batch)["total"]
+        times = interleaved_times({"kept_rows": kept, "all_rows": all_rows}, device, args.repeats, args.warmup, args.min_seconds)
+        rows.append(
+            {
+                "config": name,
+                "batch": batch,
+                "views": views,
+                "context_views": context,
+                "image_size": list(image_size),
+                "seconds_kept_rows": summarize(times["kept_rows"]),
+                "seconds_all_rows": summarize(times["all_rows"]),
+                "time_ratio_all_over_kept": summarize(ratios(times["all_rows"], times["kept_rows"])),
+                "flop_ratio_all_over_kept": (flops + saved) / flops,
+                "latents_max_abs_diff": float((latents - latents_all).abs().max()),
+                "decoded_max_abs_diff": float((field - field_all).abs().max()),
+            }
+        )
+        del model
+    print(f"PSFM training step (no backbone), last block on the kept rows vs all rows, on {device}; median [q1, q3] over {args.repeats} rounds")
+    table = format_table(
+        ["config", "batch", "views (ctx)", "image", "kept-rows s", "all-rows s", "time ratio", "FLOP ratio", "latent diff", "decoded diff"],
+        [
+            [r["config"], r["batch"], f"{r['views']} ({r['context_views']})", "x".join(map(str, r["image_size"])),
+             _stat_row(r["seconds_kept_rows"]), _stat_row(r["seconds_all_rows"]), _stat_row(r["time_ratio_all_over_kept"]),
+             r["flop_ratio_all_over_kept"], f"{r['latents_max_abs_diff']:.1e}", f"{r['decoded_max_abs_diff']:.1e}"]
+            for r in rows
+        ],
+    )
+    print(table)
+    return {"benchmark": "spa3r_rows", "rows": rows, "table": table}
+
+
+BENCHMARKS = {"compute": run_compute, "passes": run_passes, "scaling": run_scaling, "rows": run_rows}
 
 
 def main(argv: Optional[list[str]] = None) -> dict:

@@ -63,11 +63,12 @@ def test_flop_counts_equal_a_hand_count_and_flop_counter(bench):
     projection = 2 * 2 * 8 * 16
     block_linear = 2 * 5 * 16 * 48 + 2 * 5 * 16 * 16 + 2 * 5 * 16 * 32 + 2 * 5 * 32 * 16
     block_attention = 2 * (2 * 5 * 5 * 16)  # QK^T and AV over 2 heads of 8 channels
-    encoder = projection + block_linear + block_attention
-    assert module.spa3r_encoder_flops(config, 1, (1, 2))["total"] == encoder == 22592
-    # Only the 2 query rows of the last block are kept: the other 3 rows' q, out, MLP and attention row are waste.
-    wasted_row = 2 * 16 * 16 + 2 * 16 * 16 + 2 * 16 * 32 + 2 * 32 * 16 + 4 * 5 * 16
-    assert module.last_layer_discarded_flops(config, "encoder", 1, (1, 2)) == 3 * wasted_row
+    # The last (here: only) block computes just the 2 query rows: the other 3 rows' output projection, MLP and
+    # attention row are skipped (their q still comes out of the shared qkv projection).
+    skipped_row = 2 * 16 * 16 + 2 * 16 * 32 + 2 * 32 * 16 + 4 * 5 * 16
+    assert module.last_block_skipped_flops(config, "encoder", 1, (1, 2)) == 3 * skipped_row
+    encoder = projection + block_linear + block_attention - 3 * skipped_row
+    assert module.spa3r_encoder_flops(config, 1, (1, 2))["total"] == encoder == 13952
     # Decoder, 2 views: two sequences of 5, 4 ray tokens in all.
     pose_tokenizer = 2 * 4 * 3 * 16
     # PRoPE on q, k, v and out: half of each head's 8 channels (2 heads: 2 groups of 4) times a 4x4 matrix, 4 tokens.
@@ -75,19 +76,21 @@ def test_flop_counts_equal_a_hand_count_and_flop_counter(bench):
     geo_head = 2 * 4 * 16 * 32 + 2 * 4 * 32 * 8
     probe_fc1, probe_fc2 = 2 * 4 * 16 * 32, 2 * 4 * 32 * 1
     cameras = 2 * (2 * (2 * 4 * 4 * 4) + 2 * 3 * 3)
-    decoder = pose_tokenizer + 2 * (block_linear + block_attention) + prope + geo_head + probe_fc1 + probe_fc2 + cameras
-    assert module.spa3r_decoder_flops(config, 2, (1, 2))["total"] == decoder == 56612
+    # Its last block computes only the 2 ray rows of each sequence: 1 register and 2 latent rows skipped, twice.
+    assert module.last_block_skipped_flops(config, "decoder", 2, (1, 2)) == 2 * 3 * skipped_row
+    decoder = pose_tokenizer + 2 * (block_linear + block_attention) + prope + geo_head + probe_fc1 + probe_fc2 + cameras - 6 * skipped_row
+    assert module.spa3r_decoder_flops(config, 2, (1, 2))["total"] == decoder == 39332
     # Training step: backward 2x, except 1x for the layers whose input needs no gradient, 0x for the cameras.
     one_x = projection + pose_tokenizer + prope + probe_fc1
     step = module.spa3r_train_step_flops(config, 2, 1, (1, 2))
     assert step["forward"] == encoder + decoder
-    assert step["total"] == encoder + decoder + 2 * (encoder + decoder - one_x - cameras) + one_x == 230500
+    assert step["total"] == encoder + decoder + 2 * (encoder + decoder - one_x - cameras) + one_x == 152740
 
     device = torch.device("cpu")
     micro = module.build_model(config, device)
     data = module.random_field_batch(config, 2, 1, (14, 28), device)
     assert common.counted_flops(module.encoder_forward(micro, data, device)) == encoder
-    assert common.counted_flops(module.train_step(micro, data, device)) == 230500
+    assert common.counted_flops(module.train_step(micro, data, device)) == 152740
 
 
 def test_analytic_flops_match_flop_counter_on_tiny_models(bench):
@@ -208,6 +211,16 @@ def test_passes_benchmark_quick(bench, tmp_path):
     assert row["flops_counted"]["two_pass"] > row["flops_counted"]["masked_pass"] > 0
     assert row["aggregator_flop_ratio"] > 1 and row["flop_ratio_two_over_masked"] > 1
     assert all(value > 0 for value in row["peak_memory_bytes"].values())
+
+
+def test_rows_benchmark_quick(bench, tmp_path):
+    (row,) = run(bench, "rows", tmp_path)["rows"]
+    assert row["config"] == "tiny" and row["views"] == 4 and row["context_views"] == 2
+    for key in ("seconds_kept_rows", "seconds_all_rows", "time_ratio_all_over_kept"):
+        assert_stats(row[key])
+    # The same values either way; computing all rows costs more FLOPs.
+    assert row["latents_max_abs_diff"] <= 1e-5 and row["decoded_max_abs_diff"] <= 1e-5
+    assert row["flop_ratio_all_over_kept"] > 1
 
 
 def test_scaling_benchmark_quick(bench, tmp_path):

@@ -217,3 +217,29 @@ def test_prope_uses_column_then_row_rope():
     # Token 3 is (row 1, col 0).
     assert torch.allclose(q[0, 0, 3, 8], torch.tensor(1.0))
     assert torch.allclose(q[0, 0, 3, 12], torch.tensor(math.cos(1.0)))
+
+
+def test_block_query_rows_equal_the_slice_of_the_full_block():
+    """A last block computing only the kept rows gives those rows of the full block (PRoPE and 2D RoPE)."""
+    from spa3_vlm.modeling_common import Block
+
+    g = torch.Generator().manual_seed(6)
+    torch.manual_seed(6)
+    block = Block(32, 2, qk_norm="rmsnorm").double()
+    grid, cams, prefix = (2, 3), 2, 5
+    extrinsics, intrinsics = _random_cameras(1, cams, g)
+    prope = ProjectiveRoPE(extrinsics, intrinsics, (28, 42), grid, 16)
+    x = torch.randn(1, prefix + cams * 6, 32, generator=g, dtype=torch.float64)
+    full = block(x, camera_transform=prope)
+    for rows in (slice(0, prefix), slice(2, prefix), slice(prefix, None), slice(1, None)):
+        assert torch.allclose(block(x, query_rows=rows, camera_transform=prope), full[:, rows], atol=1e-10)
+    rope = RotaryEmbedding2D(patch_grid_positions(3, 4), 16)
+    x = torch.randn(2, 12, 32, generator=g, dtype=torch.float64)
+    full = block(x, rope=rope)
+    assert torch.allclose(block(x, query_rows=slice(4, 9), rope=rope), full[:, 4:9], atol=1e-10)
+    # The spatial block cannot be split: its camera transform is per camera-major token layout.
+    x = torch.randn(1, prefix + cams * 6, 32, generator=g, dtype=torch.float64)
+    with pytest.raises(ValueError, match="no spatial token or all"):
+        block(x, query_rows=slice(prefix + 1, None), camera_transform=prope)
+    with pytest.raises(ValueError, match="no spatial token or all"):
+        block(x, query_rows=slice(0, prefix + 3), camera_transform=prope)

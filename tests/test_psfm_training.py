@@ -178,7 +178,7 @@ class KillAt(TrainerCallback):
             raise RuntimeError("killed")
 
 
-def _trainer(output_dir, max_steps, callbacks=()):
+def _trainer(output_dir, max_steps, callbacks=(), muon=False):
     torch.manual_seed(0)
     config = AutoConfig.from_pretrained(TINY)
     config.semantic_teacher_config = None
@@ -191,23 +191,80 @@ def _trainer(output_dir, max_steps, callbacks=()):
     )  # fmt: skip
     dataset = PSFMDataset(fake_scenes(3), num_views=(2, 4), interval=(1, 2), samples_per_scene=2, seed=0)
     collator = PSFMCollator(field_targets=("rgb", "metric_depth"), seed=0)
-    return PSFMTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=list(callbacks))
+    return PSFMTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=list(callbacks), muon=muon)
 
 
-def test_killed_run_resumes_to_the_same_weights(tmp_path):
-    reference = _trainer(tmp_path / "straight", 4)
+@pytest.mark.parametrize("muon", [False, True], ids=["adamw", "muon"])
+def test_killed_run_resumes_to_the_same_weights(tmp_path, muon):
+    reference = _trainer(tmp_path / "straight", 4, muon=muon)
     reference.train()
     logged = [entry for entry in reference.state.log_history if "loss" in entry]
     assert {"loss/geo_l1", "loss/rgb_l1", "loss/metric_depth_l1"} <= set(logged[0])
 
-    crashed = _trainer(tmp_path / "resumed", 4, [KillAt(3)])
+    crashed = _trainer(tmp_path / "resumed", 4, [KillAt(3)], muon=muon)
     with pytest.raises(RuntimeError, match="killed"):
         crashed.train()
     assert sorted(os.listdir(tmp_path / "resumed")) == ["checkpoint-2"]  # complete, no staging leftovers
-    resumed = _trainer(tmp_path / "resumed", 4)
+    resumed = _trainer(tmp_path / "resumed", 4, muon=muon)
     resumed.train(resume_from_checkpoint=True)
     for (name, a), b in zip(reference.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
+    if muon:
+        assert type(resumed.optimizer.optimizer).__name__ == "MuonWithAdamW"
+
+
+def test_muon_steps_block_matrices_with_muon_and_the_rest_with_adamw(tmp_path):
+    """One MuonWithAdamW step equals torch's Muon on the blocks' weight matrices and torch's AdamW on every
+    other parameter, with the scheduler's learning rate and per-group weight decay."""
+    from spa3_vlm.training.optim import MuonWithAdamW, is_muon_parameter, muon_param_groups
+
+    trainer = _trainer(tmp_path, 1, muon=True)
+    model = trainer.model
+    groups = muon_param_groups(model, 0.1, trainer.get_decay_parameter_names(model))
+    names = {id(p): n for n, p in model.named_parameters()}
+    muon_names = {names[id(p)] for g in groups if g["use_muon"] for p in g["params"]}
+    assert "decoder.blocks.0.attn.qkv.weight" in muon_names and "spa3r.encoder.blocks.1.mlp.fc2.weight" in muon_names
+    for name in ("spa3r.query_embed.weight", "pose_tokenizer.weight", "heads.geo.fc1.weight", "spa3r.projection.weight"):
+        assert name not in muon_names and dict(model.named_parameters())[name].requires_grad
+    assert all(p.requires_grad for g in groups for p in g["params"])  # frozen teachers stay out
+    assert sum(len(g["params"]) for g in groups) == sum(p.requires_grad for p in model.parameters())
+    assert not is_muon_parameter("decoder.blocks.0.norm1.weight", torch.zeros(4))
+
+    torch.manual_seed(1)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) if p.requires_grad else None
+    muon_params = [p for g in groups if g["use_muon"] for p in g["params"]]
+    adamw_groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in groups if not g["use_muon"]]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    expected_muon = [p.detach().clone().requires_grad_() for p in muon_params]
+    for copy, p in zip(expected_muon, muon_params):
+        copy.grad = p.grad.clone()
+    expected_adamw = [{"params": [p.detach().clone().requires_grad_() for p in g["params"]], "weight_decay": g["weight_decay"]} for g in adamw_groups]
+    for expected, g in zip(expected_adamw, adamw_groups):
+        for copy, p in zip(expected["params"], g["params"]):
+            copy.grad = p.grad.clone()
+    optimizer = MuonWithAdamW(groups, lr=1e-2, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8, momentum=0.9)
+    for group in optimizer.param_groups:  # what an LR scheduler does
+        group["lr"] = 5e-3
+    optimizer.step()
+    torch.optim.Muon(expected_muon, lr=5e-3, weight_decay=0.1, momentum=0.9, adjust_lr_fn="match_rms_adamw").step()
+    torch.optim.AdamW(expected_adamw, lr=5e-3, betas=(0.9, 0.95), eps=1e-8).step()
+    for copy, p in zip(expected_muon, muon_params):
+        assert torch.equal(copy, p)
+    for expected, g in zip(expected_adamw, adamw_groups):
+        for copy, p in zip(expected["params"], g["params"]):
+            assert torch.equal(copy, p)
+    assert not torch.equal(before["decoder.blocks.0.attn.qkv.weight"], model.decoder.blocks[0].attn.qkv.weight)
+
+    # The state round-trips, and a state from another optimizer layout is refused with a clear message.
+    state = optimizer.state_dict()
+    again = MuonWithAdamW(muon_param_groups(model, 0.1, trainer.get_decay_parameter_names(model)), lr=1e-2)
+    again.load_state_dict(state)
+    assert again.param_groups[0]["lr"] == 5e-3 and again._muon.param_groups[0] is again._muon_groups[0]
+    with pytest.raises(ValueError, match="not a MuonWithAdamW state dict"):
+        again.load_state_dict(torch.optim.AdamW(model.heads.parameters()).state_dict())
+    with pytest.raises(ValueError, match="2-D weight matrices only"):
+        MuonWithAdamW([{"params": [model.decoder.norm.weight], "use_muon": True}])
 
 
 def test_weight_decay_skips_norms_tokens_and_biases(tmp_path):
@@ -257,3 +314,40 @@ def test_two_cpu_processes_train_with_accelerate(tmp_path):
     assert (tmp_path / "checkpoint-2" / "rng_state_0.pth").exists() and (tmp_path / "checkpoint-2" / "rng_state_1.pth").exists()
     assert type(AutoModel.from_pretrained(tmp_path)) is Spa3RModel
     assert not (tmp_path / "field_eval.json").exists()
+
+
+def test_reference_recipe_json_gives_the_reference_optimizer_and_schedule():
+    """hub_configs/spa3r-base/pretrain_scannet.json: the reference's AdamW and per-step cosine to 2e-4 over 80k
+    steps without warm-up (CosineAnnealingLR), clipping 1.0, 4-12 ScanNet views 2-6 frames apart."""
+    sys.path.insert(0, os.path.join(REPO, "train"))
+    try:
+        import pretrain_psfm
+    finally:
+        sys.path.pop(0)
+    from transformers import HfArgumentParser
+    from transformers.optimization import get_scheduler
+
+    with open(os.path.join(REPO, "hub_configs", "spa3r-base", "pretrain_scannet.json")) as handle:
+        recipe = json.load(handle)
+    assert recipe["bf16"] is True  # GPU recipe; parsed here on CPU without it
+    recipe["bf16"] = False
+    parser = HfArgumentParser((pretrain_psfm.ModelArguments, pretrain_psfm.DataArguments, pretrain_psfm.OptimizerArguments, TrainingArguments))
+    model_args, data_args, optim_args, args = parser.parse_dict(recipe)
+    assert model_args.config_name == "hub_configs/spa3r-base" and not optim_args.muon
+    assert (data_args.dataset, data_args.min_views, data_args.max_views, data_args.min_interval, data_args.max_interval) == ("scannet", 4, 12, 2, 6)
+    assert args.optim == "adamw_torch" and (args.learning_rate, args.weight_decay, args.adam_beta1, args.adam_beta2) == (2e-3, 1e-4, 0.9, 0.999)
+    assert args.max_grad_norm == 1.0 and args.warmup_steps == 0 and args.max_steps == 80000
+
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    ours = torch.optim.AdamW([parameter], lr=args.learning_rate)
+    scheduler = get_scheduler(args.lr_scheduler_type, ours, num_warmup_steps=args.warmup_steps,
+                              num_training_steps=args.max_steps, scheduler_specific_kwargs=args.lr_scheduler_kwargs)  # fmt: skip
+    reference = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=2e-3)
+    annealing = torch.optim.lr_scheduler.CosineAnnealingLR(reference, T_max=80000, eta_min=2e-4)
+    for step in range(80000):
+        if step % 9999 == 0:
+            assert ours.param_groups[0]["lr"] == pytest.approx(reference.param_groups[0]["lr"], rel=1e-6, abs=1e-12), step
+        for optimizer in (ours, reference):
+            optimizer.step()
+        scheduler.step()
+        annealing.step()

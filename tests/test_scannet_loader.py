@@ -484,3 +484,22 @@ def test_psfm_dataset_rejects_short_scenes_from_the_loader(scannet_root):
     dataset = PSFMDataset(ScanNetScenes(scannet_root), num_views=(5, 5))
     with pytest.raises(ValueError, match="scene scene0001_00 has 4 frames, fewer than the 5 views requested"):
         dataset[1]
+
+
+def test_training_script_skips_bad_scenes_only_when_asked(scannet_root, caplog):
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train"))
+    try:
+        import pretrain_psfm
+    finally:
+        sys.path.pop(0)
+    (scannet_root / "scene0002_00" / "color").mkdir(parents=True)
+    strict = pretrain_psfm.DataArguments(dataset="scannet", data_root=str(scannet_root))
+    with pytest.raises(ValueError, match="scene scene0002_00 has no frames"):
+        pretrain_psfm.build_scenes(strict, "train", 0)
+    lenient = pretrain_psfm.DataArguments(dataset="scannet", data_root=str(scannet_root), skip_bad_scenes=True)
+    with caplog.at_level(logging.WARNING, logger="spa3_vlm.data.scannet"):
+        scenes = pretrain_psfm.build_scenes(lenient, "train", 0)
+    assert scenes.scene_ids == ["scene0000_00", "scene0001_00"]
+    assert "skipped 1 of 3 scenes that failed validation" in caplog.text

@@ -40,6 +40,39 @@ def test_hub_configs_describe_the_paper_and_a_tiny_model():
     assert vggt.global_qk_norm == "layernorm" and vggt.num_hidden_layers == 24
 
 
+def test_encoder_and_decoder_compute_only_the_rows_they_return(tiny_model):
+    """Latents and decoded rays equal the matching rows of the full Transformers' outputs, and the last block
+    computes fewer rows (that is the saving)."""
+    from spa3_vlm.modeling_spa3r import Spa3RTransformer
+
+    model = tiny_model.double().eval()
+    calls = []
+    full_forward = Spa3RTransformer.forward
+
+    def run_all_rows(self, tokens, output_rows=None, **kwargs):
+        calls.append(output_rows)
+        return full_forward(self, tokens, **kwargs)[:, output_rows]
+
+    batch = {"pixel_values": images(views=3).double(), "view_mask": torch.tensor([[False, True, False]] * 2)}
+    pruned = model(**batch)
+    seen = []
+    hook = model.decoder.blocks[-1].register_forward_hook(lambda module, args, output: seen.append(output.shape[1]))
+    try:
+        Spa3RTransformer.forward = run_all_rows
+        reference = model(**batch)
+    finally:
+        Spa3RTransformer.forward = full_forward
+    pruned_again = model(**batch)
+    hook.remove()
+    assert calls == [slice(0, model.config.num_queries), slice(model.config.num_queries, None)]
+    assert torch.allclose(pruned.latents, reference.latents, atol=1e-10)
+    for name, value in reference.predictions.items():
+        assert torch.allclose(pruned.predictions[name], value, atol=1e-10), name
+    rays = (56 // 14) * (84 // 14)
+    assert seen == [model.config.num_queries + rays, rays]  # registers are never output rows
+    assert torch.equal(pruned_again.latents, pruned.latents)
+
+
 def test_training_step_updates_only_trainable_parts(tiny_model):
     model = tiny_model.train()
     assert not model.spa3r.backbone.training and not model.semantic_teacher.training  # frozen stay in eval

@@ -164,5 +164,10 @@ class Spa3RConfig(PreTrainedConfig):
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
+    @property
+    def ray_code_size(self) -> int:
+        """Channels of one ray's code: 6 (Plücker) or 3 (camera-frame direction)."""
+        return 6 if self.ray_encoding == "plucker" else 3
+
 
 __all__ = ["Spa3RConfig"]

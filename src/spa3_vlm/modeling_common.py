@@ -97,7 +97,7 @@ class PositionalTransform(Protocol):
 
     def transform_qkv(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]: ...
 
-    def transform_output(self, out: torch.Tensor) -> torch.Tensor: ...
+    def transform_output(self, out: torch.Tensor, rows: Optional[slice] = None, sequence_length: Optional[int] = None) -> torch.Tensor: ...
 
 
 class Attention(nn.Module):
@@ -106,6 +106,8 @@ class Attention(nn.Module):
     ``x [B, N, C] -> [B, N, C]``. ``num_context_tokens`` implements the asymmetric view mask of
     Spa3R's masked VGGT without materialising an ``N x N`` mask: the first ``num_context_tokens`` queries
     attend only to the first ``num_context_tokens`` keys, the remaining queries attend to all keys.
+    ``query_rows`` (a contiguous slice) computes the output of those rows only, ``[B, rows, C]``: every
+    row still serves as a key and value.
     """
 
     def __init__(
@@ -133,6 +135,7 @@ class Attention(nn.Module):
         rope: Optional[RotaryEmbedding2D] = None,
         camera_transform: Optional[PositionalTransform] = None,
         num_context_tokens: Optional[int] = None,
+        query_rows: Optional[slice] = None,
     ) -> torch.Tensor:
         batch, seq, dim = x.shape
         q, k, v = self.qkv(x).reshape(batch, seq, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
@@ -141,6 +144,10 @@ class Attention(nn.Module):
             q, k = rope(q), rope(k)
         if camera_transform is not None:
             q, k, v = camera_transform.transform_qkv(q, k, v)
+        if query_rows is not None:
+            if num_context_tokens is not None:
+                raise ValueError("query_rows and num_context_tokens cannot be combined")
+            q = q[:, :, query_rows]
         if num_context_tokens is None or num_context_tokens >= seq:
             out = F.scaled_dot_product_attention(q, k, v)
         else:
@@ -149,12 +156,16 @@ class Attention(nn.Module):
             target_out = F.scaled_dot_product_attention(q[:, :, n:], k, v)
             out = torch.cat([context_out, target_out], dim=2)
         if camera_transform is not None:
-            out = camera_transform.transform_output(out)
-        return self.proj(out.transpose(1, 2).reshape(batch, seq, dim))
+            out = camera_transform.transform_output(out, rows=query_rows, sequence_length=seq)
+        return self.proj(out.transpose(1, 2).reshape(batch, out.shape[2], dim))
 
 
 class Block(nn.Module):
-    """Pre-norm Transformer block: ``x + ls1(attn(norm1(x))) ; x + ls2(mlp(norm2(x)))``."""
+    """Pre-norm Transformer block: ``x + ls1(attn(norm1(x))) ; x + ls2(mlp(norm2(x)))``.
+
+    With ``query_rows`` (a contiguous slice) only those rows are computed and returned: what a last
+    block needs when the rows after it are discarded anyway (they still act as keys and values).
+    """
 
     def __init__(
         self,
@@ -177,8 +188,10 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), bias=ffn_bias)
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
 
-    def forward(self, x: torch.Tensor, **attention_kwargs) -> torch.Tensor:
-        x = x + self.ls1(self.attn(self.norm1(x), **attention_kwargs))
+    def forward(self, x: torch.Tensor, query_rows: Optional[slice] = None, **attention_kwargs) -> torch.Tensor:
+        attended = self.attn(self.norm1(x), query_rows=query_rows, **attention_kwargs)
+        x = x if query_rows is None else x[:, query_rows]
+        x = x + self.ls1(attended)
         return x + self.ls2(self.mlp(self.norm2(x)))
 
 

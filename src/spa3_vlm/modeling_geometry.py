@@ -283,7 +283,21 @@ class ProjectiveRoPE:
         v = self._apply(v, self.projection_inv, transpose=False, inverse_rope=False)
         return q, k, v
 
-    def transform_output(self, out: torch.Tensor) -> torch.Tensor:
+    def transform_output(self, out: torch.Tensor, rows: Optional[slice] = None, sequence_length: Optional[int] = None) -> torch.Tensor:
+        """``out [B, heads, T, d]``: the attention output of all rows, or of ``rows`` (a slice of a
+        ``sequence_length``-token sequence) that must either hold no spatial token or end with all of them."""
+        if rows is not None:
+            if sequence_length is None:
+                raise ValueError("transform_output(rows=...) needs the full sequence_length")
+            start, stop, step = rows.indices(sequence_length)
+            first_spatial = sequence_length - self.num_spatial_tokens
+            if step != 1 or not (stop <= first_spatial or (stop == sequence_length and start <= first_spatial)):
+                raise ValueError(
+                    f"PRoPE output rows {start}:{stop} of {sequence_length} must hold no spatial token or all "
+                    f"{self.num_spatial_tokens} (the last ones)"
+                )
+            if stop <= first_spatial:
+                return out  # prefix tokens carry no camera
         return self._apply(out, self.projection, transpose=False, inverse_rope=True)
 
 

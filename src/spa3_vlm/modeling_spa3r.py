@@ -55,12 +55,38 @@ class Spa3RTransformer(nn.Module):
         )
         self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
 
-    def forward(self, tokens: torch.Tensor, **attention_kwargs) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, output_rows: Optional[slice] = None, **attention_kwargs) -> torch.Tensor:
+        """``tokens [B, T, C]`` -> ``[B, T, C]``, or only the rows ``output_rows`` (a contiguous slice of the
+        ``T`` tokens) of it: the last block then skips the other rows' queries and MLP (the same values,
+        computed at less cost)."""
         num_registers = self.register_tokens.shape[1]
         x = torch.cat([self.register_tokens.expand(tokens.shape[0], -1, -1).to(tokens.dtype), tokens], dim=1)
-        for block in self.blocks:
-            x = block(x, **attention_kwargs)
-        return self.norm(x)[:, num_registers:]
+        if output_rows is None:
+            output_rows = slice(0, tokens.shape[1])
+        start, stop, step = output_rows.indices(tokens.shape[1])
+        if step != 1:
+            raise ValueError(f"output_rows must be a contiguous slice, got {output_rows}")
+        last_rows = slice(num_registers + start, num_registers + stop)
+        for index, block in enumerate(self.blocks):
+            x = block(x, query_rows=last_rows if index == len(self.blocks) - 1 else None, **attention_kwargs)
+        if not self.blocks:
+            x = x[:, last_rows]
+        return self.norm(x)
+
+
+def ray_codes(
+    config: Spa3RConfig, extrinsics: torch.Tensor, intrinsics: torch.Tensor, patch_grid: tuple[int, int], image_size: tuple[int, int]
+) -> torch.Tensor:
+    """Per-patch ray codes ``[B, V, h*w, config.ray_code_size]`` (``config.ray_encoding``) for cameras
+    ``[B, V, 3|4, 4]`` / ``[B, V, 3, 3]`` in pixels of an ``image_size`` image."""
+    cell_intrinsics = intrinsics.float().clone()  # pixels -> patch-grid cells
+    cell_intrinsics[..., 0, :] /= image_size[1] / patch_grid[1]
+    cell_intrinsics[..., 1, :] /= image_size[0] / patch_grid[0]
+    if config.ray_encoding == "plucker":
+        rays = plucker_rays(extrinsics.float(), cell_intrinsics, patch_grid)  # [B, V, 6, h, w]
+    else:
+        rays = camera_rays(cell_intrinsics, patch_grid)  # [B, V, 3, h, w]
+    return rays.flatten(-2).transpose(-1, -2)
 
 
 @dataclass
@@ -173,8 +199,8 @@ class Spa3RModel(Spa3RPreTrainedModel):
         self.projection = nn.Linear(config.backbone_hidden_size, config.hidden_size)
         # Plücker codes of the context rays, where the encoder knows the context cameras.
         self.ray_embedding = None
-        if config.ray_encoding == "plucker" and config.encoder_camera_encoding == "prope":
-            self.ray_embedding = nn.Linear(6, config.hidden_size)
+        if config.encoder_camera_encoding == "prope" and config.ray_encoding == "plucker":
+            self.ray_embedding = nn.Linear(config.ray_code_size, config.hidden_size)
         self.context_input_projections = None
         if config.context_inputs:
             self.context_input_projections = nn.ModuleDict(
@@ -242,18 +268,15 @@ class Spa3RModel(Spa3RPreTrainedModel):
             patch = self.config.patch_size
             size = image_size or (grid_h * patch, grid_w * patch)
             if self.ray_embedding is not None:
-                cell_intrinsics = intrinsics.float().clone()  # pixels -> patch-grid cells
-                cell_intrinsics[..., 0, :] *= grid_w / size[1]
-                cell_intrinsics[..., 1, :] *= grid_h / size[0]
-                rays = plucker_rays(extrinsics.float(), cell_intrinsics, patch_grid).flatten(-2).transpose(-1, -2)
-                tokens = tokens + self.ray_embedding(rays.reshape(batch, views * num_patches, 6).to(tokens.dtype))
+                rays = ray_codes(self.config, extrinsics, intrinsics, patch_grid, size).flatten(1, 2)
+                tokens = tokens + self.ray_embedding(rays.to(tokens.dtype))
             camera = ProjectiveRoPE(extrinsics, intrinsics, size, patch_grid, self.config.head_dim, self.config.prope_freq_base)
-            encoded = self.encoder(torch.cat([queries, tokens], dim=1), camera_transform=camera)
+            encoded = self.encoder(torch.cat([queries, tokens], dim=1), output_rows=slice(0, num_queries), camera_transform=camera)
         else:
             positions = encoder_positions(self.config.num_register_tokens + num_queries, patch_grid, views, tokens.device)
             rope = RotaryEmbedding2D(positions, self.config.head_dim, self.config.rope_theta, dtype=tokens.dtype)
-            encoded = self.encoder(torch.cat([queries, tokens], dim=1), rope=rope)
-        return encoded[:, :num_queries]
+            encoded = self.encoder(torch.cat([queries, tokens], dim=1), output_rows=slice(0, num_queries), rope=rope)
+        return encoded
 
     def _embed_context_inputs(
         self, context_inputs: Optional[dict[str, torch.Tensor]], shape: torch.Size, dtype: torch.dtype
@@ -344,7 +367,7 @@ class Spa3RForFieldPrediction(Spa3RPreTrainedModel):
         super().__init__(config)
         dim = config.hidden_size
         self.spa3r = Spa3RModel(config)
-        self.pose_tokenizer = nn.Linear(6 if config.ray_encoding == "plucker" else 3, dim)
+        self.pose_tokenizer = nn.Linear(config.ray_code_size, dim)
         self.decoder = Spa3RTransformer(config, config.num_decoder_layers)
         hidden = int(dim * config.mlp_ratio)
         self.heads = nn.ModuleDict({name: Mlp(dim, hidden, size) for name, size in config.target_heads.items()})
@@ -406,13 +429,7 @@ class Spa3RForFieldPrediction(Spa3RPreTrainedModel):
         grid = (height // patch, width // patch)
         num_patches = grid[0] * grid[1]
 
-        patch_intrinsics = intrinsics.float().clone()
-        patch_intrinsics[..., :2, :] = patch_intrinsics[..., :2, :] / patch
-        if self.config.ray_encoding == "plucker":
-            rays = plucker_rays(extrinsics.float(), patch_intrinsics, grid)  # [B, V, 6, h, w]
-        else:
-            rays = camera_rays(patch_intrinsics, grid)  # [B, V, 3, h, w]
-        rays = rays.flatten(-2).transpose(-1, -2).reshape(batch * views, num_patches, -1)
+        rays = ray_codes(self.config, extrinsics, intrinsics, grid, image_size).flatten(0, 1)  # [B*V, N, code]
         ray_tokens = self.pose_tokenizer(rays.to(self.pose_tokenizer.weight.dtype))
         view_latents = latents.repeat_interleave(views, dim=0).to(ray_tokens.dtype)
         prope = ProjectiveRoPE(
@@ -423,8 +440,10 @@ class Spa3RForFieldPrediction(Spa3RPreTrainedModel):
             head_dim=self.config.head_dim,
             freq_base=self.config.prope_freq_base,
         )
-        decoded = self.decoder(torch.cat([view_latents, ray_tokens], dim=1), camera_transform=prope)
-        hidden = decoded[:, self.config.num_queries :].reshape(batch, views, num_patches, -1)
+        decoded = self.decoder(
+            torch.cat([view_latents, ray_tokens], dim=1), output_rows=slice(self.config.num_queries, None), camera_transform=prope
+        )
+        hidden = decoded.reshape(batch, views, num_patches, -1)
         field = {"hidden_states": hidden}
         for name, head in self.heads.items():
             field[name] = HEAD_ACTIVATIONS[(self.config.head_activations or {}).get(name, "identity")](head(hidden))

@@ -20,10 +20,14 @@ class PSFMTrainer(Trainer):
     - logs every named loss (``loss/geo_l1``, ...) averaged over the logging interval;
     - writes each checkpoint into a staging folder and renames it into place, so a run killed while
       saving never leaves a half-written ``checkpoint-N`` that a resume would pick up;
-    - excludes biases, norms, register tokens and query embeddings from weight decay.
+    - excludes biases, norms, register tokens and query embeddings from weight decay;
+    - with ``muon=True``, trains the Transformer blocks' weight matrices with Muon and the rest with AdamW
+      (:class:`~spa3_vlm.training.optim.MuonWithAdamW`; AdamW takes ``--adam_beta1/2``, ``--adam_epsilon``).
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, muon: bool = False, muon_momentum: float = 0.95, **kwargs):
+        self.muon = muon
+        self.muon_momentum = muon_momentum
         super().__init__(*args, **kwargs)
         self._loss_sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
         self._loss_counts = 0
@@ -43,6 +47,24 @@ class PSFMTrainer(Trainer):
             self._loss_sums.clear()
             self._loss_counts = 0
         super().log(logs, start_time)
+
+    def create_optimizer(self, model=None):
+        if not self.muon:
+            return super().create_optimizer(model)
+        if self.optimizer is None:
+            from .optim import MuonWithAdamW, muon_param_groups
+
+            model = model if model is not None else self.model
+            groups = muon_param_groups(model, self.args.weight_decay, self.get_decay_parameter_names(model))
+            self.optimizer = MuonWithAdamW(
+                groups,
+                lr=self.args.learning_rate,
+                weight_decay=self.args.weight_decay,
+                betas=(self.args.adam_beta1, self.args.adam_beta2),
+                eps=self.args.adam_epsilon,
+                momentum=self.muon_momentum,
+            )
+        return self.optimizer
 
     def get_decay_parameter_names(self, model: torch.nn.Module) -> list[str]:
         return [
