@@ -134,7 +134,7 @@ def main(argv=None) -> dict:
     parser.set_defaults(
         muon=True,  # learns the tiny field ~2x faster than AdamW on SynthRooms (issue notes); --muon false for AdamW
         output_dir="runs/spa3r-tiny",
-        max_steps=2000,
+        max_steps=2400,
         per_device_train_batch_size=8,
         learning_rate=2e-3,
         weight_decay=1e-4,

@@ -57,8 +57,8 @@ class Spa3RTransformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor, output_rows: Optional[slice] = None, **attention_kwargs) -> torch.Tensor:
         """``tokens [B, T, C]`` -> ``[B, T, C]``, or only the rows ``output_rows`` (a contiguous slice of the
-        ``T`` tokens) of it: the last block then skips the other rows' queries and MLP (the same values,
-        computed at less cost)."""
+        ``T`` tokens) of it: the last block then computes attention, output projection and MLP for those rows
+        only (the same values at less cost; every row still gives keys and values)."""
         num_registers = self.register_tokens.shape[1]
         x = torch.cat([self.register_tokens.expand(tokens.shape[0], -1, -1).to(tokens.dtype), tokens], dim=1)
         if output_rows is None:
