@@ -221,6 +221,20 @@ def test_rows_benchmark_quick(bench, tmp_path):
     # The same values either way; computing all rows costs more FLOPs.
     assert row["latents_max_abs_diff"] <= 1e-5 and row["decoded_max_abs_diff"] <= 1e-5
     assert row["flop_ratio_all_over_kept"] > 1
+    # ... and the all-rows path really computes every row of the decoder's last block.
+    module, _ = bench
+    config = module.spa3r_config("tiny")
+    model = module.build_model(config, torch.device("cpu"))
+    data = module.random_field_batch(config, 2, 1, (28, 42), torch.device("cpu"))
+    rows = []
+    hook = model.decoder.blocks[-1].register_forward_hook(lambda block, args, output: rows.append(output.shape[1]))
+    with torch.no_grad():
+        latents = module.encode(model, data)
+        model.decode_field(latents, data.extrinsics, data.intrinsics, data.image_size)
+        with module.all_rows_last_block():
+            model.decode_field(latents, data.extrinsics, data.intrinsics, data.image_size)
+    hook.remove()
+    assert rows == [6, config.num_queries + 6]  # 2x3 ray tokens; registers are never output rows
 
 
 def test_scaling_benchmark_quick(bench, tmp_path):

@@ -70,17 +70,19 @@ class MuonWithAdamW(torch.optim.Optimizer):
             )
         if self._adamw_groups:
             self._adamw = torch.optim.AdamW([{"params": g["params"]} for g in self._adamw_groups], lr=lr, weight_decay=weight_decay, betas=betas, eps=eps)
-        self._share_groups()
+        self._share_groups(overwrite=False)
 
-    def _share_groups(self) -> None:
-        # The inner optimizers read this optimizer's group dicts, so a scheduler's lr reaches them; they add
-        # their own per-group settings (betas, momentum, ...) without overriding lr or weight_decay.
+    def _share_groups(self, overwrite: bool) -> None:
+        """Make the inner optimizers read this optimizer's group dicts, so a scheduler's lr reaches them. Their
+        own per-group settings (betas, momentum, ...) are copied in: without ``overwrite`` (construction) they
+        do not replace lr or weight_decay; with it (after loading a state) every saved setting wins."""
         for inner, groups in ((self._muon, self._muon_groups), (self._adamw, self._adamw_groups)):
             if inner is None:
                 continue
             for own, shared in zip(inner.param_groups, groups):
                 for key, value in own.items():
-                    shared.setdefault(key, value)
+                    if key != "params" and (overwrite or key not in shared):
+                        shared[key] = value
             inner.param_groups = groups
 
     @torch.no_grad()
@@ -109,13 +111,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
                 raise ValueError(f"the saved optimizer state {'has no' if saved is None else 'has a'} {name} part, this optimizer does not match")
             if inner is not None:
                 inner.load_state_dict(saved)
-        # Loading replaced the inner groups with new dicts: copy their values back and share ours again.
-        for inner, groups in ((self._muon, self._muon_groups), (self._adamw, self._adamw_groups)):
-            if inner is None:
-                continue
-            for loaded, shared in zip(inner.param_groups, groups):
-                shared.update({key: value for key, value in loaded.items() if key != "params"})
-            inner.param_groups = groups
+        self._share_groups(overwrite=True)  # loading gave the inner optimizers new group dicts
 
     @property
     def state(self):  # the inner optimizers' per-parameter state, for code that inspects optimizer.state
