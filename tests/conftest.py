@@ -1,5 +1,6 @@
 """Test-wide settings: offline, no analytics, a throw-away HF cache."""
 
+import importlib.metadata
 import os
 import tempfile
 from pathlib import Path
@@ -31,3 +32,17 @@ def fixtures_dir() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+KEY_PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "huggingface-hub", "gradio", "evaluate")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Name the versions this run tested, so a CI log says which releases passed."""
+    versions = []
+    for name in KEY_PACKAGES:
+        try:
+            versions.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            versions.append(f"{name} (not installed)")
+    terminalreporter.write_line("tested with " + ", ".join(versions))

@@ -213,6 +213,40 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, muon):
         assert type(resumed.optimizer.optimizer).__name__ == "MuonWithAdamW"
 
 
+class KillWhileSaving(TrainerCallback):
+    """Simulates a crash in the middle of writing checkpoint ``step``: its weights are cut short and the Trainer
+    never gets to write its ``trainer_state.json``."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            folder = os.path.join(args.output_dir, f"checkpoint-{self.step}")
+            os.remove(os.path.join(folder, "trainer_state.json"))
+            with open(os.path.join(folder, "model.safetensors"), "r+b") as handle:
+                handle.truncate(100)
+            raise RuntimeError("killed while saving")
+
+
+def test_a_run_killed_while_saving_resumes_from_the_last_complete_checkpoint(tmp_path):
+    reference = _trainer(tmp_path / "straight", 6)
+    reference.train()
+    crashed = _trainer(tmp_path / "resumed", 6, [KillWhileSaving(4)])
+    with pytest.raises(RuntimeError, match="killed while saving"):
+        crashed.train()
+    assert sorted(os.listdir(tmp_path / "resumed")) == ["checkpoint-2", "checkpoint-4"]
+    with pytest.raises(ValueError, match="checkpoint-4 is not a complete checkpoint .*interrupted while being saved"):
+        _trainer(tmp_path / "resumed", 6).train(resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoint-4"))
+    resumed = _trainer(tmp_path / "resumed", 6)
+    resumed.train(resume_from_checkpoint=True)  # takes checkpoint-2 and removes the cut-short checkpoint-4
+    for (name, a), b in zip(reference.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert resumed.state.global_step == 6
+    with pytest.raises(ValueError, match="No complete checkpoint to resume from"):
+        _trainer(tmp_path / "empty", 2).train(resume_from_checkpoint=True)
+
+
 def test_muon_steps_block_matrices_with_muon_and_the_rest_with_adamw(tmp_path):
     """One MuonWithAdamW step equals torch's Muon on the blocks' weight matrices and torch's AdamW on every
     other parameter, with the scheduler's learning rate and per-group weight decay."""

@@ -266,6 +266,29 @@ def test_fused_loss_uses_the_adapter_and_only_tuned_parts_get_grads(processor, t
     assert lrs["adapter"] == lrs["adapter/no_decay"] == 5e-3 and lrs["llm"] == lrs["llm/no_decay"] == 1e-3
 
 
+def test_fused_lm_head_contract_fails_loudly_when_the_internals_change(processor, tmp_path):
+    """The adapter routing relies on TRL's patched forward (`fused_lm_head`) and the backbone's `mm_encoder_outputs`:
+    the day either is gone, building the trainer says so instead of training without the adapter."""
+    import types
+
+    from datasets import Dataset
+    from spa3_vlm.training.sft import check_fused_lm_head_contract
+
+    model = tiny_model()
+    with pytest.raises(RuntimeError, match=r"no longer patches model.forward with a `fused_lm_head` keyword"):
+        check_fused_lm_head_contract(model)  # TRL has not patched this model
+    rows = [record("r0", answer="2", seed=0)]
+    trainer = Spa3VLMSFTTrainer(
+        model=model, args=sft_config(tmp_path), train_dataset=Dataset.from_list(rows), processing_class=processor,
+        data_collator=Spa3VLMSFTCollator(processor),
+    )  # fmt: skip
+    check_fused_lm_head_contract(trainer.model)  # today's TRL and transformers keep the contract
+    inner = trainer.model.base_model
+    inner.forward = types.MethodType(lambda self, input_ids=None, **kwargs: None, inner)
+    with pytest.raises(RuntimeError, match=r"no longer takes `mm_encoder_outputs`"):
+        check_fused_lm_head_contract(trainer.model)
+
+
 # ---------------------------------------------------------------------------------------------- models
 
 

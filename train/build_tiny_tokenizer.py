@@ -228,6 +228,15 @@ def build_processor(tokenizer) -> Spa3VLMProcessor:
     )
 
 
+def save_data_only(processor: Spa3VLMProcessor, folder) -> None:
+    """Save without copied processing_*.py files or auto_map entries: committed files stay data only, so no stale
+    code copy can hide in them. Any other save_pretrained (training outputs, Hub exports) includes both for
+    AutoProcessor + trust_remote_code."""
+    processor._auto_class = None
+    processor.geometry_image_processor._auto_class = None
+    processor.save_pretrained(str(folder))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -236,10 +245,7 @@ def main() -> None:
     tokenizer = train_tokenizer(build_corpus(), vocab_size=args.vocab_size)
     processor = build_processor(tokenizer)
     args.out.mkdir(parents=True, exist_ok=True)
-    # Committed files stay data only: no copied processing_*.py / auto_map that could go stale. Any other
-    # save_pretrained (training outputs, Hub exports) includes them for AutoProcessor + trust_remote_code.
-    processor._auto_class = None
-    processor.save_pretrained(str(args.out))
+    save_data_only(processor, args.out)
     print(f"wrote {args.out}: vocab {len(tokenizer)}, special ids {special_token_ids(tokenizer)}")
 
 

@@ -22,12 +22,11 @@ from typing import Optional
 
 import torch
 from transformers import AutoConfig, HfArgumentParser, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from spa3_vlm import Spa3RForFieldPrediction
 from spa3_vlm.data.psfm import PSFMCollator, PSFMDataset
 from spa3_vlm.training.field_eval import evaluate_field, field_pca_figure, format_field_table
-from spa3_vlm.training.psfm import PSFMTrainer
+from spa3_vlm.training.psfm import PSFMTrainer, last_complete_checkpoint
 
 logger = logging.getLogger("pretrain_psfm")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -146,6 +145,7 @@ def main(argv=None) -> dict:
         save_total_limit=2,
         report_to="none",
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),  # pinning only helps copies to a GPU
         remove_unused_columns=False,  # the collator needs depth maps and sample indices
         seed=0,
     )
@@ -162,8 +162,10 @@ def main(argv=None) -> dict:
     model = build_model(model_args)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("Spa3R: %.2fM trainable / %.2fM parameters", trainable / 1e6, sum(p.numel() for p in model.parameters()) / 1e6)
-    # Renderer fields the model needs: as targets of its heads and as context inputs of its encoder.
+    # Renderer fields the model needs: as targets of its heads or depth probe, and as context inputs of its encoder.
     wanted = set(model.config.target_heads) | set(model.config.context_inputs or {})
+    if model.config.use_depth_probe:
+        wanted.add(model.config.depth_probe_target)
     heads = [name for name in ("rgb", "metric_depth") if name in wanted]
     views = (data_args.min_views, data_args.max_views)
     interval = (data_args.min_interval, data_args.max_interval)
@@ -187,7 +189,7 @@ def main(argv=None) -> dict:
     )
     resume = training_args.resume_from_checkpoint
     if resume is None and os.path.isdir(training_args.output_dir):
-        resume = get_last_checkpoint(training_args.output_dir)  # pick up an interrupted run automatically
+        resume = last_complete_checkpoint(training_args.output_dir)  # pick up an interrupted run automatically
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(training_args.output_dir)  # config + safetensors + model code: AutoModel loads it
 

@@ -1,11 +1,19 @@
 """Spa3R predictive spatial field models and Spa3-VLM, native to the Hugging Face stack.
 
-Importing the package registers its configs and models with the transformers Auto classes, so
+Importing the package registers its configs, models and processors with the transformers Auto classes, so
 ``AutoConfig`` / ``AutoModel`` / ``AutoModelForImageTextToText`` resolve ``model_type`` ``"spa3r"``,
-``"spa3_vggt"`` and ``"spa3_vlm"`` without ``trust_remote_code``. Nothing else happens at import: no network, no files.
+``"spa3_vggt"`` and ``"spa3_vlm"``, and ``AutoProcessor`` / ``AutoImageProcessor`` the Spa3-VLM and geometry
+processors, without ``trust_remote_code``. Nothing else happens at import: no network, no files.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoModelForPreTraining
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageTextToText,
+    AutoModelForPreTraining,
+    AutoProcessor,
+)
 
 from .configuration_spa3r import Spa3RConfig
 from .configuration_spa3_vlm import Spa3VLMConfig
@@ -25,6 +33,9 @@ AutoModel.register(Spa3RConfig, Spa3RModel, exist_ok=True)
 AutoModelForPreTraining.register(Spa3RConfig, Spa3RForFieldPrediction, exist_ok=True)
 AutoConfig.register(Spa3VLMConfig.model_type, Spa3VLMConfig, exist_ok=True)
 AutoModelForImageTextToText.register(Spa3VLMConfig, Spa3VLMForConditionalGeneration, exist_ok=True)
+# Processors resolve their sub-processors through the Auto classes by class name (transformers >= 5.25).
+AutoImageProcessor.register(Spa3RConfig, image_processor_classes={"pil": Spa3RImageProcessor}, exist_ok=True)
+AutoProcessor.register(Spa3VLMConfig, Spa3VLMProcessor, exist_ok=True)
 
 # `save_pretrained` copies the defining modules and writes an `auto_map`, so saved folders load with
 # `trust_remote_code=True` where this package is not installed.

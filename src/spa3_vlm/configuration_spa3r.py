@@ -46,10 +46,14 @@ class Spa3RConfig(PreTrainedConfig):
             [0, 1] such as colours).
         loss_weights: optional loss name -> weight (``"<head>_l1"``, ``"<head>_cos"``, ``"depth_probe"``); unnamed
             losses weigh 1, as in the paper.
-        smooth_l1_beta: optional head name -> beta of its smooth-L1 loss (default 1, the paper's; 0 is plain L1).
+        smooth_l1_beta: optional head name (or ``"depth_probe"``) -> beta of its smooth-L1 loss (default 1, the
+            paper's; 0 is plain L1).
             Renderer targets with small errors (colours in [0, 1]) learn faster with a small beta: past the
             quadratic zone, their gradient no longer shrinks with the error.
-        use_depth_probe: a depth probe on detached decoder features, supervised with the backbone's depth.
+        use_depth_probe: a depth probe on detached decoder features: a read-out of the field that never shapes it.
+        depth_probe_target: what the probe learns: ``"backbone"`` (the backbone's predicted depth, the paper's) or the
+            name of a per-patch ``field_targets`` entry passed to the forward pass (e.g. a renderer's
+            ``"metric_depth"``, to measure how much true depth the field holds).
         mask_ratio: fraction of views held out as target-only views during pre-training (view 0 is always context).
         masking_mode: ``"two_pass"`` (backbone over the context views, then over all views; the paper's
             setting) or ``"masked_pass"`` (one backbone pass with the asymmetric view mask).
@@ -93,6 +97,7 @@ class Spa3RConfig(PreTrainedConfig):
     loss_weights: dict[str, float] | None = None
     smooth_l1_beta: dict[str, float] | None = None
     use_depth_probe: bool = True
+    depth_probe_target: str = "backbone"
     mask_ratio: float = 0.5
     masking_mode: str = "two_pass"
     pose_source: str = "backbone"
@@ -126,9 +131,17 @@ class Spa3RConfig(PreTrainedConfig):
         for name, activation in (self.head_activations or {}).items():
             if activation not in HEAD_ACTIVATIONS:
                 raise ValueError(f"head_activations[{name!r}] must be one of {HEAD_ACTIVATIONS}, got {activation!r}")
-        unknown = sorted(set(self.smooth_l1_beta or {}) - set(self.target_heads))
+        unknown = sorted(set(self.smooth_l1_beta or {}) - set(self.target_heads) - {"depth_probe"})
         if unknown:
-            raise ValueError(f"smooth_l1_beta names unknown head(s) {unknown}; heads: {sorted(self.target_heads)}")
+            raise ValueError(
+                f"smooth_l1_beta names unknown head(s) {unknown}; heads: {sorted(self.target_heads)} and 'depth_probe'"
+            )
+        if not isinstance(self.depth_probe_target, str) or not self.depth_probe_target:
+            raise ValueError(f"depth_probe_target must be 'backbone' or a field target name, got {self.depth_probe_target!r}")
+        if self.depth_probe_target in self.target_heads:
+            raise ValueError(
+                f"depth_probe_target {self.depth_probe_target!r} is also a head: a probe reads the field, a head shapes it"
+            )
         if self.masking_mode not in MASKING_MODES:
             raise ValueError(f"masking_mode must be one of {MASKING_MODES}, got {self.masking_mode!r}")
         if self.pose_source not in POSE_SOURCES:

@@ -360,6 +360,12 @@ def sample_view_mask(
     return mask.to(device) if device is not None else mask
 
 
+def semantic_teacher_inputs(pixel_values: torch.Tensor, image_size: int) -> torch.Tensor:
+    """``[N, 3, H, W]`` in [0, 1] -> the semantic teacher's input: ``[N, 3, S, S]`` (bilinear), ImageNet-normalised."""
+    images = F.interpolate(pixel_values.float(), size=(image_size, image_size), mode="bilinear", align_corners=False)
+    return imagenet_normalize(images)
+
+
 class Spa3RForFieldPrediction(Spa3RPreTrainedModel):
     """Spa3R with the camera-conditioned field decoder, heads and PSFM losses."""
 
@@ -459,8 +465,7 @@ class Spa3RForFieldPrediction(Spa3RPreTrainedModel):
         """Semantic-teacher patch features resized to the backbone patch grid: ``[B, V, N, C_sem]``."""
         batch, views = pixel_values.shape[:2]
         size = self.config.semantic_image_size
-        images = F.interpolate(pixel_values.flatten(0, 1).float(), size=(size, size), mode="bilinear", align_corners=False)
-        images = imagenet_normalize(images)
+        images = semantic_teacher_inputs(pixel_values.flatten(0, 1), size)
         teacher_dtype = next(self.semantic_teacher.parameters()).dtype
         hidden = self.semantic_teacher(pixel_values=images.to(teacher_dtype)).last_hidden_state
         teacher_grid = size // self.semantic_teacher.config.patch_size
@@ -494,7 +499,7 @@ class Spa3RForFieldPrediction(Spa3RPreTrainedModel):
         grid = (height // patch, width // patch)
         order, num_context = context_first_order(view_mask)
         need_cameras = self.config.pose_source == "backbone"
-        need_depth = self.depth_probe is not None
+        need_depth = self.depth_probe is not None and self.config.depth_probe_target == "backbone"
         heads = dict(compute_cameras=need_cameras, compute_depth=need_depth, output_all_layers=False)
         if self.config.masking_mode == "masked_pass":
             full = backbone(pixel_values, view_mask=view_mask, **heads)
@@ -536,7 +541,8 @@ class Spa3RForFieldPrediction(Spa3RPreTrainedModel):
             if prediction.shape[-1] > 1:  # the cosine of 1-d vectors only compares signs
                 losses[f"{name}_cos"] = (1 - F.cosine_similarity(prediction, target, dim=-1, eps=1e-8)).mean()
         if "depth" in predictions and "depth" in targets:
-            losses["depth_probe"] = F.smooth_l1_loss(predictions["depth"].float(), targets["depth"].float())
+            beta = float(betas.get("depth_probe", 1.0))
+            losses["depth_probe"] = F.smooth_l1_loss(predictions["depth"].float(), targets["depth"].float(), beta=beta)
         return losses
 
     def _context_inputs(self, targets: dict[str, torch.Tensor], context_index: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -600,13 +606,18 @@ class Spa3RForFieldPrediction(Spa3RPreTrainedModel):
             if extrinsics is None or intrinsics is None:
                 raise ValueError('pose_source="dataset" needs extrinsics and intrinsics in the batch')
             targets["extrinsics"], targets["intrinsics"] = extrinsics, intrinsics
+        probe_target = self.config.depth_probe_target if self.depth_probe is not None else None
         for name, value in (field_targets or {}).items():
-            if name not in self.heads and name not in (self.config.context_inputs or {}):
+            if name not in self.heads and name not in (self.config.context_inputs or {}) and name != probe_target:
                 raise ValueError(
-                    f"field target {name!r} has no head and is no context input; configured heads: {sorted(self.heads)}, "
-                    f"context inputs: {sorted(self.config.context_inputs or {})}"
+                    f"field target {name!r} has no head and is no context input or depth-probe target; configured heads: "
+                    f"{sorted(self.heads)}, context inputs: {sorted(self.config.context_inputs or {})}"
                 )
             targets[name] = value
+        if probe_target not in (None, "backbone"):
+            if probe_target not in targets:
+                raise ValueError(f"the depth probe learns field_targets[{probe_target!r}] (config.depth_probe_target): pass it")
+            targets["depth"] = targets[probe_target]
 
         patch = self.config.patch_size
         order, num_context = context_first_order(view_mask)

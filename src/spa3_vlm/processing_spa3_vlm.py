@@ -31,14 +31,14 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
-from transformers import AutoTokenizer, Qwen2VLImageProcessorPil
+from transformers import Qwen2VLImageProcessorPil
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 from transformers.processing_utils import ProcessingKwargs, ProcessorMixin
 from transformers.utils import is_torchvision_available
 
-from .processing_spa3r import Spa3RImageProcessor, to_pil_rgb
+from .processing_spa3r import Spa3RImageProcessor, restoring_auto_map, to_pil_rgb
 
 
 __all__ = [
@@ -315,44 +315,22 @@ class Spa3VLMProcessor(ProcessorMixin):
         # A callable is not serialisable; min/max pixels live in the image processor's size.
         for key in ("video_loader", "min_pixels", "max_pixels"):
             output.pop(key, None)
-        # custom_object_save tags every sub-processor with the processor's auto_map; it belongs at the top only.
+        # `save_pretrained` tags every sub-processor with the processor's own auto_map entry, which belongs at the top
+        # only; the geometry processor keeps its AutoImageProcessor entry, so it loads with remote code too.
         for key in ("image_processor", "geometry_image_processor"):
-            if isinstance(output.get(key), dict):
-                output[key].pop("auto_map", None)
+            sub = output.get(key)
+            if isinstance(sub, dict) and isinstance(sub.get("auto_map"), dict):
+                auto_map = {name: ref for name, ref in sub["auto_map"].items() if name != "AutoProcessor"}
+                if auto_map:
+                    sub["auto_map"] = auto_map
+                else:
+                    del sub["auto_map"]
         return output
 
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
-        """Save as ProcessorMixin does (plus code files and auto_map), without leaving auto_map attributes behind."""
-        owners = [self, self.image_processor, self.geometry_image_processor]
-        had_auto_map = [("auto_map" in vars(owner), getattr(owner, "auto_map", None)) for owner in owners]
-        try:
+        """Save as ProcessorMixin does (plus code files and auto_map), leaving ``self`` and its parts unchanged."""
+        with restoring_auto_map(self, self.image_processor, self.geometry_image_processor):
             return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
-        finally:
-            for owner, (had, value) in zip(owners, had_auto_map):
-                if had:
-                    owner.auto_map = value
-                elif "auto_map" in vars(owner):
-                    del owner.auto_map
-
-    @classmethod
-    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
-        # ProcessorMixin would resolve the Qwen image processor through AutoImageProcessor, which needs
-        # torchvision for Qwen2-VL, and cannot find the geometry processor class: build both directly.
-        processor_dict = processor_dict or {}
-        subfolder = kwargs.pop("subfolder", "")
-        tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
-        image_config = processor_dict.get("image_processor")
-        if image_config is None:
-            image_config, _ = Qwen2VLImageProcessorPil.get_image_processor_dict(
-                pretrained_model_name_or_path, subfolder=subfolder, **kwargs
-            )
-        not_settings = ("image_processor_type", "processor_class", "auto_map")
-        image_config = {k: v for k, v in image_config.items() if k not in not_settings}
-        image_processor = _qwen_image_processor_class()(**image_config)
-        geometry_config = processor_dict.get("geometry_image_processor") or {}
-        geometry_config = {k: v for k, v in geometry_config.items() if k not in not_settings}
-        geometry_image_processor = Spa3RImageProcessor(**geometry_config)
-        return [image_processor, tokenizer, geometry_image_processor]
 
     @property
     def model_input_names(self) -> list[str]:

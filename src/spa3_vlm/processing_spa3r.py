@@ -18,8 +18,9 @@ Shipped to the Hub with the model: imports only numpy, PIL, torch, transformers 
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,7 @@ import torch
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 
 
-__all__ = ["Spa3RImageProcessor", "to_pil_rgb"]
+__all__ = ["Spa3RImageProcessor", "restoring_auto_map", "to_pil_rgb"]
 
 # PIL.Image.Resampling values are plain ints, which keeps the saved config JSON-serialisable.
 _RESAMPLE_NAMES = {
@@ -111,6 +112,20 @@ def to_pil_rgb(image: Any) -> PIL.Image.Image:
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
+@contextlib.contextmanager
+def restoring_auto_map(*owners: Any) -> Iterator[None]:
+    """``save_pretrained`` writes an ``auto_map`` attribute into every object it saves; put the old state back."""
+    saved = [(owner, "auto_map" in vars(owner), getattr(owner, "auto_map", None)) for owner in owners]
+    try:
+        yield
+    finally:
+        for owner, had, value in saved:
+            if had:
+                owner.auto_map = value
+            elif "auto_map" in vars(owner):
+                del owner.auto_map
+
+
 def _is_frame(obj: Any) -> bool:
     if isinstance(obj, (PIL.Image.Image, str, os.PathLike)):
         return True
@@ -155,6 +170,8 @@ class Spa3RImageProcessor(BaseImageProcessor):
         resize_to_first: bool = False,
         **kwargs,
     ):
+        # Where a saved file's code lives is not a setting: `save_pretrained` writes `auto_map` again when it applies.
+        kwargs.pop("auto_map", None)
         super().__init__(**kwargs)
         if isinstance(resample, str):
             if resample.lower() not in _RESAMPLE_NAMES:
@@ -242,9 +259,20 @@ class Spa3RImageProcessor(BaseImageProcessor):
     def __call__(self, images: Any, **kwargs) -> BatchFeature:
         return self.preprocess(images, **kwargs)
 
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """Save as ``ImageProcessingMixin`` does (plus the code file and ``auto_map``), leaving ``self`` unchanged."""
+        with restoring_auto_map(self):
+            return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+
     def to_dict(self) -> dict[str, Any]:
         output = super().to_dict()
-        # The base class stores these when it validates kwargs; they are not settings of this processor.
-        for key in ("_valid_kwargs_names", "_valid_processor_keys"):
+        # The base class stores these when it validates kwargs (and `_auto_class` is set on instances that must
+        # save without code); they are not settings of this processor.
+        for key in ("_valid_kwargs_names", "_valid_processor_keys", "_auto_class"):
             output.pop(key, None)
         return output
+
+
+# Saved processors carry an `auto_map` entry and a copy of this file, so `AutoImageProcessor.from_pretrained(folder,
+# trust_remote_code=True)` (and the Spa3-VLM processor that contains this one) work without the spa3_vlm package.
+Spa3RImageProcessor.register_for_auto_class("AutoImageProcessor")

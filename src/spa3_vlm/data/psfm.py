@@ -155,12 +155,15 @@ class PSFMCollator:
         field_targets: per-patch targets to build from the renderer: ``"rgb"`` (mean colour, 3) and/or
             ``"metric_depth"`` (mean z-depth in metres, 1; needs ``depth`` in the samples).
         seed: base seed of the view split.
+        depth_maps: also return the cropped full-resolution depth maps as ``depth [B, V, H, W]`` (metres),
+            the dense ground truth of geometry-teacher training.
     """
 
     patch_size: int = 14
     mask_ratio: float = 0.5
     field_targets: tuple[str, ...] = ()
     seed: int = 0
+    depth_maps: bool = False
 
     def __call__(self, samples: list[dict]) -> dict:
         if not samples:
@@ -191,12 +194,14 @@ class PSFMCollator:
         if with_cameras:
             batch["extrinsics"] = torch.stack([s["extrinsics"][:views] for s in samples])
             batch["intrinsics"] = torch.stack(intrinsics)
+        if (self.depth_maps or "metric_depth" in self.field_targets) and len(depths) != len(samples):
+            raise ValueError("depth maps and the 'metric_depth' field target need a depth map in every sample")
+        if self.depth_maps:
+            batch["depth"] = torch.stack(depths)
         targets = {}
         if "rgb" in self.field_targets:
             targets["rgb"] = self.pool_patches(batch["pixel_values"])
         if "metric_depth" in self.field_targets:
-            if len(depths) != len(samples):
-                raise ValueError("the 'metric_depth' field target needs a depth map in every sample")
             targets["metric_depth"] = self.pool_patches(torch.stack(depths)[:, :, None])
         if targets:
             batch["field_targets"] = targets

@@ -9,6 +9,7 @@ scheduler's learning rates reach both) and each keep their own state.
 
 from __future__ import annotations
 
+import re
 from typing import Iterable
 
 import torch
@@ -16,8 +17,11 @@ from torch import nn
 
 
 def is_muon_parameter(name: str, parameter: torch.Tensor) -> bool:
-    """A 2-D weight inside a Transformer block (attention and MLP matrices): what Muon is meant for."""
-    return parameter.ndim == 2 and ".blocks." in f".{name}"
+    """A 2-D weight inside a Transformer block (attention and MLP matrices): what Muon is meant for.
+
+    Blocks live in module lists named ``blocks`` (Spa3R) or ``*_blocks`` (VGGT's ``frame_blocks`` and ``global_blocks``).
+    """
+    return parameter.ndim == 2 and re.search(r"(^|\.)(\w+_)?blocks\.", name) is not None
 
 
 def muon_param_groups(model: nn.Module, weight_decay: float, decay_names: Iterable[str]) -> list[dict]:

@@ -1,25 +1,67 @@
-"""PSFM pre-training on the HF Trainer: per-head loss logging, atomic checkpoints, sensible weight decay."""
+"""PSFM and teacher pre-training on the HF Trainer: per-loss logging, atomic checkpoints, sensible weight decay."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import re
 import shutil
 from collections import defaultdict
+from typing import Optional
 
 import torch
 from transformers import Trainer
-from transformers.trainer_utils import rotate_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+logger = logging.getLogger(__name__)
+_CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+_STATE_FILE = "trainer_state.json"  # the Trainer writes it after the weights, optimizer, scheduler and RNG state
 
 # Parameters that weight decay would only shrink towards zero for no benefit: biases, norms, learned tokens.
-NO_DECAY_PATTERNS = ("bias", "norm", "register_tokens", "query_embed", "gamma")
+NO_DECAY_PATTERNS = ("bias", "norm", "register_token", "camera_token", "pose_tokens", "query_embed", "gamma")
+
+
+def is_complete_checkpoint(folder: str) -> bool:
+    """Whether the Trainer finished writing ``folder``: its last file, ``trainer_state.json``, reads back."""
+    try:
+        with open(os.path.join(folder, _STATE_FILE)) as handle:
+            json.load(handle)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def last_complete_checkpoint(output_dir: str, remove_incomplete: bool = True) -> Optional[str]:
+    """The newest complete ``checkpoint-N`` in ``output_dir`` (``None`` if there is none).
+
+    Newer checkpoints that a crash cut short are deleted with a warning (``remove_incomplete``), so that neither a
+    later resume nor checkpoint rotation mistakes them for the newest state.
+    """
+    if not os.path.isdir(output_dir):
+        return None
+    steps = sorted(
+        (int(match.group(1)), name)
+        for name in os.listdir(output_dir)
+        if (match := _CHECKPOINT.match(name)) and os.path.isdir(os.path.join(output_dir, name))
+    )
+    for _, name in reversed(steps):
+        folder = os.path.join(output_dir, name)
+        if is_complete_checkpoint(folder):
+            return folder
+        logger.warning("%s was interrupted while being saved (no readable %s)%s", folder, _STATE_FILE,
+                       "; removing it" if remove_incomplete else "")
+        if remove_incomplete:
+            shutil.rmtree(folder)
+    return None
 
 
 class PSFMTrainer(Trainer):
     """``Trainer`` for ``Spa3RForFieldPrediction``.
 
     - logs every named loss (``loss/geo_l1``, ...) averaged over the logging interval;
-    - writes each checkpoint into a staging folder and renames it into place, so a run killed while
-      saving never leaves a half-written ``checkpoint-N`` that a resume would pick up;
+    - resumes only from complete checkpoints: ``train(resume_from_checkpoint=True)`` takes the newest checkpoint
+      whose ``trainer_state.json`` (written last) reads back, and removes newer ones that a kill cut short;
     - excludes biases, norms, register tokens and query embeddings from weight decay;
     - with ``muon=True``, trains the Transformer blocks' weight matrices with Muon and the rest with AdamW
       (:class:`~spa3_vlm.training.optim.MuonWithAdamW`; AdamW takes ``--adam_beta1/2``, ``--adam_epsilon``).
@@ -66,37 +108,22 @@ class PSFMTrainer(Trainer):
             )
         return self.optimizer
 
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        """``Trainer.train`` that resumes only from complete checkpoints (class doc)."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir, remove_incomplete=self.args.should_save)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"No complete checkpoint to resume from in {self.args.output_dir}")
+        elif isinstance(resume_from_checkpoint, str) and not is_complete_checkpoint(resume_from_checkpoint):
+            raise ValueError(
+                f"{resume_from_checkpoint} is not a complete checkpoint (no readable {_STATE_FILE}): it was interrupted "
+                "while being saved, or is no checkpoint. Resume from an earlier one, or with resume_from_checkpoint=True."
+            )
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
     def get_decay_parameter_names(self, model: torch.nn.Module) -> list[str]:
         return [
             name
             for name, param in model.named_parameters()
             if param.requires_grad and not any(pattern in name for pattern in NO_DECAY_PATTERNS)
         ]
-
-    def _save_checkpoint(self, model, trial) -> None:
-        run_dir = self._get_output_dir(trial=trial)
-        staging = os.path.join(run_dir, "tmp-checkpoint-staging")
-        folder = f"checkpoint-{self.state.global_step}"
-        if self.args.should_save:
-            shutil.rmtree(staging, ignore_errors=True)
-        self.accelerator.wait_for_everyone()
-        # The parent writes everything under `_get_output_dir()`: point it at the staging folder.
-        self._get_output_dir = lambda trial=None: staging
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            del self._get_output_dir
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            final = os.path.join(run_dir, folder)
-            if os.path.exists(final):
-                shutil.rmtree(final)
-            os.replace(os.path.join(staging, folder), final)
-            shutil.rmtree(staging, ignore_errors=True)
-            rotate_checkpoints(
-                output_dir=run_dir,
-                save_total_limit=self.args.save_total_limit,
-                best_model_checkpoint=self.state.best_model_checkpoint,
-                use_mtime=False,
-            )
-        self.accelerator.wait_for_everyone()

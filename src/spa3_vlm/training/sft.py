@@ -28,6 +28,7 @@ to the backbone as ``mm_encoder_outputs`` — the same values the model's own fo
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import re
 import types
@@ -51,6 +52,7 @@ __all__ = [
     "Spa3VLMSFTCollator",
     "Spa3VLMSFTTrainer",
     "build_model_card",
+    "check_fused_lm_head_contract",
     "configure_trainable",
     "evaluate_vsibench",
     "generate_predictions",
@@ -614,15 +616,44 @@ def _adapted_backbone_inputs(model, kwargs: dict) -> dict:
     return kwargs
 
 
+def check_fused_lm_head_contract(model) -> None:
+    """Raise ``RuntimeError`` if the TRL / transformers internals that the adapter routing relies on have changed.
+
+    The routing assumes that TRL replaced ``model.forward`` by a function taking ``fused_lm_head`` (TRL's
+    ``add_fused_lm_head``), and that the Qwen backbone (``model.base_model``) takes precomputed visual features as
+    ``mm_encoder_outputs``. If either changes, fused training would silently skip the adapter.
+    """
+    import transformers
+    import trl
+
+    patched = inspect.signature(model.forward, follow_wrapped=False).parameters
+    if "fused_lm_head" not in patched:
+        raise RuntimeError(
+            f"TRL {trl.__version__} no longer patches model.forward with a `fused_lm_head` keyword "
+            "(trl.trainer.utils.add_fused_lm_head), so the Spa3-VLM adapter cannot be routed into its fused loss: "
+            "update route_fused_forward_through_adapter in spa3_vlm/training/sft.py, or train with "
+            "Spa3VLMSFTTrainer(fused_lm_head=False) meanwhile."
+        )
+    if "mm_encoder_outputs" not in inspect.signature(model.base_model.forward).parameters:
+        raise RuntimeError(
+            f"transformers {transformers.__version__}: {type(model.base_model).__name__}.forward no longer takes "
+            "`mm_encoder_outputs`, through which the adapted visual tokens reach TRL's fused loss: update "
+            "route_fused_forward_through_adapter in spa3_vlm/training/sft.py, or train with "
+            "Spa3VLMSFTTrainer(fused_lm_head=False) meanwhile."
+        )
+
+
 def route_fused_forward_through_adapter(model) -> None:
     """Make TRL's ``fused_lm_head=True`` forward of a Spa3-VLM use Spa3R and the adapter (module docstring).
 
     ``model`` is the Spa3-VLM that TRL patched (the PEFT base model under LoRA). Calls without
     ``fused_lm_head`` (generation, evaluation with logits) go to the original forward unchanged. Idempotent.
+    Checks the internals it relies on first (:func:`check_fused_lm_head_contract`).
     """
     fused_forward = model.forward
     if getattr(fused_forward, "_routes_spatial_adapter", False):
         return
+    check_fused_lm_head_contract(model)
 
     @functools.wraps(type(model).forward)  # keep the signature: generate() checks model kwargs against it
     def forward(self, *args, fused_lm_head: bool = False, **kwargs):
@@ -657,12 +688,10 @@ class Spa3VLMSFTTrainer(SFTTrainer):
             model's own forward and loss (full logits). Same loss; on CPU with a tiny model the chunked kernel's
             tiling costs more than the model, so the CPU experiments turn it off.
 
-    Keeps the record columns the collator validates with (``id``, ``question_type``, ``options``) and the cached
-    ``spatial_latents`` when ``remove_unused_columns`` drops the rest. Routes TRL's fused-LM-head forward through
+    Sets ``remove_unused_columns=False``: the collator validates records with ``id``, ``question_type`` and
+    ``options`` and reads cached ``spatial_latents``, none of which is a model input. Routes TRL's fused-LM-head forward through
     the adapter (:func:`route_fused_forward_through_adapter`).
     """
-
-    _EXTRA_COLUMNS = ("id", "question_type", "options", "spatial_latents")
 
     def __init__(
         self,
@@ -679,7 +708,11 @@ class Spa3VLMSFTTrainer(SFTTrainer):
             raise ValueError(f"learning_rates has unknown groups {sorted(unknown)}; expected some of {TRAINABLE_GROUPS}")
         self.model_card_kwargs = dict(model_card or {})
         super().__init__(*args, **kwargs)
-        route_fused_forward_through_adapter(_unwrap_peft(self.model))
+        # The collator validates records with columns that are no model inputs (`id`, `question_type`, `options`) and
+        # reads cached `spatial_latents`; it takes what it needs, so the Trainer must not drop columns for it.
+        self.args.remove_unused_columns = False
+        if self.fused_lm_head:
+            route_fused_forward_through_adapter(_unwrap_peft(self.model))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.fused_lm_head:
@@ -699,10 +732,6 @@ class Spa3VLMSFTTrainer(SFTTrainer):
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["mean_token_accuracy"].append((correct / total).item() if total > 0 else 0.0)
         return (loss, outputs) if return_outputs else loss
-
-    def _set_signature_columns_if_needed(self):
-        super()._set_signature_columns_if_needed()
-        self._signature_columns = list(dict.fromkeys([*self._signature_columns, *self._EXTRA_COLUMNS]))
 
     def group_lrs(self) -> dict[str, float]:
         """Learning rate per trainable group (``args.learning_rate`` where none was given)."""
