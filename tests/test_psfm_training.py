@@ -8,11 +8,18 @@ import sys
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, TrainerCallback, TrainingArguments
 
 from spa3_vlm import Spa3RForFieldPrediction, Spa3RModel
 from spa3_vlm.data.psfm import PSFMCollator, PSFMDataset, sample_strided_frames
-from spa3_vlm.training.field_eval import evaluate_field, field_pca_figure, format_field_table, nearest_context_view
+from spa3_vlm.training.field_eval import (
+    depth_colors,
+    evaluate_field,
+    field_pca_figure,
+    format_field_table,
+    nearest_context_view,
+)
 from spa3_vlm.training.psfm import PSFMTrainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -141,13 +148,28 @@ def test_field_evaluation_and_figure_on_a_perfect_predictor():
     batch = batches[0]
     features = torch.randn(4, 6, 8)
     figure = field_pca_figure(batch["pixel_values"][0], features, features, batch["view_mask"][0])
-    assert figure.size == (4 * (42 + 4) + 4, 3 * (28 + 4) + 4)
+    assert figure.size == (70 + 4 * (42 + 4) + 4, 3 * (28 + 4) + 4)
+    teacher_row, predicted_row = (np.asarray(figure)[4 + r * 32 : 32 + r * 32, 74:] for r in (1, 2))
+    assert np.array_equal(teacher_row, predicted_row)  # one PCA basis: equal features, equal colours
+    depth = torch.rand(4, 6) * 4 + 1
+    figure = field_pca_figure(batch["pixel_values"][0], features, features, batch["view_mask"][0], true_depth=depth,
+                              predicted_depth=depth.flip(0))  # fmt: skip
+    assert figure.size == (70 + 4 * (42 + 4) + 4, 5 * (28 + 4) + 4)
+    pixels = np.asarray(figure)
+    true_row, read_out_row = pixels[4 + 3 * 32 : 32 + 3 * 32, 74:], pixels[4 + 4 * 32 : 32 + 4 * 32, 74:]
+    assert np.array_equal(true_row[:, : 42], read_out_row[:, 3 * 46 : 3 * 46 + 42])  # shared depth colour scale
+    with pytest.raises(ValueError, match="pass both true_depth and predicted_depth"):
+        field_pca_figure(batch["pixel_values"][0], features, features, batch["view_mask"][0], true_depth=depth)
+    near, far = depth_colors(torch.tensor([1.0, 5.0]), 1.0, 5.0)
+    assert near.sum() > far.sum()  # near is bright
 
 
 def test_field_evaluation_reports_the_images_only_model_for_context_inputs():
     """With context inputs the table gains a row for the same model with them withheld (as in Spa3-VLM)."""
-    config = AutoConfig.from_pretrained(TINY)
-    config.context_inputs = {"metric_depth": 1, "rgb": 3}
+    config = AutoConfig.from_pretrained(
+        TINY, context_inputs={"metric_depth": 1, "rgb": 3}, target_heads={"geo": 128, "rgb": 3, "metric_depth": 1},
+        use_depth_probe=False, smooth_l1_beta=None,
+    )  # fmt: skip
     torch.manual_seed(0)
     model = Spa3RForFieldPrediction(config).eval()
     dataset = PSFMDataset(fake_scenes(2), num_views=(4, 4), seed=0)
@@ -165,6 +187,36 @@ def test_field_evaluation_reports_the_images_only_model_for_context_inputs():
     plain = evaluate_field(Spa3RForFieldPrediction(config).eval(), batches)
     assert "model_images_only" not in plain["rgb"]
     assert format_field_table(plain).splitlines()[0].split()[2:] == ["model", "context_mean", "nearest_view"]
+
+
+def test_a_depth_probe_on_true_depth_is_scored_against_teacher_estimate_copies():
+    """The tiny config's probe learns the renderer's depth: scored against it, with baselines that copy the geometry
+    teacher's depth estimate of the context views (what images give); copies of their true depth are reported apart."""
+    from spa3_vlm.training.field_eval import teacher_depth
+
+    config = AutoConfig.from_pretrained(TINY)
+    assert config.use_depth_probe and config.depth_probe_target == "metric_depth"
+    torch.manual_seed(0)
+    model = Spa3RForFieldPrediction(config).eval()
+    dataset = PSFMDataset(fake_scenes(2), num_views=(4, 4), seed=0)
+    batch = PSFMCollator(field_targets=("metric_depth",), mask_ratio=0.5)([dataset[0], dataset[1]])
+    results = evaluate_field(model, [batch])
+    mask, truth = batch["view_mask"], batch["field_targets"]["metric_depth"]
+    with torch.no_grad():
+        probe = model(**batch).predictions["depth"]
+        estimate = teacher_depth(model, batch["pixel_values"])
+    nearest = nearest_context_view(batch["extrinsics"], mask)[..., None, None].expand_as(truth)
+    assert results["depth"]["model"]["l1"] == pytest.approx((probe[mask] - truth[mask]).abs().mean().item(), rel=1e-5)
+    copied = torch.gather(estimate, 1, nearest)
+    assert results["depth"]["nearest_view"]["l1"] == pytest.approx((copied[mask] - truth[mask]).abs().mean().item(), rel=1e-5)
+    privileged = torch.gather(truth, 1, nearest)
+    assert results["depth_true_copies"]["nearest_view"]["l1"] == pytest.approx(
+        (privileged[mask] - truth[mask]).abs().mean().item(), rel=1e-5
+    )
+    table = format_field_table(results)
+    assert "copying their true depth instead" in table and "depth_true_copies" not in table.splitlines()[0]
+    with pytest.raises(ValueError, match=r"depth probe learns field_targets\['metric_depth'\]"):
+        model(**{k: v for k, v in batch.items() if k != "field_targets"})
 
 
 class KillAt(TrainerCallback):
@@ -326,12 +378,20 @@ def test_main_job_trains_evaluates_and_saves_a_loadable_model(tmp_path):
     finally:
         sys.path.pop(0)
     results = pretrain_psfm.main(["--output_dir", str(tmp_path), "--max_steps", "2", *TINY_RUN])
-    assert set(results) >= {"geo", "sem", "rgb", "metric_depth", "num_views"}
-    assert set(results["rgb"]) == {"model", "model_images_only", "context_mean", "nearest_view"}
-    assert (tmp_path / "field_pca.png").stat().st_size > 0
+    # Images only: geo and sem fields, the depth read-out and its privileged true-depth copies; no context inputs.
+    assert set(results) == {"geo", "sem", "depth", "depth_true_copies", "num_views"}
+    assert set(results["geo"]) == {"model", "context_mean", "nearest_view"}
+    assert (tmp_path / "field_pca.png").stat().st_size > 0 and (tmp_path / "field_pca_sem.png").stat().st_size > 0
     saved = json.loads((tmp_path / "field_eval.json").read_text())
-    assert saved["rgb"]["model"]["l1"] == pytest.approx(results["rgb"]["model"]["l1"])
-    assert type(AutoModel.from_pretrained(tmp_path)) is Spa3RModel
+    assert saved["geo"]["model"]["l1"] == pytest.approx(results["geo"]["model"]["l1"])
+    encoder = AutoModel.from_pretrained(tmp_path)
+    assert type(encoder) is Spa3RModel
+    # The frozen backbone is the shipped geometry teacher, loaded from the config's relative path.
+    teacher = load_file(os.path.join(REPO, "hub_configs", "vggt-tiny-synthrooms", "model.safetensors"))
+    for name, value in encoder.backbone.state_dict().items():
+        assert torch.equal(value, teacher[name]), name
+    with pytest.raises(ValueError, match="--config_overrides must be a JSON object"):
+        pretrain_psfm.main(["--output_dir", str(tmp_path / "x"), "--config_overrides", "[1]", *TINY_RUN])
 
 
 @pytest.mark.slow

@@ -530,8 +530,11 @@ def test_encoder_only_config_keeps_the_camera_head_a_prope_encoder_needs():
     trained = AutoConfig.from_pretrained("hub_configs/spa3r-tiny-synthrooms")
     trained.loss_weights, trained.smooth_l1_beta = {"rgb_l1": 2.0}, {"metric_depth": 0.1}
     trained.head_activations = {"metric_depth": "exp"}
+    trained.context_inputs = {"metric_depth": 1, "rgb": 3}  # the encoder reads them: they stay
     trained.vggt_config.use_track_head = True
     encoder = encoder_only_spa3r_config(trained)
     assert encoder.target_heads == {} and encoder.loss_weights is None and encoder.smooth_l1_beta is None
     assert encoder.head_activations is None and encoder.context_inputs == {"metric_depth": 1, "rgb": 3}
+    assert not encoder.use_depth_probe and encoder.depth_probe_target == "backbone"
+    assert encoder.semantic_teacher_config is None and encoder.semantic_teacher_name_or_path is None
     assert not encoder.vggt_config.use_track_head

@@ -402,6 +402,19 @@ def test_pretrained_teachers_load_strictly_from_folders(tiny_config, tmp_path):
     with pytest.raises(ValueError, match=r"missing 1 key\(s\): \['aggregator.camera_token'\]"):
         load_pretrained_teachers(model)
 
+    # Settings without parameters load "strictly" too, so the teachers' own configs are compared with the copies.
+    save_file({k: v.contiguous() for k, v in source.spa3r.backbone.state_dict().items()}, tmp_path / "vggt" / "model.safetensors")
+    teacher.config.image_size = 2 * teacher.config.image_size
+    teacher.save_pretrained(tmp_path / "dino")
+    with pytest.raises(ValueError, match=r"semantic teacher at .*dino was made with other settings .*image_size"):
+        load_pretrained_teachers(model)
+    teacher.config.image_size //= 2
+    teacher.save_pretrained(tmp_path / "dino")
+    source.spa3r.backbone.config.rope_theta = 10.0  # no parameter depends on it
+    source.spa3r.backbone.config.save_pretrained(tmp_path / "vggt")
+    with pytest.raises(ValueError, match=r"VGGT teacher at .*vggt was made with other settings .*rope_theta: teacher 10.0"):
+        load_pretrained_teachers(model)
+
 
 def test_encoder_camera_encoding_uses_the_context_cameras(tiny_config):
     config = Spa3RConfig.from_dict({**tiny_config.to_dict(), "encoder_camera_encoding": "prope"})

@@ -170,6 +170,7 @@ def train_arm(name, model, args: CompareArguments, seed: int, processor, train, 
         save_strategy="no",
         report_to="none",
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),  # pinning only helps copies to a GPU
         bf16=False,
         activation_checkpointing=False,
         max_length=None,

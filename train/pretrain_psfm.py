@@ -1,10 +1,12 @@
 """PSFM pre-training of Spa3R on the HF Trainer.
 
-With no data flags it trains the tiny model (hub_configs/spa3r-tiny-synthrooms) on SynthRooms, rendered
-on the fly, on CPU in a few minutes; then scores the learned field on held-out scenes against two
-baselines, writes a PCA figure and saves a model folder that ``AutoModel.from_pretrained`` loads.
+With no data flags it trains the tiny model (hub_configs/spa3r-tiny-synthrooms, whose frozen teachers are the
+trained tiny ones shipped in hub_configs/) on SynthRooms, rendered on the fly, on CPU in about 9 minutes; then scores
+the learned field on held-out scenes against two baselines, writes PCA figures and saves a model folder that
+``AutoModel.from_pretrained`` loads.
 
     python train/pretrain_psfm.py --output_dir runs/spa3r-tiny
+    python train/pretrain_psfm.py --config_overrides '{"pose_source": "backbone"}'   # the teacher's own cameras
     python train/pretrain_psfm.py hub_configs/spa3r-base/pretrain_scannet.json        # the reference recipe (edit data_root)
     accelerate launch --num_processes 8 train/pretrain_psfm.py --dataset scannet --data_root /data/scannet ...
 
@@ -38,6 +40,13 @@ class ModelArguments:
         default=os.path.join(REPO, "hub_configs", "spa3r-tiny-synthrooms"),
         metadata={"help": "Spa3R config (folder or hub id) for a model trained from scratch."},
     )
+    config_overrides: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "JSON object of config fields to change for a model trained from scratch, e.g. "
+            '\'{"pose_source": "backbone"}\' or \'{"context_inputs": {"metric_depth": 1, "rgb": 3}}\'.'
+        },
+    )
     model_name_or_path: Optional[str] = field(default=None, metadata={"help": "Continue from a saved Spa3R model."})
     load_teacher_weights: bool = field(
         default=True,
@@ -65,23 +74,24 @@ class DataArguments:
         default=False, metadata={"help": "Real data: drop (and log) frames whose pose is missing or not finite."}
     )
     index_cache_dir: Optional[str] = field(default=None, metadata={"help": "Real data: folder for a copy of the scene index."})
-    num_train_scenes: int = field(default=160, metadata={"help": "SynthRooms training scenes."})
+    num_train_scenes: int = field(default=1000, metadata={"help": "SynthRooms training scenes."})
     num_eval_scenes: int = field(default=8, metadata={"help": "SynthRooms held-out scenes for the field evaluation."})
-    frames_per_scene: int = field(default=16, metadata={"help": "SynthRooms frames per scene (the camera walk)."})
+    frames_per_scene: int = field(default=8, metadata={"help": "SynthRooms frames per scene (the camera walk)."})
     image_height: int = field(default=84, metadata={"help": "SynthRooms image height (multiple of 14)."})
     image_width: int = field(default=112, metadata={"help": "SynthRooms image width (multiple of 14)."})
     min_views: int = field(default=4, metadata={"help": "Fewest views per sample."})
     max_views: int = field(default=6, metadata={"help": "Most views per sample (the paper: 4-12)."})
     min_interval: int = field(default=1, metadata={"help": "Smallest frame step between sampled views."})
-    max_interval: int = field(default=3, metadata={"help": "Largest frame step (ScanNet: 2-6, ScanNet++: 20-60)."})
+    max_interval: int = field(default=2, metadata={"help": "Largest frame step (ScanNet: 2-6, ScanNet++: 20-60)."})
     samples_per_scene: int = field(default=8, metadata={"help": "View sets drawn per scene and epoch."})
     data_seed_offset: int = field(default=0, metadata={"help": "Shifts SynthRooms scene seeds (other scenes)."})
     figure_path: Optional[str] = field(default=None, metadata={"help": "PCA figure path (default: output_dir/field_pca.png)."})
+    render_processes: int = field(default=2, metadata={"help": "SynthRooms: processes that render the scenes (once, cached)."})
     cpu_threads: int = field(
-        default=1,
+        default=0,
         metadata={
-            "help": "torch threads when training on CPU (0 = torch's default). One thread is the default because two "
-            "OpenMP threads stall each other whenever another process shares a 2-core machine (up to 25x slower)."
+            "help": "torch threads when training on CPU (0 = torch's default: every core). Pass 1 when another busy "
+            "process shares a small machine: OpenMP threads that wait for a core stall each other (up to 25x slower)."
         },
     )
 
@@ -97,6 +107,7 @@ def build_scenes(data: DataArguments, split: str, seed: int):
             image_size=(data.image_height, data.image_width),
             seed=seed + data.data_seed_offset,
             split=split,
+            num_proc=data.render_processes,
         )
     if data.dataset in ("scannet", "scannetpp"):
         from spa3_vlm.data.scannet import ScanNetScenes
@@ -116,13 +127,18 @@ def build_scenes(data: DataArguments, split: str, seed: int):
 
 def build_model(model_args: ModelArguments) -> Spa3RForFieldPrediction:
     if model_args.model_name_or_path:
+        if model_args.config_overrides:
+            raise ValueError("--config_overrides applies to a model trained from scratch, not to --model_name_or_path")
         return Spa3RForFieldPrediction.from_pretrained(model_args.model_name_or_path)
-    config = AutoConfig.from_pretrained(model_args.config_name)
+    overrides = json.loads(model_args.config_overrides) if model_args.config_overrides else {}
+    if not isinstance(overrides, dict):
+        raise ValueError(f"--config_overrides must be a JSON object of config fields, got {model_args.config_overrides!r}")
+    config = AutoConfig.from_pretrained(model_args.config_name, **overrides)
     model = Spa3RForFieldPrediction(config)
     if model_args.load_teacher_weights:
         from spa3_vlm.training.teachers import load_pretrained_teachers
 
-        load_pretrained_teachers(model)
+        load_pretrained_teachers(model, root=REPO)
     return model
 
 
@@ -133,7 +149,7 @@ def main(argv=None) -> dict:
     parser.set_defaults(
         muon=True,  # learns the tiny field ~2x faster than AdamW on SynthRooms (issue notes); --muon false for AdamW
         output_dir="runs/spa3r-tiny",
-        max_steps=2400,
+        max_steps=1800,
         per_device_train_batch_size=8,
         learning_rate=2e-3,
         weight_decay=1e-4,
@@ -212,12 +228,19 @@ def evaluate_held_out(model, data_args: DataArguments, collator: PSFMCollator, t
 
     first = batches[0]
     with torch.no_grad():
-        out = model(**{k: v for k, v in first.items()})
-    head = "geo" if "geo" in out.predictions else next(iter(out.predictions))
-    figure = field_pca_figure(first["pixel_values"][0], out.targets[head][0], out.predictions[head][0], first["view_mask"][0])
-    path = data_args.figure_path or os.path.join(training_args.output_dir, "field_pca.png")
-    figure.save(path)
-    print(f"PCA figure ({head} features: input views / teacher / predicted, unseen views framed in red): {path}")
+        out = model(**first)
+    depths = {}
+    if "depth" in out.predictions and "depth" in out.targets:
+        depths = {"true_depth": out.targets["depth"][0], "predicted_depth": out.predictions["depth"][0]}
+    base = data_args.figure_path or os.path.join(training_args.output_dir, "field_pca.png")
+    # field_pca.png: the geo field and the depth read-out; field_pca_sem.png: the sem field.
+    for index, head in enumerate(name for name in ("geo", "sem") if name in out.predictions):
+        path = base if index == 0 else base.replace(".png", f"_{head}.png")
+        rows = depths if index == 0 else {}
+        views, teacher, predicted, mask = first["pixel_values"][0], out.targets[head][0], out.predictions[head][0], first["view_mask"][0]
+        field_pca_figure(views, teacher, predicted, mask, **rows).save(path)
+        print(f"PCA figure of the {head} field (views / teacher / predicted{' / depth' if rows else ''}; unseen views "
+              f"framed in red): {path}")
     with open(os.path.join(training_args.output_dir, "field_eval.json"), "w") as handle:
         json.dump(results, handle, indent=2)
     return results

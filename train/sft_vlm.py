@@ -209,6 +209,7 @@ def main(argv=None) -> dict:
         save_strategy="no",
         report_to="none",
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),  # pinning only helps copies to a GPU
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         gradient_checkpointing=False,
         max_length=None,  # the collator never truncates through image tokens; None = no truncation at all

@@ -51,6 +51,7 @@ def encoder_only_spa3r_config(config: Spa3RConfig | dict) -> Spa3RConfig:
         values.pop(key, None)
     values["target_heads"] = {}
     values["use_depth_probe"] = False
+    values["depth_probe_target"] = "backbone"
     for key in _SPA3R_TRAINING_ONLY:
         values[key] = None
     if values.get("vggt_config") is not None:

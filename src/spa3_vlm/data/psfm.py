@@ -18,6 +18,9 @@ import torch
 import torch.nn.functional as F
 
 
+_COLUMNS = ("scene_id", "images", "extrinsics", "intrinsics", "depths")
+
+
 def _check_range(name: str, value: Sequence[int], minimum: int) -> tuple[int, int]:
     low, high = (int(v) for v in value)
     if low < minimum or high < low:
@@ -84,6 +87,8 @@ class PSFMDataset(torch.utils.data.Dataset):
             raise ValueError("the scene source holds no scenes")
         if samples_per_scene < 1:
             raise ValueError(f"samples_per_scene must be >= 1, got {samples_per_scene}")
+        if hasattr(scenes, "select_columns"):  # a datasets.Dataset: decode only the columns a sample reads
+            scenes = scenes.select_columns([c for c in _COLUMNS if c in scenes.column_names])
         self.scenes = scenes
         self.num_views = _check_range("num_views", num_views, 1)
         self.interval = _check_range("interval", interval, 1)

@@ -235,9 +235,13 @@ def _code_fingerprint() -> str:
     return digest.hexdigest()
 
 
-def _generate_rows(config: SynthRoomsConfig, device: Optional[str], code_fingerprint: str):
+def _generate_rows(
+    config: SynthRoomsConfig, device: Optional[str], code_fingerprint: str, indices: list[int], threads: Optional[int]
+):
     del code_fingerprint  # only there to key the cache
-    for index in range(config.num_scenes):
+    if threads is not None:  # worker processes of a multi-process build: one thread each, not one per core each
+        torch.set_num_threads(threads)
+    for index in indices:
         scene = generate_scene(scene_seed(config.seed, config.split, index), config)
         frames = render_scene_frames(scene, shadows=config.shadows, device=device)
         yield scene_to_row(scene, frames, f"{config.split}-{index:05d}", config.split)
@@ -255,11 +259,14 @@ def load_synthrooms(
     shadows: bool = True,
     cache_dir: Optional[str] = None,
     device: Optional[str] = None,
+    num_proc: Optional[int] = None,
 ):
     """Build a SynthRooms split as a ``datasets.Dataset`` (one row per scene; columns in the module doc).
 
     The rows are generated on the fly and written to an Arrow cache (``cache_dir``, default under
-    ``HF_HOME``); identical arguments reuse the cache. ``device`` only moves the ray caster.
+    ``HF_HOME``); identical arguments reuse the cache. ``device`` only moves the ray caster. ``num_proc`` renders
+    scenes in that many processes (one torch thread each); every scene depends only on its index, so the rows are
+    the same for any ``num_proc``.
     """
     import datasets
 
@@ -273,11 +280,19 @@ def load_synthrooms(
         num_objects=num_objects,
         shadows=shadows,
     )
+    parallel = num_proc is not None and num_proc > 1 and config.num_scenes > 1
     return datasets.Dataset.from_generator(
         _generate_rows,
         features=synthrooms_features(config.image_size),
-        gen_kwargs={"config": config, "device": device, "code_fingerprint": _code_fingerprint()},
+        gen_kwargs={
+            "config": config,
+            "device": device,
+            "code_fingerprint": _code_fingerprint(),
+            "indices": list(range(config.num_scenes)),
+            "threads": 1 if parallel else None,
+        },
         cache_dir=cache_dir,
         split=datasets.Split(split),
+        num_proc=num_proc if parallel else None,
     )
 

@@ -10,6 +10,11 @@ next to two baselines computed from the same batch:
 A model whose encoder also reads context fields (``config.context_inputs``) gets a second row,
 ``model_images_only``: the same model with those inputs withheld, as the Spa3-VLM encoder runs it.
 
+Baselines copy what the context *images* give, as the model only sees images: the teacher features for ``geo`` and
+``sem``. A depth probe trained on a renderer's depth (``config.depth_probe_target != "backbone"``) is scored against
+that true depth, and its baselines copy the geometry teacher's depth *estimate* of the context views; copies of their
+true depth, which no images-only method has, are reported apart (``depth_true_copies``).
+
 Metrics per head: ``cosine`` (mean per-patch cosine similarity, heads wider than 1 channel) and ``l1``
 (mean absolute error).
 """
@@ -40,6 +45,17 @@ def nearest_context_view(extrinsics: torch.Tensor, view_mask: torch.Tensor) -> t
     distance = torch.cdist(centers, centers) + torch.cdist(directions, directions)
     distance = distance.masked_fill(view_mask[:, None, :], float("inf"))  # only context views are candidates
     return distance.argmin(dim=-1)
+
+
+def teacher_depth(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Per-patch mean of the geometry teacher's depth estimate of every view: ``[B, V, N, 1]``."""
+    backbone = model.spa3r.backbone
+    if backbone is None or backbone.depth_head is None:
+        raise ValueError("scoring a depth probe against a renderer's depth needs a backbone with a depth head (baselines)")
+    depth = backbone(pixel_values, compute_cameras=False, compute_depth=True, output_all_layers=False).depth
+    patch = model.config.patch_size
+    pooled = F.avg_pool2d(depth[..., 0].flatten(0, 1)[:, None].float(), patch)
+    return pooled.flatten(2).transpose(1, 2).reshape(*pixel_values.shape[:2], -1, 1)
 
 
 def _scores(prediction: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
@@ -73,19 +89,29 @@ def evaluate_field(model, batches: Iterable[dict], device: Optional[torch.device
             raise ValueError("field evaluation needs camera extrinsics in the batch to find the nearest context view")
         nearest = nearest_context_view(extrinsics, view_mask)
         context = (~view_mask).float()[..., None, None]
+        estimates = {}
+        if "depth" in output.targets and getattr(model.config, "depth_probe_target", "backbone") != "backbone":
+            estimates["depth"] = teacher_depth(model, batch["pixel_values"])
+
+        def copies(values: torch.Tensor) -> dict[str, torch.Tensor]:
+            mean = (values * context).sum(1, keepdim=True) / context.sum(1, keepdim=True)
+            index = nearest[..., None, None].expand(-1, -1, *values.shape[2:])
+            return {"context_mean": mean.expand_as(values), "nearest_view": torch.gather(values, 1, index)}
+
         for name, target in output.targets.items():
-            prediction = output.predictions[name].float()
             target = target.float()
-            mean = (target * context).sum(1, keepdim=True) / context.sum(1, keepdim=True)
-            index = nearest[..., None, None].expand(-1, -1, *target.shape[2:])
-            candidates = {"model": prediction}
+            candidates = {"model": output.predictions[name].float()}
             if images_only is not None:
                 candidates["model_images_only"] = images_only.predictions[name].float()
-            candidates["context_mean"] = mean.expand_as(target)
-            candidates["nearest_view"] = torch.gather(target, 1, index)
+            candidates.update(copies(estimates.get(name, target).float()))
             for method, values in candidates.items():
                 for metric, value in _scores(values[view_mask], target[view_mask]).items():
                     sums[name][method][metric] += value * int(view_mask.sum())
+            if name in estimates:
+                for method, values in copies(target).items():
+                    for metric, value in _scores(values[view_mask], target[view_mask]).items():
+                        sums[f"{name}_true_copies"][method][metric] += value * int(view_mask.sum())
+                counts[f"{name}_true_copies"] += int(view_mask.sum())
             counts[name] += int(view_mask.sum())
     if not counts:
         raise ValueError("no target views to evaluate: the batches need view_mask entries set to True")
@@ -96,8 +122,9 @@ def evaluate_field(model, batches: Iterable[dict], device: Optional[torch.device
 
 
 def format_field_table(results: dict) -> str:
-    """A plain-text table: one row per (head, metric), one column per method; the best value is starred."""
-    heads = {name: methods for name, methods in results.items() if name != "num_views"}
+    """A plain-text table: one row per (head, metric), one column per method; the best value is starred. Copies of
+    true values that only a renderer has (``*_true_copies``) follow as a note."""
+    heads = {name: methods for name, methods in results.items() if name != "num_views" and not name.endswith("_true_copies")}
     present = [m for m in METHODS if any(m in methods for methods in heads.values())]
     width = max(15, *(len(m) + 2 for m in present))
     lines = [f"{'head':<14}{'metric':<8}" + "".join(f"{m:>{width}}" for m in present)]
@@ -108,6 +135,12 @@ def format_field_table(results: dict) -> str:
             cells = "".join(f"{v:>{width - 1}.4f}{'*' if i == best else ' '}" for i, v in enumerate(values))
             lines.append(f"{name:<14}{metric:<8}{cells}")
     lines.append(f"({results.get('num_views', 0)} held-out target views; cosine: higher is better, l1: lower is better)")
+    for name, methods in results.items():
+        if name.endswith("_true_copies"):
+            head = name[: -len("_true_copies")]
+            values = ", ".join(f"{method} {scores['l1']:.4f}" for method, scores in methods.items())
+            lines.append(f"{head} baselines copy the teacher's estimate from the context images; copying their true {head} "
+                         f"instead (a renderer's privilege) gives l1 {values}")
     return "\n".join(lines)
 
 
@@ -121,15 +154,36 @@ def pca_colors(features: torch.Tensor, basis_from: torch.Tensor) -> torch.Tensor
     return (((features - mean) @ components - low) / (high - low).clamp_min(1e-6)).clamp(0, 1)
 
 
+# A perceptually ordered colour ramp (dark blue -> teal -> yellow) for depth maps: near is bright.
+_DEPTH_RAMP = torch.tensor([[0.27, 0.00, 0.33], [0.23, 0.32, 0.55], [0.13, 0.57, 0.55], [0.37, 0.79, 0.38], [0.99, 0.91, 0.14]])
+
+
+def depth_colors(depth: torch.Tensor, near: float, far: float) -> torch.Tensor:
+    """``depth [...]`` in metres -> RGB ``[..., 3]`` in [0, 1] on a fixed ramp, ``near`` brightest, ``far`` darkest."""
+    position = (1 - ((depth.float() - near) / max(far - near, 1e-6)).clamp(0, 1)) * (len(_DEPTH_RAMP) - 1)
+    low = position.floor().long().clamp(max=len(_DEPTH_RAMP) - 2)
+    weight = (position - low)[..., None]
+    return _DEPTH_RAMP[low] * (1 - weight) + _DEPTH_RAMP[low + 1] * weight
+
+
 def field_pca_figure(
-    images: torch.Tensor, teacher: torch.Tensor, predicted: torch.Tensor, view_mask: torch.Tensor, patch_size: int = 14
+    images: torch.Tensor,
+    teacher: torch.Tensor,
+    predicted: torch.Tensor,
+    view_mask: torch.Tensor,
+    patch_size: int = 14,
+    true_depth: Optional[torch.Tensor] = None,
+    predicted_depth: Optional[torch.Tensor] = None,
 ):
-    """The paper's Figure 2 for one sample: rows = input views, teacher features, predicted features.
+    """The paper's Figure 2 for one sample: rows = input views, teacher features, predicted features (both in the
+    teacher's PCA basis, so colours mean the same in both rows) and, if given, true depth and the field's depth
+    read-out (one colour scale for both).
 
     Args:
-        images: ``[V, 3, H, W]`` in [0, 1]; teacher / predicted: ``[V, N, C]``; view_mask: ``[V]`` (True = unseen).
+        images: ``[V, 3, H, W]`` in [0, 1]; teacher / predicted: ``[V, N, C]``; view_mask: ``[V]`` (True = unseen);
+        true_depth / predicted_depth: optional ``[V, N]`` (or ``[V, N, 1]``) per-patch depths in metres.
     Returns:
-        a PIL image; unseen (target) views are framed in red.
+        a PIL image with row labels; unseen (target) views are framed in red.
     """
     from PIL import Image, ImageDraw
 
@@ -139,18 +193,28 @@ def field_pca_figure(
         raise ValueError(f"features have {teacher.shape[1]} patches per view, the images have {grid[0] * grid[1]}")
     if teacher.shape[-1] < 3:
         raise ValueError(f"a PCA figure needs features with at least 3 channels, got {teacher.shape[-1]}")
+    if (true_depth is None) != (predicted_depth is None):
+        raise ValueError("pass both true_depth and predicted_depth, or neither")
+
+    def tiles(colors: torch.Tensor) -> torch.Tensor:  # [V, N, 3] -> [V, 3, H, W]
+        return F.interpolate(colors.reshape(views, *grid, 3).permute(0, 3, 1, 2), size=(height, width), mode="nearest")
+
     basis = teacher.reshape(-1, teacher.shape[-1]).float()
-    rows = [images.float()]
-    for features in (teacher, predicted):
-        colors = pca_colors(features.float(), basis).reshape(views, *grid, 3).permute(0, 3, 1, 2)
-        rows.append(F.interpolate(colors, size=(height, width), mode="nearest"))
-    pad = 4
-    canvas = Image.new("RGB", (views * (width + pad) + pad, 3 * (height + pad) + pad), "white")
+    rows = [("views", images.float())]
+    rows += [(label, tiles(pca_colors(features.float(), basis))) for label, features in (("teacher", teacher), ("predicted", predicted))]
+    if true_depth is not None:
+        true_depth, predicted_depth = true_depth.reshape(views, -1), predicted_depth.reshape(views, -1)
+        near, far = true_depth.float().quantile(0.02).item(), true_depth.float().quantile(0.98).item()
+        rows += [("true depth", tiles(depth_colors(true_depth, near, far))), ("read-out", tiles(depth_colors(predicted_depth, near, far)))]
+    pad, margin = 4, 70
+    canvas = Image.new("RGB", (margin + views * (width + pad) + pad, len(rows) * (height + pad) + pad), "white")
     draw = ImageDraw.Draw(canvas)
-    for r, row in enumerate(rows):
+    for r, (label, row) in enumerate(rows):
+        y = pad + r * (height + pad)
+        draw.text((4, y + height // 2 - 5), label, fill=(40, 40, 40))
         for v in range(views):
             tile = (row[v].permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255).astype(np.uint8)
-            x, y = pad + v * (width + pad), pad + r * (height + pad)
+            x = margin + pad + v * (width + pad)
             canvas.paste(Image.fromarray(tile), (x, y))
             if bool(view_mask[v]):
                 draw.rectangle([x - 2, y - 2, x + width + 1, y + height + 1], outline=(220, 30, 30), width=2)

@@ -1,0 +1,314 @@
+"""A geometry teacher made here: a tiny ``VGGTModel`` trained on a renderer's exact ground truth.
+
+The objective is VGGT's own (Wang et al., 2025, Sec. 3.4), computed against SynthRooms' exact cameras and
+z-depth and the world points they imply:
+
+- **camera**: Huber loss (or L1) on the pose encoding (translation, quaternion, field of view) of every refinement step of
+  the camera head, later steps weighted more (``gamma ** (steps - 1 - i)``);
+- **depth** and **point maps**: the aleatoric-uncertainty loss ``c·|x̂ - x| + c·|∇x̂ - ∇x| - α·log c`` with the
+  head's confidence ``c >= 1``;
+- **token read-out** (ours): a linear map from each last-layer patch token to its patch's mean log depth and
+  mean point. Spa3R encodes and predicts exactly these tokens, so the geometry must be readable from them and
+  not only from the DPT heads' multi-layer features (``shared/reference/teacher-probe.md``: without it, depth was
+  in the model but only weakly in single last-layer tokens).
+
+Points are expressed in view 0's camera frame, as VGGT predicts them. SynthRooms is metric (rooms of 3-10 m seen
+from eye height), so targets stay in metres instead of being normalised by the mean point distance as VGGT does
+for real data of unknown scale.
+
+:func:`evaluate_geometry_teacher` scores depth (abs-rel, δ<1.25; metric and per-image median-scaled) against a
+constant per-image median depth, and cameras (rotation, translation direction and translation error of views
+1.. relative to view 0) against the identity pose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.utils import ModelOutput
+
+from ..configuration_vggt import VGGTConfig
+from ..modeling_geometry import cameras_to_pose_encoding, invert_intrinsics, invert_rigid, to_homogeneous
+from ..modeling_vggt import VGGTModel, VGGTPreTrainedModel
+
+__all__ = [
+    "GeometryTeacherOutput",
+    "VGGTForGeometryTraining",
+    "confidence_loss",
+    "evaluate_geometry_teacher",
+    "format_geometry_report",
+    "pool_patches",
+    "world_points_from_depth",
+]
+
+
+def world_points_from_depth(depth: torch.Tensor, extrinsics: torch.Tensor, intrinsics: torch.Tensor) -> torch.Tensor:
+    """Unproject z-depth through pixel centres into view 0's camera frame.
+
+    Args:
+        depth: ``[B, V, H, W]`` metres; extrinsics: ``[B, V, 3|4, 4]`` world-to-camera with world = view 0's
+            camera; intrinsics: ``[B, V, 3, 3]`` pixels.
+    Returns:
+        ``[B, V, H, W, 3]``.
+    """
+    height, width = depth.shape[-2:]
+    rows = torch.arange(height, device=depth.device, dtype=depth.dtype) + 0.5
+    cols = torch.arange(width, device=depth.device, dtype=depth.dtype) + 0.5
+    pixels = torch.stack([cols[None, :].expand(height, width), rows[:, None].expand(height, width), torch.ones_like(depth[0, 0])], -1)
+    rays = torch.einsum("bvij,hwj->bvhwi", invert_intrinsics(intrinsics.to(depth.dtype)), pixels)  # z = 1
+    camera_points = rays * depth[..., None]
+    to_world = invert_rigid(to_homogeneous(extrinsics.to(depth.dtype)))
+    return torch.einsum("bvij,bvhwj->bvhwi", to_world[..., :3, :3], camera_points) + to_world[..., None, None, :3, 3]
+
+
+def pool_patches(maps: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """``[B, V, H, W, C]`` -> per-patch means ``[B, V, N, C]`` (row-major patches)."""
+    batch, views, height, width, channels = maps.shape
+    pooled = F.avg_pool2d(maps.permute(0, 1, 4, 2, 3).flatten(0, 1), patch_size)
+    return pooled.flatten(2).transpose(1, 2).reshape(batch, views, -1, channels)
+
+
+def confidence_loss(
+    prediction: torch.Tensor, target: torch.Tensor, confidence: torch.Tensor, alpha: float
+) -> torch.Tensor:
+    """VGGT's uncertainty-weighted regression with a gradient term.
+
+    Args:
+        prediction / target: ``[B, V, H, W, C]``; confidence: ``[B, V, H, W]`` (``>= 1``).
+    Returns:
+        ``mean(c·|x̂ - x|₁) + mean(c·|∂x(x̂ - x)|₁ + c·|∂y(x̂ - x)|₁) - α·mean(log c)``.
+    """
+    error = prediction - target
+    regression = (confidence * error.abs().sum(-1)).mean()
+    grad_x = (error[:, :, :, 1:] - error[:, :, :, :-1]).abs().sum(-1)
+    grad_y = (error[:, :, 1:] - error[:, :, :-1]).abs().sum(-1)
+    gradient = (confidence[:, :, :, 1:] * grad_x).mean() + (confidence[:, :, 1:] * grad_y).mean()
+    return regression + gradient - alpha * confidence.log().mean()
+
+
+@dataclass
+class GeometryTeacherOutput(ModelOutput):
+    """``loss``: weighted sum of ``losses`` (each unweighted, for logging)."""
+
+    loss: Optional[torch.Tensor] = None
+    losses: Optional[dict] = None
+
+
+class VGGTForGeometryTraining(VGGTPreTrainedModel):
+    """``VGGTModel`` plus the token read-out, with VGGT's training losses (module doc).
+
+    Only ``self.vggt`` is the teacher: export it with ``model.vggt.save_pretrained(folder)``.
+
+    Args:
+        config: the ``VGGTConfig`` of the teacher.
+        loss_weights: name -> weight for ``camera``, ``depth``, ``points``, ``readout`` (VGGT weighs the camera
+            loss 5, the dense losses 1).
+        confidence_alpha: ``α`` of :func:`confidence_loss`.
+        camera_gamma: weight decay over the camera head's refinement steps (the last step weighs 1).
+        camera_loss_type: ``"huber"`` (the paper's ε-norm) or ``"l1"`` on the pose-encoding parts.
+    """
+
+    DEFAULT_LOSS_WEIGHTS = {"camera": 5.0, "depth": 1.0, "points": 1.0, "readout": 1.0}
+
+    def __init__(
+        self,
+        config: VGGTConfig,
+        loss_weights: Optional[dict[str, float]] = None,
+        confidence_alpha: float = 0.2,
+        camera_gamma: float = 0.6,
+        camera_loss_type: str = "huber",
+    ):
+        super().__init__(config)
+        if camera_loss_type not in ("l1", "huber"):
+            raise ValueError(f"camera_loss_type must be 'l1' or 'huber', got {camera_loss_type!r}")
+        self.camera_loss = F.l1_loss if camera_loss_type == "l1" else F.huber_loss
+        unknown = set(loss_weights or {}) - set(self.DEFAULT_LOSS_WEIGHTS)
+        if unknown:
+            raise ValueError(f"loss_weights has unknown names {sorted(unknown)}; expected {sorted(self.DEFAULT_LOSS_WEIGHTS)}")
+        self.loss_weights = {**self.DEFAULT_LOSS_WEIGHTS, **(loss_weights or {})}
+        self.confidence_alpha = confidence_alpha
+        self.camera_gamma = camera_gamma
+        self.vggt = VGGTModel(config)
+        # Per patch: mean log depth (1) and mean point in view 0's frame (3).
+        self.readout = nn.Linear(config.output_hidden_size, 4)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        depth: torch.Tensor,
+        extrinsics: torch.Tensor,
+        intrinsics: torch.Tensor,
+        **unused,
+    ) -> GeometryTeacherOutput:
+        """
+        Args:
+            pixel_values: ``[B, V, 3, H, W]`` in [0, 1]; depth: ``[B, V, H, W]`` z-depth in metres (> 0);
+            extrinsics: ``[B, V, 3|4, 4]`` world-to-camera relative to view 0; intrinsics: ``[B, V, 3, 3]`` pixels.
+            Other batch entries (``view_mask``, ...) are ignored.
+        """
+        if depth.shape != pixel_values.shape[:2] + pixel_values.shape[-2:]:
+            raise ValueError(f"depth must be [B, V, H, W] = {tuple(pixel_values.shape[:2] + pixel_values.shape[-2:])}, got {tuple(depth.shape)}")
+        if not (depth > 0).all():
+            raise ValueError("depth must be positive everywhere (SynthRooms rooms are closed boxes)")
+        config = self.config
+        image_size = tuple(pixel_values.shape[-2:])
+        output = self.vggt(
+            pixel_values,
+            compute_cameras=True,
+            compute_depth=True,
+            compute_points=True,
+            output_all_layers=False,
+        )
+        points = world_points_from_depth(depth.float(), extrinsics.float(), intrinsics.float())
+        losses = {}
+        if output.pose_enc_list is not None:
+            target = cameras_to_pose_encoding(extrinsics.float(), intrinsics.float(), image_size)
+            steps = len(output.pose_enc_list)
+            camera = torch.zeros((), device=depth.device)
+            for index, encoding in enumerate(output.pose_enc_list):
+                weight = self.camera_gamma ** (steps - 1 - index)
+                for part in (slice(0, 3), slice(3, 7), slice(7, 9)):
+                    camera = camera + weight * self.camera_loss(encoding[..., part].float(), target[..., part])
+            losses["camera"] = camera
+        if output.depth is not None:
+            losses["depth"] = confidence_loss(output.depth.float(), depth[..., None].float(), output.depth_conf.float(), self.confidence_alpha)
+        if output.world_points is not None:
+            losses["points"] = confidence_loss(output.world_points.float(), points, output.world_points_conf.float(), self.confidence_alpha)
+        readout = self.readout(output.last_patch_tokens)
+        patch_targets = pool_patches(torch.cat([depth[..., None].float().log(), points], -1), config.patch_size)
+        losses["readout"] = F.l1_loss(readout.float(), patch_targets)
+        loss = sum(self.loss_weights[name] * value for name, value in losses.items())
+        return GeometryTeacherOutput(loss=loss, losses=losses)
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------------
+
+
+def _depth_scores(prediction: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    ratio = torch.maximum(prediction / target, target / prediction)
+    return {"abs_rel": ((prediction - target).abs() / target).mean().item(), "delta1": (ratio < 1.25).float().mean().item()}
+
+
+def _rotation_angle_deg(rotation: torch.Tensor) -> torch.Tensor:
+    trace = rotation.diagonal(dim1=-2, dim2=-1).sum(-1)
+    return torch.rad2deg(torch.acos(((trace - 1) / 2).clamp(-1, 1)))
+
+
+def _camera_centres(extrinsics: torch.Tensor) -> torch.Tensor:
+    rotation, translation = extrinsics[..., :3, :3], extrinsics[..., :3, 3]
+    return -(rotation.transpose(-1, -2) @ translation[..., None])[..., 0]
+
+
+@torch.no_grad()
+def evaluate_geometry_teacher(vggt: VGGTModel, batches: Iterable[dict]) -> dict:
+    """Held-out scores of a VGGT teacher and its baselines.
+
+    ``batches``: collated samples with ``pixel_values``, ``depth``, ``extrinsics`` and ``intrinsics`` (relative to
+    view 0). Returns ``{"depth": {method: {"metric": {...}, "median_scaled": {...}}}, "camera": {method: {...}},
+    "num_views": ...}`` with depth methods ``model`` and ``median_baseline`` (every pixel = the image's true median
+    depth) and camera methods ``model`` and ``identity`` over views 1.. of every sample: mean rotation error (°),
+    mean translation-direction error (°, camera centre in view 0's frame; undefined for the identity) and mean
+    translation error (m).
+    """
+    vggt.eval()
+    device = next(vggt.parameters()).device
+    sums: dict = {}
+    count = {"depth": 0, "camera": 0}
+
+    def add(path: tuple, values: dict, weight: int) -> None:
+        node = sums
+        for key in path:
+            node = node.setdefault(key, {})
+        for name, value in values.items():
+            node[name] = node.get(name, 0.0) + value * weight
+
+    for batch in batches:
+        pixel_values = batch["pixel_values"].to(device)
+        depth = batch["depth"].to(device).float()
+        output = vggt(pixel_values, compute_cameras=True, compute_depth=True, output_all_layers=False)
+        predicted = output.depth[..., 0].float().clamp_min(1e-3)
+        images = predicted.flatten(0, 1).flatten(1)
+        truth = depth.flatten(0, 1).flatten(1)
+        median_truth = truth.median(dim=1, keepdim=True).values
+        scaled = images * median_truth / images.median(dim=1, keepdim=True).values
+        views = truth.shape[0]
+        add(("depth", "model", "metric"), _depth_scores(images, truth), views)
+        add(("depth", "model", "median_scaled"), _depth_scores(scaled, truth), views)
+        add(("depth", "median_baseline", "median_scaled"), _depth_scores(median_truth.expand_as(truth), truth), views)
+        count["depth"] += views
+
+        gt = to_homogeneous(batch["extrinsics"].to(device).float())[:, 1:]
+        if gt.shape[1] == 0:
+            continue
+        pred = to_homogeneous(output.extrinsics.float())[:, 1:]
+        relative = pred[..., :3, :3] @ gt[..., :3, :3].transpose(-1, -2)
+        centres_true, centres_pred = _camera_centres(gt), _camera_centres(pred)
+        direction = F.cosine_similarity(centres_pred, centres_true, dim=-1, eps=1e-9).clamp(-1, 1)
+        pairs = gt.shape[0] * gt.shape[1]
+        add(
+            ("camera", "model"),
+            {
+                "rotation_deg": _rotation_angle_deg(relative).mean().item(),
+                "translation_direction_deg": torch.rad2deg(torch.acos(direction)).mean().item(),
+                "translation_m": (centres_pred - centres_true).norm(dim=-1).mean().item(),
+            },
+            pairs,
+        )
+        add(
+            ("camera", "identity"),
+            {
+                "rotation_deg": _rotation_angle_deg(gt[..., :3, :3]).mean().item(),
+                "translation_m": centres_true.norm(dim=-1).mean().item(),
+            },
+            pairs,
+        )
+        count["camera"] += pairs
+    if count["depth"] == 0:
+        raise ValueError("no batches to evaluate")
+
+    def average(node, total):
+        return {key: average(value, total) if isinstance(value, dict) else value / total for key, value in node.items()}
+
+    results = {part: average(sums[part], count[part]) for part in sums}
+    results["num_views"] = count["depth"]
+    results["num_relative_poses"] = count["camera"]
+    return results
+
+
+def format_geometry_report(results: dict) -> str:
+    """The scores of :func:`evaluate_geometry_teacher` as a Markdown table pair."""
+    depth = results["depth"]
+    lines = [
+        f"Depth on {results['num_views']} held-out views (abs-rel lower is better, δ<1.25 higher is better):",
+        "",
+        "| method | abs-rel (median-scaled) | δ<1.25 (median-scaled) | abs-rel (metric) | δ<1.25 (metric) |",
+        "|---|---|---|---|---|",
+    ]
+    names = {"model": "teacher", "median_baseline": "per-image true median"}
+    for method, scores in depth.items():
+        scaled, metric = scores.get("median_scaled", {}), scores.get("metric")
+        metric_cells = f"{metric['abs_rel']:.3f} | {metric['delta1']:.3f}" if metric else "– | –"
+        lines.append(f"| {names.get(method, method)} | {scaled['abs_rel']:.3f} | {scaled['delta1']:.3f} | {metric_cells} |")
+    camera = results.get("camera")
+    if camera:
+        lines += [
+            "",
+            f"Cameras of views 1.. relative to view 0 ({results['num_relative_poses']} poses; lower is better):",
+            "",
+            "| method | rotation (°) | translation direction (°) | translation (m) |",
+            "|---|---|---|---|",
+        ]
+        for method, scores in camera.items():
+            direction = scores.get("translation_direction_deg")
+            direction = "undefined" if direction is None else f"{direction:.1f}"
+            label = "teacher" if method == "model" else "identity pose"
+            lines.append(f"| {label} | {scores['rotation_deg']:.1f} | {direction} | {scores['translation_m']:.3f} |")
+    return "\n".join(lines)
+

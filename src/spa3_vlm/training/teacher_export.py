@@ -1,0 +1,100 @@
+"""Export a trained teacher as a hub-style folder: config, safetensors, model card and its held-out scores."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from transformers import PreTrainedModel
+
+__all__ = ["save_teacher"]
+
+_DESCRIPTIONS = {
+    "geometry": (
+        "A tiny VGGT (`spa3_vlm.VGGTModel`) trained from scratch on SynthRooms, procedural rooms rendered with exact "
+        "cameras and depth, with VGGT's objectives: Huber loss on the pose encoding of every camera-head step, "
+        "confidence-weighted depth and point-map losses with gradient terms, and a linear read-out of per-patch depth "
+        "and points from the last-layer tokens (the tokens Spa3R encodes and predicts). It is the frozen geometry "
+        "backbone and `geo` teacher of `hub_configs/spa3r-tiny-synthrooms`."
+    ),
+    "semantic": (
+        "A tiny DINOv3 ViT (`transformers.DINOv3ViTModel`) trained from scratch on SynthRooms views to classify every "
+        "patch's content (floor, wall, ceiling or one of the furniture categories) from the renderer's exact "
+        "instance masks. It is the frozen `sem` teacher of `hub_configs/spa3r-tiny-synthrooms`."
+    ),
+}
+_LOADERS = {
+    "geometry": "from spa3_vlm import VGGTModel\n\nteacher = VGGTModel.from_pretrained(\"{folder}\")",
+    "semantic": "from transformers import DINOv3ViTModel\n\nteacher = DINOv3ViTModel.from_pretrained(\"{folder}\")",
+}
+_SCRIPTS = {"geometry": "train/train_geometry_teacher.py", "semantic": "train/train_semantic_teacher.py"}
+
+
+def save_teacher(
+    model: PreTrainedModel, folder: str, kind: str, report: str, results: dict, command: str, steps: int
+) -> None:
+    """Write ``model`` (weights and config, no code: the package or transformers defines the class), a model card
+    saying how it was made and what it scores, and ``eval.json`` with the scores.
+
+    Args:
+        kind: ``"geometry"`` or ``"semantic"``.
+        report: Markdown tables of the held-out scores; results: the same as a dict.
+        command: the command line that trained it; steps: optimizer steps taken.
+    """
+    if kind not in _DESCRIPTIONS:
+        raise ValueError(f"kind must be one of {sorted(_DESCRIPTIONS)}, got {kind!r}")
+    from huggingface_hub import ModelCard, ModelCardData
+
+    saved = [(cls, cls._auto_class) for cls in (type(model), type(model.config))]
+    try:
+        # Repo folders ship no copies of the model code; the class comes from spa3_vlm or transformers.
+        for cls, _ in saved:
+            cls._auto_class = None
+        model.save_pretrained(folder)
+    finally:
+        for cls, auto_class in saved:
+            cls._auto_class = auto_class
+    config_path = os.path.join(folder, "config.json")
+    with open(config_path) as handle:
+        config = json.load(handle)
+    config.pop("auto_map", None)
+    with open(config_path, "w") as handle:
+        json.dump(config, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    with open(os.path.join(folder, "eval.json"), "w") as handle:
+        json.dump(results, handle, indent=2)
+        handle.write("\n")
+    parameters = sum(p.numel() for p in model.parameters())
+    data = ModelCardData(
+        library_name="transformers" if kind == "semantic" else "spa3_vlm",
+        license="mit",
+        tags=["spa3-vlm", "synthrooms", f"{kind}-teacher"],
+    )
+    text = "\n".join(
+        [
+            "---",
+            data.to_yaml(),
+            "---",
+            "",
+            f"# Tiny {kind} teacher for SynthRooms ({parameters / 1e6:.2f} M parameters)",
+            "",
+            _DESCRIPTIONS[kind],
+            "",
+            "```python",
+            _LOADERS[kind].format(folder=folder),
+            "```",
+            "",
+            "## How it was made",
+            "",
+            f"`{command}` ({steps} optimizer steps; `{_SCRIPTS[kind]}` renders its training scenes itself, so the "
+            "command reproduces these weights from its seed, up to floating-point differences between machines).",
+            "",
+            "## Held-out scores",
+            "",
+            "Test-split SynthRooms scenes, never seen in training (`eval.json` holds the numbers):",
+            "",
+            report,
+            "",
+        ]
+    )
+    ModelCard(text).save(os.path.join(folder, "README.md"))

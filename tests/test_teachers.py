@@ -1,0 +1,254 @@
+"""The teachers made here: VGGT's objectives on exact ground truth, semantic labels from the renderer, export, and
+the shipped teachers' held-out scores on fresh scenes."""
+
+import json
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoConfig, DINOv3ViTModel
+
+from spa3_vlm import VGGTModel
+from spa3_vlm.data.psfm import PSFMCollator, PSFMDataset
+from spa3_vlm.data.synthrooms import SynthRoomsConfig, generate_scene, render_scene_frames, scene_seed, scene_to_row
+from spa3_vlm.modeling_geometry import invert_rigid
+from spa3_vlm.training.geometry_teacher import (
+    VGGTForGeometryTraining,
+    confidence_loss,
+    evaluate_geometry_teacher,
+    format_geometry_report,
+    world_points_from_depth,
+)
+from spa3_vlm.training.psfm import PSFMTrainer
+from spa3_vlm.training.semantic_teacher import (
+    SEMANTIC_CLASSES,
+    DINOv3ForPatchClassification,
+    SemanticViews,
+    evaluate_semantic_teacher,
+    patch_class_histograms,
+    pixel_classes,
+)
+from spa3_vlm.training.teacher_export import save_teacher
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GEOMETRY_TEACHER = os.path.join(REPO, "hub_configs", "vggt-tiny-synthrooms")
+SEMANTIC_TEACHER = os.path.join(REPO, "hub_configs", "dinov3-tiny-synthrooms")
+
+
+def synthrooms_rows(split: str, count: int, frames: int = 8, seed: int = 0) -> list[dict]:
+    """Rendered SynthRooms rows (the columns of load_synthrooms) without the datasets cache."""
+    config = SynthRoomsConfig(frames_per_scene=frames)
+    rows = []
+    for index in range(count):
+        scene = generate_scene(scene_seed(seed, split, index), config)
+        rows.append(scene_to_row(scene, render_scene_frames(scene), f"{split}-{index}", split))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def test_rows():
+    return synthrooms_rows("test", 3)
+
+
+def geometry_batches(rows, views=4, per_batch=2):
+    dataset = PSFMDataset(rows, (views, views), (1, 2), samples_per_scene=1, seed=7)
+    collator = PSFMCollator(14, mask_ratio=0.0, depth_maps=True)
+    return [collator([dataset[i] for i in range(s, min(s + per_batch, len(dataset)))]) for s in range(0, len(dataset), per_batch)]
+
+
+# ---------------------------------------------------------------------------------------------- geometry
+
+
+def test_world_points_reproject_to_their_pixels_and_depths(test_rows):
+    batch = geometry_batches(test_rows[:1])[0]
+    points = world_points_from_depth(batch["depth"], batch["extrinsics"], batch["intrinsics"])
+    # View 0 is the world frame: its points are its camera-frame points, z = depth.
+    assert torch.allclose(points[0, 0, ..., 2], batch["depth"][0, 0], atol=1e-4)
+    # Every view's points, moved into that view's camera and projected, land on pixel centres at their depth.
+    extrinsics, intrinsics = batch["extrinsics"][0], batch["intrinsics"][0]
+    camera = torch.einsum("vij,vhwj->vhwi", extrinsics[:, :3, :3], points[0]) + extrinsics[:, None, None, :3, 3]
+    pixels = torch.einsum("vij,vhwj->vhwi", intrinsics, camera)
+    u, v = pixels[..., 0] / pixels[..., 2], pixels[..., 1] / pixels[..., 2]
+    height, width = batch["depth"].shape[-2:]
+    assert torch.allclose(u, torch.arange(width).float() + 0.5, atol=2e-3)
+    assert torch.allclose(v, (torch.arange(height).float() + 0.5)[:, None].expand(height, width), atol=2e-3)
+    assert torch.allclose(camera[..., 2], batch["depth"][0], atol=1e-4)
+    # The same surface seen from two views gives the same world point (consistency across views).
+    first_centre = invert_rigid(extrinsics)[1, :3, 3]
+    assert first_centre.norm() > 0.05  # the views really differ
+
+
+def test_confidence_loss_values():
+    prediction = torch.zeros(1, 1, 2, 3, 1)
+    target = torch.ones(1, 1, 2, 3, 1)
+    conf = torch.full((1, 1, 2, 3), 2.0)
+    # |error| 1 everywhere, no gradient of the error, log(2) confidence term.
+    assert confidence_loss(prediction, target, conf, alpha=0.5).item() == pytest.approx(2.0 - 0.5 * np.log(2.0))
+    ramp = torch.arange(3.0).view(1, 1, 1, 3, 1).expand(1, 1, 2, 3, 1)
+    loss = confidence_loss(ramp, torch.zeros_like(ramp), torch.ones(1, 1, 2, 3), alpha=0.0)
+    assert loss.item() == pytest.approx(1.0 + 1.0)  # mean |x| = 1, mean x-gradient 1, no y-gradient
+
+
+def test_geometry_objective_learns_and_exports_a_loadable_teacher(tmp_path):
+    rows = synthrooms_rows("train", 2, frames=6)
+    config = AutoConfig.from_pretrained(GEOMETRY_TEACHER)
+    torch.manual_seed(0)
+    model = VGGTForGeometryTraining(config)
+    batch = geometry_batches(rows, views=3)[0]
+    with torch.no_grad():
+        first = model(**batch)
+    assert set(first.losses) == {"camera", "depth", "points", "readout"}
+    expected = sum(VGGTForGeometryTraining.DEFAULT_LOSS_WEIGHTS[k] * v for k, v in first.losses.items())
+    assert first.loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="depth must be \\[B, V, H, W\\]"):
+        model(**{**batch, "depth": batch["depth"][:, :1]})
+
+    from transformers import TrainingArguments
+
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "run"), max_steps=30, per_device_train_batch_size=2, learning_rate=2e-3,
+        report_to="none", save_strategy="no", remove_unused_columns=False, use_cpu=True, seed=0, disable_tqdm=True,
+        dataloader_pin_memory=False,
+    )  # fmt: skip
+    dataset = PSFMDataset(rows, (3, 3), (1, 2), samples_per_scene=4, seed=0)
+    trainer = PSFMTrainer(model=model, args=args, train_dataset=dataset, data_collator=PSFMCollator(depth_maps=True), muon=True)
+    trainer.train()
+    with torch.no_grad():
+        last = model(**batch)
+    assert last.losses["depth"] < first.losses["depth"] and last.losses["readout"] < first.losses["readout"]
+
+    results = evaluate_geometry_teacher(model.vggt, geometry_batches(rows, views=3))
+    folder = tmp_path / "teacher"
+    save_teacher(model.vggt, str(folder), "geometry", format_geometry_report(results), results, "python train/x.py", 30)
+    assert sorted(os.listdir(folder)) == ["README.md", "config.json", "eval.json", "model.safetensors"]  # no code
+    assert "auto_map" not in json.loads((folder / "config.json").read_text())
+    card = (folder / "README.md").read_text()
+    assert "python train/x.py" in card and "| teacher |" in card and "identity pose" in card
+    loaded = VGGTModel.from_pretrained(folder)
+    for (name, a), b in zip(model.vggt.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert VGGTModel._auto_class == "AutoModel"  # exporting leaves the classes as they were
+
+
+class PerfectTeacher(torch.nn.Module):
+    """Answers every batch with its ground truth."""
+
+    def __init__(self, batches):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+        self.batches = iter(batches)
+
+    def forward(self, pixel_values, **kwargs):
+        batch = next(self.batches)
+        return SimpleNamespace(
+            depth=batch["depth"][..., None], extrinsics=batch["extrinsics"][..., :3, :], intrinsics=batch["intrinsics"]
+        )
+
+
+def test_geometry_evaluation_of_a_perfect_teacher_and_the_identity(test_rows):
+    """With the true depth and cameras the errors are zero; the identity's rotation error is the true rotation."""
+    batches = geometry_batches(test_rows[:2])
+    results = evaluate_geometry_teacher(PerfectTeacher(batches), batches)
+    assert results["depth"]["model"]["metric"]["abs_rel"] == pytest.approx(0.0, abs=1e-6)
+    assert results["depth"]["model"]["metric"]["delta1"] == 1.0
+    assert results["camera"]["model"]["rotation_deg"] == pytest.approx(0.0, abs=0.05)
+    assert results["camera"]["model"]["translation_direction_deg"] == pytest.approx(0.0, abs=0.05)
+    assert results["camera"]["model"]["translation_m"] == pytest.approx(0.0, abs=1e-5)
+    angles = [
+        np.degrees(np.arccos(np.clip((np.trace(e[:3, :3].numpy()) - 1) / 2, -1, 1)))
+        for batch in batches for e in batch["extrinsics"][:, 1:].flatten(0, 1)
+    ]  # fmt: skip
+    assert results["camera"]["identity"]["rotation_deg"] == pytest.approx(np.mean(angles), abs=0.01)
+    assert results["camera"]["identity"]["rotation_deg"] > 1.0
+    assert results["depth"]["median_baseline"]["median_scaled"]["abs_rel"] > 0.05
+
+
+# ---------------------------------------------------------------------------------------------- semantic
+
+
+def test_pixel_classes_follow_instances_and_room_surfaces(test_rows):
+    row = test_rows[0]
+    categories = [obj["category"] for obj in row["objects"]]
+    for frame in range(len(row["images"])):
+        depth, instance = np.asarray(row["depths"][frame]), np.asarray(row["instances"][frame])
+        extrinsics, intrinsics = np.asarray(row["extrinsics"][frame]), np.asarray(row["intrinsics"][frame])
+        classes = pixel_classes(depth, instance, extrinsics, intrinsics, categories, row["room_size"][2])
+        for k in np.unique(instance[instance > 0]):
+            assert (classes[instance == k] == SEMANTIC_CLASSES.index(categories[k - 1])).all()
+        shell = classes[instance == 0]
+        assert set(np.unique(shell)) <= {0, 1, 2}
+        # A camera at eye height looking roughly level sees the floor in the bottom rows, not the ceiling.
+        assert (classes[-1][instance[-1] == 0] != 2).all()
+    with pytest.raises(ValueError, match="names object"):
+        pixel_classes(depth, np.full_like(instance, 99), extrinsics, intrinsics, categories, row["room_size"][2])
+
+
+def test_patch_class_histograms_are_shares():
+    labels = torch.zeros(1, 28, 28, dtype=torch.long)
+    labels[:, :, 14:] = 3
+    labels[:, 7:14, :7] = 1
+    shares = patch_class_histograms(labels, image_size=28, patch_size=14)
+    assert shares.shape == (1, 4, len(SEMANTIC_CLASSES))
+    assert torch.allclose(shares.sum(-1), torch.ones(1, 4))
+    assert shares[0, 0, 1].item() == pytest.approx(49 / 196) and shares[0, 1, 3].item() == 1.0
+
+
+def test_semantic_objective_learns_and_probes_run(tmp_path, test_rows):
+    config = AutoConfig.from_pretrained(SEMANTIC_TEACHER)
+    torch.manual_seed(0)
+    model = DINOv3ForPatchClassification(config)
+    views = SemanticViews(test_rows[:2], flip=True, seed=0)
+    batch = {k: torch.stack([views[i][k] for i in range(8)]) for k in ("pixel_values", "labels")}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(25):
+        output = model(**batch)
+        losses.append(output.loss.item())
+        output.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert losses[-1] < 0.7 * losses[0]
+    results = evaluate_semantic_teacher(model.model, SemanticViews(test_rows[:2]), SemanticViews(test_rows[2:]), 16)
+    assert set(results) >= {"teacher", "raw_pixels", "mean_colour", "num_test_patches", "class_shares"}
+    assert 0.0 < results["teacher"]["accuracy"] <= 1.0
+
+
+# ---------------------------------------------------------------------------------------------- shipped teachers
+
+
+@pytest.fixture(scope="module")
+def shipped_geometry_scores():
+    """The committed geometry teacher on held-out scenes of another seed than its report's."""
+    teacher = VGGTModel.from_pretrained(GEOMETRY_TEACHER)
+    return evaluate_geometry_teacher(teacher, geometry_batches(synthrooms_rows("test", 3, seed=11), views=4))
+
+
+def test_shipped_geometry_teacher_depth_beats_the_true_median_on_fresh_scenes(shipped_geometry_scores):
+    depth = shipped_geometry_scores["depth"]
+    assert depth["model"]["median_scaled"]["abs_rel"] < 0.7 * depth["median_baseline"]["median_scaled"]["abs_rel"]
+    assert depth["model"]["median_scaled"]["delta1"] > depth["median_baseline"]["median_scaled"]["delta1"] + 0.15
+    card = open(os.path.join(GEOMETRY_TEACHER, "README.md")).read()
+    reported = json.load(open(os.path.join(GEOMETRY_TEACHER, "eval.json")))
+    assert f"{reported['depth']['model']['median_scaled']['abs_rel']:.3f}" in card
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap (README, 'The teachers'): the tiny teacher's camera head has not learned relative poses; "
+    "when it does, this fails as an unexpected pass: update the README and the model card",
+)
+def test_shipped_geometry_teacher_cameras_beat_the_identity_on_fresh_scenes(shipped_geometry_scores):
+    camera = shipped_geometry_scores["camera"]
+    assert camera["model"]["rotation_deg"] < 0.8 * camera["identity"]["rotation_deg"]
+    assert camera["model"]["translation_direction_deg"] < 60.0
+
+
+def test_shipped_semantic_teacher_beats_raw_colours_on_fresh_scenes():
+    teacher = DINOv3ViTModel.from_pretrained(SEMANTIC_TEACHER)
+    train, test = synthrooms_rows("train", 4, seed=11), synthrooms_rows("test", 2, seed=11)
+    results = evaluate_semantic_teacher(teacher, SemanticViews(train), SemanticViews(test), num_train_views=32)
+    assert results["teacher"]["accuracy"] > results["raw_pixels"]["accuracy"]
+    assert results["teacher"]["balanced_accuracy"] > results["raw_pixels"]["balanced_accuracy"]
+    assert results["teacher"]["accuracy"] > results["mean_colour"]["accuracy"]
