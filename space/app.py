@@ -69,7 +69,7 @@ def _model_note(spec: core.ModelSpec, random_weights: bool, trained_how: str) ->
 
 
 VLM_HINT = (
-    "To answer for real, make the tiny Spa3-VLM the README trains (about 15 minutes on a laptop CPU), then restart "
+    "To answer for real, make the tiny Spa3-VLM the README trains (about 10 minutes on a 2-core CPU), then restart "
     "the Space: `python train/pretrain_psfm.py --output_dir runs/spa3r-tiny` and `python train/sft_vlm.py "
     "--output_dir runs/spa3-vlm-tiny-sft --spa3r_name_or_path runs/spa3r-tiny`. Or set `SPA3_VLM_MODEL` to a Spa3-VLM "
     "folder or Hub id."

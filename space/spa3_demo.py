@@ -66,7 +66,19 @@ class ModelSpec:
     def label(self) -> str:
         if self.kind == "random":
             return f"{TINY_RANDOM} ({self.source}, random weights)"
-        return f"{self.source} ({'local folder' if self.kind == 'folder' else 'Hub'})"
+        if self.kind == "hub":
+            return f"{self.source} (Hub)"
+        return f"{_shown_path(self.source)} (local folder)"
+
+
+def _shown_path(path: str) -> str:
+    """A folder under one of the search roots as the path relative to it (what a user types), else as is."""
+    for root in SEARCH_ROOTS:
+        try:
+            return Path(path).relative_to(root).as_posix()
+        except ValueError:
+            continue
+    return path
 
 
 def _find(relative: str) -> Optional[Path]:

@@ -538,3 +538,24 @@ def test_encoder_only_config_keeps_the_camera_head_a_prope_encoder_needs():
     assert not encoder.use_depth_probe and encoder.depth_probe_target == "backbone"
     assert encoder.semantic_teacher_config is None and encoder.semantic_teacher_name_or_path is None
     assert not encoder.vggt_config.use_track_head
+
+
+def test_encoder_loads_a_field_prediction_checkpoint_whose_backbone_keeps_a_depth_head(tmp_path):
+    """The tiny config's backbone keeps its depth head (the probe's baselines need it); the encoder-only config drops
+    it. Loading must neither report those tensors as unexpected nor lose any encoder tensor."""
+    from transformers import AutoConfig
+
+    from spa3_vlm import Spa3RForFieldPrediction, Spa3RModel
+
+    config = AutoConfig.from_pretrained("hub_configs/spa3r-tiny-synthrooms", vggt_name_or_path=None, semantic_teacher_name_or_path=None)
+    assert config.vggt_config.use_depth_head
+    torch.manual_seed(0)
+    Spa3RForFieldPrediction(config).save_pretrained(tmp_path)
+    field = Spa3RForFieldPrediction.from_pretrained(tmp_path)
+    assert field.spa3r.backbone.depth_head is not None
+    encoder, info = Spa3RModel.from_pretrained(tmp_path, config=encoder_only_spa3r_config(config), output_loading_info=True)
+    assert encoder.backbone.depth_head is None
+    assert not info["unexpected_keys"] and not info["missing_keys"] and not info["mismatched_keys"]
+    expected = field.spa3r.state_dict()
+    for name, value in encoder.state_dict().items():
+        assert torch.equal(value, expected[name]), name

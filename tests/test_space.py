@@ -166,6 +166,9 @@ def test_model_resolution(core, tmp_path, monkeypatch):
     (run / "model.safetensors").write_bytes(b"")
     assert core.default_model_choice(core.VLM_ENV, core.DEFAULT_VLM_FOLDER, "spa3_vlm") == "runs/spa3-vlm-tiny-sft"
     assert core.resolve_model("", core.VLM_ENV, core.DEFAULT_VLM_FOLDER, "spa3_vlm") == core.ModelSpec("folder", str(run))
+    # Shown as the user would type it, not as this machine's absolute path.
+    assert core.ModelSpec("folder", str(run)).label == "runs/spa3-vlm-tiny-sft (local folder)"
+    assert core.ModelSpec("folder", "/elsewhere/model").label == "/elsewhere/model (local folder)"
     assert core.default_model_choice(core.SPA3R_ENV, core.DEFAULT_SPA3R_FOLDER, "spa3r") == "tiny-random"
     # A LoRA run (adapter + the base folder it names) counts as a Spa3-VLM too.
     base = tmp_path / "base"
@@ -179,6 +182,7 @@ def test_model_resolution(core, tmp_path, monkeypatch):
     assert core.resolve_model(str(lora), core.VLM_ENV, core.DEFAULT_VLM_FOLDER, "spa3_vlm") == core.ModelSpec("folder", str(lora))
     monkeypatch.setenv(core.VLM_ENV, "someone/spa3-vlm-3b")
     assert core.resolve_model(None, core.VLM_ENV, core.DEFAULT_VLM_FOLDER, "spa3_vlm") == core.ModelSpec("hub", "someone/spa3-vlm-3b")
+    assert core.ModelSpec("hub", "someone/spa3-vlm-3b").label == "someone/spa3-vlm-3b (Hub)"
     with pytest.raises(ValueError, match="neither a local folder nor a Hub id"):
         core.resolve_model("no such folder", core.VLM_ENV, core.DEFAULT_VLM_FOLDER, "spa3_vlm")
     (tmp_path / "empty").mkdir()

@@ -13,7 +13,7 @@ loadable model folder (+ processor files, model card) to --output_dir:
         --dataset vsi590k --annotation_path vsi590k.jsonl --media_root media/ \
         --per_device_train_batch_size 1 --gradient_accumulation_steps 8 --num_train_epochs 1 \
         --learning_rate 1e-5 --weight_decay 0.01 --warmup_ratio 0.03 --lr_scheduler_type cosine \
-        --gradient_checkpointing --max_steps -1 --num_eval_scenes 0 --cache_latents false
+        --activation_checkpointing --max_steps -1 --num_eval_scenes 0 --cache_latents false
 
 Trainable groups as in the reference: the LLM and the adapter train, the vision tower (with its merger) and
 Spa3R stay frozen; ``--tune_merger`` / ``--tune_vision`` unfreeze them. Each group has its own learning rate
@@ -211,7 +211,7 @@ def main(argv=None) -> dict:
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),  # pinning only helps copies to a GPU
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         max_length=None,  # the collator never truncates through image tokens; None = no truncation at all
         assistant_only_loss=True,  # informational: our collator always trains on the answers only
         seed=0,

@@ -190,8 +190,12 @@ def encoder_positions(num_prefix_tokens: int, patch_grid: tuple[int, int], num_v
 class Spa3RModel(Spa3RPreTrainedModel):
     """Frozen VGGT + query-based encoder: multi-view images -> latent spatial field."""
 
-    # A field-prediction checkpoint also holds the decoder, heads and teachers; the encoder ignores them.
-    _keys_to_ignore_on_load_unexpected = [r"^(decoder|heads|depth_probe|pose_tokenizer|semantic_teacher)\."]
+    # A field-prediction checkpoint also holds the decoder, heads and teachers, and its backbone may keep heads (depth
+    # for the probe's baselines) that an encoder-only config drops; the encoder ignores them.
+    _keys_to_ignore_on_load_unexpected = [
+        r"^(decoder|heads|depth_probe|pose_tokenizer|semantic_teacher)\.",
+        r"(^|\.)backbone\.(camera|depth|point|track)_head\.",
+    ]
 
     def __init__(self, config: Spa3RConfig):
         super().__init__(config)
