@@ -201,6 +201,9 @@ with gr.Blocks(title="Spa3-VLM Space", analytics_enabled=False, delete_cache=(36
     with gr.Tabs():
         with gr.Tab("Ask", id="ask"):
             gr.Markdown(ASK_HELP)
+            # Said before anyone asks: without a trained Spa3-VLM the default answers are meaningless.
+            gr.Markdown(f"⚠️ No trained Spa3-VLM found, so answers come from random weights. {VLM_HINT}",
+                        visible=vlm_choices[0] == core.TINY_RANDOM, elem_id="no-trained-vlm")
             with gr.Row():
                 with gr.Column(scale=1):
                     ask_files = gr.File(label="Images or one video", file_count="multiple", type="filepath", height=180)

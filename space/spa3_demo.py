@@ -12,6 +12,7 @@ import math
 import os
 import re
 import threading
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,7 +238,10 @@ def _load_vlm(spec: ModelSpec) -> VLMBundle:
             except ImportError as err:
                 raise ValueError(f"{spec.label} is a LoRA adapter: loading it needs `pip install peft`.") from err
             base_model = AutoModelForImageTextToText.from_pretrained(base, dtype=dtype)
-            model = PeftModel.from_pretrained(base_model, spec.source).merge_and_unload()
+            with warnings.catch_warnings():
+                # PEFT reads `is_gradient_checkpointing`, which transformers 5 deprecates: nothing a user can act on.
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+                model = PeftModel.from_pretrained(base_model, spec.source).merge_and_unload()
         else:
             model = AutoModelForImageTextToText.from_pretrained(spec.source, dtype=dtype)
         processor = Spa3VLMProcessor.from_pretrained(spec.source)

@@ -98,6 +98,18 @@ def pixels(path) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ import
 
 
+def _fresh_app(name: str):
+    saved_helper = sys.modules.pop("spa3_demo", None)
+    try:
+        spec = importlib.util.spec_from_file_location(name, SPACE / "app.py")
+        fresh = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(fresh)
+        return fresh
+    finally:
+        if saved_helper is not None:
+            sys.modules["spa3_demo"] = saved_helper
+
+
 def test_import_builds_demo_without_loading_models_or_network(monkeypatch):
     """A fresh import of the app (and its helper module) with every outgoing connection refused builds `demo`,
     loads no model and returns (a launch at import would block)."""
@@ -111,21 +123,24 @@ def test_import_builds_demo_without_loading_models_or_network(monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    saved_helper = sys.modules.pop("spa3_demo", None)
-    try:
-        spec = importlib.util.spec_from_file_location("spa3_space_app_fresh", SPACE / "app.py")
-        fresh = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(fresh)
-        assert fresh.core is not saved_helper  # the helper module was imported afresh too
-        assert isinstance(fresh.demo, gr.Blocks) and not fresh.demo.is_running
-        assert fresh.core.VLM_CACHE.loaded() == [] and fresh.core.FIELD_CACHE.loaded() == []
-        assert fresh.core._ASK_EXAMPLES == {} and fresh.core._SEE_SCENES == {}
-        public = sorted(fn.api_name for fn in fresh.demo.fns.values() if fn.api_visibility == "public")
-        assert public == ["ask", "load_example", "load_views", "see"]
-    finally:
-        if saved_helper is not None:
-            sys.modules["spa3_demo"] = saved_helper
+    helper = sys.modules.get("spa3_demo")
+    fresh = _fresh_app("spa3_space_app_fresh")
+    assert fresh.core is not helper  # the helper module was imported afresh too
+    assert isinstance(fresh.demo, gr.Blocks) and not fresh.demo.is_running
+    assert fresh.core.VLM_CACHE.loaded() == [] and fresh.core.FIELD_CACHE.loaded() == []
+    assert fresh.core._ASK_EXAMPLES == {} and fresh.core._SEE_SCENES == {}
+    public = sorted(fn.api_name for fn in fresh.demo.fns.values() if fn.api_visibility == "public")
+    assert public == ["ask", "load_example", "load_views", "see"]
     assert attempts == []
+
+
+@pytest.mark.parametrize("model, warned", [("tiny-random", True), (str(REPO / "hub_configs" / "spa3-vlm-tiny"), False)])
+def test_ask_tab_says_how_to_train_a_model_before_anyone_asks(monkeypatch, model, warned):
+    monkeypatch.setenv("SPA3_VLM_MODEL", model)
+    fresh = _fresh_app("spa3_space_app_hint")
+    notes = [block for block in fresh.demo.blocks.values() if getattr(block, "elem_id", None) == "no-trained-vlm"]
+    assert len(notes) == 1 and notes[0].visible is warned
+    assert "python train/sft_vlm.py --output_dir runs/spa3-vlm-tiny-sft" in notes[0].value
 
 
 def test_app_defaults_turn_analytics_off_and_queue(app):
@@ -303,6 +318,7 @@ def test_ask_answers_with_a_saved_model_folder(client, tmp_path):
     assert "Random weights" not in notes and str(folder) in notes
 
 
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")  # peft reads it when building the adapter
 def test_a_lora_adapter_folder_is_merged_into_its_base(core, tmp_path):
     """train/sft_vlm.py --use_lora saves a PEFT adapter naming its base folder; the app loads base + adapter."""
     peft = pytest.importorskip("peft")

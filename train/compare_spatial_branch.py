@@ -175,7 +175,6 @@ def train_arm(name, model, args: CompareArguments, seed: int, processor, train, 
         activation_checkpointing=False,
         max_length=None,
         seed=seed,
-        disable_tqdm=True,
     )
     mode = "latents" if spatial else "none"
     trainer = Spa3VLMSFTTrainer(
@@ -187,6 +186,7 @@ def train_arm(name, model, args: CompareArguments, seed: int, processor, train, 
         learning_rates={"adapter": args.adapter_lr} if args.adapter_lr is not None else None,
         fused_lm_head=False,  # same loss; TRL's chunked LM head costs more than this tiny model on a CPU
     )
+    logger.info("arm %r, seed %d: %d training steps, then %d held-out questions", name, seed, args.max_steps, len(held_out))
     start = time.perf_counter()
     output = trainer.train()
     train_seconds = time.perf_counter() - start

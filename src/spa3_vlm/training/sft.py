@@ -811,12 +811,15 @@ def generate_predictions(
     max_new_tokens: int = 16,
     spatial_inputs: str = "auto",
     latents_column: str = "spatial_latents",
+    progress: bool = True,
 ) -> list[str]:
     """Greedy answers for TRL records (prompt = the messages before the last assistant turn), in order.
 
     ``spatial_inputs`` as in :class:`Spa3VLMSFTCollator`. Left padding, ``max_new_tokens`` new tokens,
-    special tokens dropped.
+    special tokens dropped. ``progress`` shows a bar over the batches.
     """
+    from tqdm.auto import tqdm
+
     if spatial_inputs not in SPATIAL_INPUT_MODES:
         raise ValueError(f"spatial_inputs must be one of {SPATIAL_INPUT_MODES}, got {spatial_inputs!r}")
     model.eval()
@@ -824,7 +827,8 @@ def generate_predictions(
     tokenizer = processor.tokenizer
     predictions: list[str] = []
     rows = list(records) if not hasattr(records, "select") else records
-    for start in range(0, len(rows), batch_size):
+    starts = range(0, len(rows), batch_size)
+    for start in tqdm(starts, desc="answering", unit="batch", disable=not progress or len(starts) < 2):
         chunk = [rows[i] for i in range(start, min(start + batch_size, len(rows)))]
         for offset, example in enumerate(chunk):
             validate_sft_example(example, start + offset)
