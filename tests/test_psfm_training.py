@@ -289,7 +289,7 @@ def test_a_run_killed_while_saving_resumes_from_the_last_complete_checkpoint(tmp
     with pytest.raises(RuntimeError, match="killed while saving"):
         crashed.train()
     assert sorted(os.listdir(tmp_path / "resumed")) == ["checkpoint-2", "checkpoint-4"]
-    with pytest.raises(ValueError, match="checkpoint-4 is not a complete checkpoint .*interrupted while being saved"):
+    with pytest.raises(ValueError, match="checkpoint-4 is not a checkpoint to resume from: interrupted while being saved"):
         _trainer(tmp_path / "resumed", 6).train(resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoint-4"))
     resumed = _trainer(tmp_path / "resumed", 6)
     resumed.train(resume_from_checkpoint=True)  # takes checkpoint-2 and removes the cut-short checkpoint-4
@@ -298,6 +298,50 @@ def test_a_run_killed_while_saving_resumes_from_the_last_complete_checkpoint(tmp
     assert resumed.state.global_step == 6
     with pytest.raises(ValueError, match="No complete checkpoint to resume from"):
         _trainer(tmp_path / "empty", 2).train(resume_from_checkpoint=True)
+
+
+@pytest.mark.parametrize(
+    "damage, named",
+    [
+        ("remove optimizer.pt", "optimizer.pt is missing"),
+        ("remove scheduler.pt", "scheduler.pt is missing"),
+        ("remove model.safetensors", "no model weights"),
+        ("truncate model.safetensors", "model.safetensors is damaged"),
+        ("truncate optimizer.pt", "optimizer.pt is damaged"),
+        ("truncate rng_state.pth", "rng_state.pth is damaged"),
+    ],
+)
+def test_resume_refuses_a_damaged_checkpoint_by_name_and_keeps_it(tmp_path, damage, named):
+    """A checkpoint saved whole that later lost or damaged a file is refused, naming the file and the newest good
+    checkpoint, and is not deleted (the user decides); the good one still resumes to the uninterrupted weights."""
+    output = tmp_path / "run"
+    _trainer(output, 4).train()
+    assert {"checkpoint-2", "checkpoint-4"} <= set(os.listdir(output))
+    action, name = damage.split()
+    path = output / "checkpoint-4" / name
+    if action == "remove":
+        path.unlink()
+    else:
+        with open(path, "r+b") as handle:
+            handle.truncate(path.stat().st_size // 2)
+    from spa3_vlm.training.psfm import checkpoint_problem, last_complete_checkpoint
+
+    assert named in checkpoint_problem(str(output / "checkpoint-4"))
+    assert checkpoint_problem(str(output / "checkpoint-2")) is None
+    expected = f"cannot resume from .*checkpoint-4: {named}.*newest good checkpoint is .*checkpoint-2"
+    with pytest.raises(ValueError, match=expected):
+        last_complete_checkpoint(str(output))
+    with pytest.raises(ValueError, match=expected):
+        _trainer(output, 4).train(resume_from_checkpoint=True)
+    with pytest.raises(ValueError, match=f"checkpoint-4 is not a checkpoint to resume from: {named}"):
+        _trainer(output, 4).train(resume_from_checkpoint=str(output / "checkpoint-4"))
+    assert (output / "checkpoint-4").is_dir()  # kept
+    resumed = _trainer(output, 4)
+    resumed.train(resume_from_checkpoint=str(output / "checkpoint-2"))
+    reference = _trainer(tmp_path / "straight", 4)
+    reference.train()
+    for (key, a), b in zip(reference.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), key
 
 
 def test_muon_steps_block_matrices_with_muon_and_the_rest_with_adamw(tmp_path):
@@ -391,8 +435,44 @@ def test_main_job_trains_evaluates_and_saves_a_loadable_model(tmp_path):
     teacher = load_file(os.path.join(REPO, "hub_configs", "vggt-tiny-synthrooms", "model.safetensors"))
     for name, value in encoder.backbone.state_dict().items():
         assert torch.equal(value, teacher[name]), name
-    with pytest.raises(ValueError, match="--config_overrides must be a JSON object"):
-        pretrain_psfm.main(["--output_dir", str(tmp_path / "x"), "--config_overrides", "[1]", *TINY_RUN])
+
+
+def _import_pretrain_psfm():
+    sys.path.insert(0, os.path.join(REPO, "train"))
+    try:
+        import pretrain_psfm
+    finally:
+        sys.path.pop(0)
+    return pretrain_psfm
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--max_steps", "-5"], "--max_steps must be a positive number of steps, or -1 to train --num_train_epochs, got -5"),
+        (["--max_steps", "0"], "--max_steps must be a positive number of steps"),
+        (["--max_grad_norm", "nan"], "--max_grad_norm must be a finite number >= 0 (0 turns clipping off), got nan"),
+        (["--muon_momentum", "2.0"], "--muon_momentum must be in [0, 1), got 2.0"),
+        (["--learning_rate", "-1"], "--learning_rate must be a positive number, got -1.0"),
+        (["--dataset", "imagenet"], "--dataset must be synthrooms, scannet or scannetpp, got 'imagenet'"),
+        (["--dataset", "scannet"], "--dataset scannet needs --data_root, an existing folder; got None"),
+        (["--min_views", "5", "--max_views", "4"], "--max_views (4) must be >= --min_views (5)"),
+        (["--num_train_scenes", "0"], "--num_train_scenes must be >= 1, got 0"),
+        (["--config_overrides", "[1]"], "--config_overrides must be a JSON object of config fields, got '[1]'"),
+        (["--config_overrides", "{not json"], "Expecting property name"),
+        (["--config_overrides", '{"hidden_size": 60}'], "hidden_size"),
+    ],
+)
+def test_main_job_refuses_bad_flags_in_one_line_before_any_work(tmp_path, capsys, flags, message):
+    pretrain_psfm = _import_pretrain_psfm()
+    with pytest.raises(SystemExit) as exit_info:
+        pretrain_psfm.main(["--output_dir", str(tmp_path / "run"), *flags])
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    error = stderr.strip().splitlines()[-1]
+    assert ": error: " in error and message in error, error
+    assert "Traceback" not in stderr
+    assert not (tmp_path / "run").exists()  # nothing was written
 
 
 @pytest.mark.slow

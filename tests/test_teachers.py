@@ -252,3 +252,50 @@ def test_shipped_semantic_teacher_beats_raw_colours_on_fresh_scenes():
     assert results["teacher"]["accuracy"] > results["raw_pixels"]["accuracy"]
     assert results["teacher"]["balanced_accuracy"] > results["raw_pixels"]["balanced_accuracy"]
     assert results["teacher"]["accuracy"] > results["mean_colour"]["accuracy"]
+
+
+def _import_script(name: str):
+    import importlib
+    import sys
+
+    sys.path.insert(0, os.path.join(REPO, "train"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)
+
+
+TINY_TEACHER_RUN = [
+    "--num_train_scenes", "2", "--num_eval_scenes", "1", "--frames_per_scene", "6", "--image_height", "28",
+    "--image_width", "42", "--per_device_train_batch_size", "2", "--save_steps", "2", "--logging_steps", "1",
+    "--render_processes", "1", "--cpu_threads", "1", "--use_cpu", "true",
+]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["geometry", "semantic"])
+def test_teacher_scripts_train_export_a_loadable_teacher_and_resume(tmp_path, kind):
+    """Both scripts end to end at a tiny size: train on the HF Trainer, score, export a folder that the teacher's
+    class loads (with its card and scores), and a re-run with more steps continues from the saved checkpoint."""
+    script = _import_script(f"train_{kind}_teacher")
+    extra = ["--max_interval", "1"] if kind == "geometry" else ["--probe_train_views", "8"]
+    output, export = tmp_path / "run", tmp_path / "teacher"
+    argv = ["--output_dir", str(output), "--export_dir", str(export), *TINY_TEACHER_RUN, *extra]
+    results = script.main([*argv, "--max_steps", "2"])
+    expected = {"camera", "depth"} if kind == "geometry" else {"teacher", "raw_pixels", "mean_colour"}
+    assert expected <= set(results)
+    model_class = VGGTModel if kind == "geometry" else DINOv3ViTModel
+    teacher = model_class.from_pretrained(export)
+    assert json.loads((export / "eval.json").read_text()) and "--max_steps 2" in (export / "README.md").read_text()
+    assert not any(name.endswith(".py") for name in os.listdir(export))  # the package or transformers has the class
+    # Mark checkpoint-2's state: a run that resumes from it carries the mark into checkpoint-3, a fresh one does not.
+    saved = output / "checkpoint-2" / "trainer_state.json"
+    state = json.loads(saved.read_text())
+    state["log_history"][0]["resumed_from_here"] = True
+    saved.write_text(json.dumps(state))
+    script.main([*argv, "--max_steps", "3"])
+    state = json.loads((output / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3 and state["log_history"][0].get("resumed_from_here") is True
+    retrained = model_class.from_pretrained(export)
+    changed = any(not torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), retrained.state_dict().values()))
+    assert changed

@@ -1,6 +1,7 @@
 """VGGT backbone: checkpoint layout, masked pass, conversion and input checks."""
 
 import json
+import logging
 
 import pytest
 import torch
@@ -184,11 +185,16 @@ def test_conversion_is_strict_and_reports_what_it_drops(tmp_path):
         vggt_from_reference(wrong, **reference_args)
 
 
-def test_reference_checkpoint_loading_is_safe(tmp_path):
+def test_reference_checkpoint_loading_is_safe(tmp_path, caplog):
     state = {"model.projection.weight": torch.ones(2, 2), "model.encoder.norm.weight": torch.ones(2)}
     lightning = tmp_path / "spa3r.ckpt"
     torch.save({"state_dict": state, "epoch": 3}, lightning)
     assert set(load_reference_checkpoint(lightning)) == {"projection.weight", "encoder.norm.weight"}
+    mixed = tmp_path / "mixed.ckpt"
+    torch.save({"state_dict": {**state, "ema.projection.weight": torch.ones(2, 2)}}, mixed)
+    with caplog.at_level(logging.WARNING, logger="spa3_vlm.conversion.reference"):
+        assert set(load_reference_checkpoint(mixed)) == {"projection.weight", "encoder.norm.weight"}
+    assert "ignoring 1 tensor(s) outside the Lightning module's model. prefix: ema.projection.weight" in caplog.text
 
     class Payload:  # an arbitrary object would execute code when unpickled without weights_only
         def __reduce__(self):
@@ -196,8 +202,13 @@ def test_reference_checkpoint_loading_is_safe(tmp_path):
 
     evil = tmp_path / "evil.ckpt"
     torch.save({"state_dict": state, "payload": Payload()}, evil)
-    with pytest.raises(ValueError, match="could not read checkpoint .*evil.ckpt"):
+    with pytest.raises(ValueError, match="could not read checkpoint .*evil.ckpt: refused, it pickles objects") as refused:
         load_reference_checkpoint(evil)
+    assert "weights_only" not in str(refused.value) and refused.value.__cause__ is None  # never suggest unsafe loading
+    empty = tmp_path / "empty.ckpt"
+    torch.save({"state_dict": {}}, empty)
+    with pytest.raises(ValueError, match="empty.ckpt holds no tensors"):
+        load_reference_checkpoint(empty)
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="could not read checkpoint .*corrupt.safetensors"):

@@ -2,6 +2,8 @@
 
 import math
 import random
+import re
+import time
 
 import numpy as np
 import pytest
@@ -252,6 +254,32 @@ def test_number_words_count_only_in_first_number_mode():
 )
 def test_first_number_parsing(text, value):
     assert parse_numeric_prediction(text, "first-number") == value
+
+
+# The digit rules as one backtracking regex (the parser's previous form): the reference for the linear-time one.
+_REFERENCE_NUMBER = re.compile(r"(?:(?<![\w.])[-+])?(?:\d{1,3}(?:,\d{3})+(?![\d,])|\d+)(?:\.\d+)?|(?<![\w.])[-+]?\.\d+")
+
+
+def test_first_number_digit_rules_match_the_reference_regex_on_random_text():
+    rng = random.Random(0)
+    alphabet = "0123456789,,,..--+ ab"
+    for _ in range(5000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 14)))
+        if any(c.isalpha() for c in text):
+            continue  # words are another rule; digits only here
+        found = _REFERENCE_NUMBER.search(text)
+        expected = float(found.group(0).replace(",", "")) if found else None
+        assert parse_numeric_prediction(text, "first-number") == expected, text
+
+
+def test_first_number_takes_linear_time_on_long_digit_runs():
+    """A 400,000-character run of comma groups that is not in the 1,234 form (its last group has 4 digits) made the
+    previous regex retry the group form at every comma: minutes here. A linear parser needs well under a second."""
+    text = "1" + ",234" * 100_000 + "5"
+    start = time.perf_counter()
+    assert parse_numeric_prediction(text, "first-number") == 1.0
+    assert parse_numeric_prediction("x " + text[:-1], "first-number") == float("1" + "234" * 100_000)
+    assert time.perf_counter() - start < 5.0
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from transformers import AutoConfig, HfArgumentParser, TrainingArguments, set_se
 from spa3_vlm import Spa3RForFieldPrediction
 from spa3_vlm.data.psfm import PSFMCollator, PSFMDataset
 from spa3_vlm.training.field_eval import evaluate_field, field_pca_figure, format_field_table
-from spa3_vlm.training.psfm import PSFMTrainer, last_complete_checkpoint
+from spa3_vlm.training.psfm import PSFMTrainer, train_resuming
 
 logger = logging.getLogger("pretrain_psfm")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,6 +97,37 @@ class DataArguments:
     )
 
 
+def flag_problems(model_args: ModelArguments, data: DataArguments, optim: OptimizerArguments, training) -> list[str]:
+    """What is wrong with the flags, checked before any work (each entry names the flag, its value, what is allowed)."""
+    problems = []
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            problems.append(message)
+
+    need(training.max_steps > 0 or (training.max_steps == -1 and training.num_train_epochs > 0),
+         f"--max_steps must be a positive number of steps, or -1 to train --num_train_epochs, got {training.max_steps}")
+    need(math.isfinite(training.learning_rate) and training.learning_rate > 0,
+         f"--learning_rate must be a positive number, got {training.learning_rate}")
+    need(math.isfinite(training.max_grad_norm) and training.max_grad_norm >= 0,
+         f"--max_grad_norm must be a finite number >= 0 (0 turns clipping off), got {training.max_grad_norm}")
+    need(0 <= optim.muon_momentum < 1, f"--muon_momentum must be in [0, 1), got {optim.muon_momentum}")
+    need(data.dataset in ("synthrooms", "scannet", "scannetpp"),
+         f"--dataset must be synthrooms, scannet or scannetpp, got {data.dataset!r}")
+    if data.dataset in ("scannet", "scannetpp"):
+        need(data.data_root is not None and os.path.isdir(data.data_root),
+             f"--dataset {data.dataset} needs --data_root, an existing folder; got {data.data_root!r}")
+    for name in ("num_train_scenes", "frames_per_scene", "image_height", "image_width", "min_views", "min_interval",
+                 "samples_per_scene", "render_processes"):
+        need(getattr(data, name) >= 1, f"--{name} must be >= 1, got {getattr(data, name)}")
+    need(data.num_eval_scenes >= 0, f"--num_eval_scenes must be >= 0, got {data.num_eval_scenes}")
+    need(data.cpu_threads >= 0, f"--cpu_threads must be >= 0 (0: every core), got {data.cpu_threads}")
+    need(data.max_views >= data.min_views, f"--max_views ({data.max_views}) must be >= --min_views ({data.min_views})")
+    need(data.max_interval >= data.min_interval,
+         f"--max_interval ({data.max_interval}) must be >= --min_interval ({data.min_interval})")
+    return problems
+
+
 def build_scenes(data: DataArguments, split: str, seed: int):
     if data.dataset == "synthrooms":
         from spa3_vlm.data.synthrooms import load_synthrooms
@@ -133,7 +165,9 @@ def build_model(model_args: ModelArguments) -> Spa3RForFieldPrediction:
     overrides = json.loads(model_args.config_overrides) if model_args.config_overrides else {}
     if not isinstance(overrides, dict):
         raise ValueError(f"--config_overrides must be a JSON object of config fields, got {model_args.config_overrides!r}")
-    config = AutoConfig.from_pretrained(model_args.config_name, **overrides)
+    config = AutoConfig.from_pretrained(model_args.config_name)
+    # Rebuilt rather than passed as from_pretrained kwargs, which are set after __init__ and skip its validation.
+    config = type(config).from_dict({**config.to_dict(), **overrides})
     model = Spa3RForFieldPrediction(config)
     if model_args.load_teacher_weights:
         from spa3_vlm.training.teachers import load_pretrained_teachers
@@ -170,12 +204,18 @@ def main(argv=None) -> dict:
         model_args, data_args, optim_args, training_args = parser.parse_json_file(argv[0])
     else:
         model_args, data_args, optim_args, training_args = parser.parse_args_into_dataclasses(argv)
+    problems = flag_problems(model_args, data_args, optim_args, training_args)
+    if problems:
+        parser.error("; ".join(problems))  # one line and exit status 2: a user mistake, not a crash
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if data_args.cpu_threads > 0 and not torch.cuda.is_available():
         torch.set_num_threads(data_args.cpu_threads)
     set_seed(training_args.seed)
 
-    model = build_model(model_args)
+    try:
+        model = build_model(model_args)
+    except (ValueError, OSError) as error:  # a config that does not load or validate: the user's input
+        parser.error(str(error))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("Spa3R: %.2fM trainable / %.2fM parameters", trainable / 1e6, sum(p.numel() for p in model.parameters()) / 1e6)
     # Renderer fields the model needs: as targets of its heads or depth probe, and as context inputs of its encoder.
@@ -203,10 +243,7 @@ def main(argv=None) -> dict:
         muon=optim_args.muon,
         muon_momentum=optim_args.muon_momentum,
     )
-    resume = training_args.resume_from_checkpoint
-    if resume is None and os.path.isdir(training_args.output_dir):
-        resume = last_complete_checkpoint(training_args.output_dir)  # pick up an interrupted run automatically
-    trainer.train(resume_from_checkpoint=resume)
+    train_resuming(trainer)  # picks up an interrupted run automatically
     trainer.save_model(training_args.output_dir)  # config + safetensors + model code: AutoModel loads it
 
     results = {}

@@ -12,7 +12,6 @@ defaults. Every ``TrainingArguments`` flag works; an interrupted run resumes fro
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -22,27 +21,25 @@ import torch
 from transformers import AutoConfig, HfArgumentParser, TrainingArguments, set_seed
 
 from spa3_vlm.data.psfm import PSFMCollator, PSFMDataset
-from spa3_vlm.data.synthrooms import load_synthrooms
 from spa3_vlm.training.geometry_teacher import VGGTForGeometryTraining, evaluate_geometry_teacher, format_geometry_report
-from spa3_vlm.training.psfm import PSFMTrainer, last_complete_checkpoint
-from spa3_vlm.training.teacher_export import save_teacher
+from spa3_vlm.training.psfm import PSFMTrainer, train_resuming
+from spa3_vlm.training.teacher_runs import (
+    TeacherDataArguments,
+    export_teacher_run,
+    teacher_scenes,
+    teacher_training_defaults,
+)
 
 logger = logging.getLogger("train_geometry_teacher")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @dataclass
-class TeacherArguments:
+class TeacherArguments(TeacherDataArguments):
     config_name: str = field(
         default=os.path.join(REPO, "hub_configs", "vggt-tiny-synthrooms"),
         metadata={"help": "VGGT config (folder or config.json) of the teacher to train from scratch."},
     )
-    export_dir: str = field(default=None, metadata={"help": "Hub-style teacher folder (default: <output_dir>/teacher)."})
-    num_train_scenes: int = field(default=2000, metadata={"help": "SynthRooms training scenes (rendered once, cached)."})
-    num_eval_scenes: int = field(default=24, metadata={"help": "Held-out (test split) scenes for the report."})
-    frames_per_scene: int = field(default=16, metadata={"help": "Frames of each scene's camera walk."})
-    image_height: int = field(default=84, metadata={"help": "Image height (multiple of 14)."})
-    image_width: int = field(default=112, metadata={"help": "Image width (multiple of 14)."})
     min_views: int = field(default=2, metadata={"help": "Fewest views per sample."})
     max_views: int = field(default=6, metadata={"help": "Most views per sample."})
     min_interval: int = field(default=1, metadata={"help": "Smallest frame step between sampled views."})
@@ -53,29 +50,19 @@ class TeacherArguments:
     point_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the point-map loss."})
     readout_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the token read-out loss (0: off)."})
     muon: bool = field(default=True, metadata={"help": "Muon for the aggregator blocks' matrices, AdamW for the rest."})
-    render_processes: int = field(default=2, metadata={"help": "Processes that render the scenes (once, cached)."})
-    cpu_threads: int = field(default=2, metadata={"help": "torch threads on CPU (0 = torch's default)."})
 
 
 def main(argv=None) -> dict:
     parser = HfArgumentParser((TeacherArguments, TrainingArguments))
     parser.set_defaults(
-        output_dir="runs/vggt-tiny-synthrooms",
-        max_steps=6000,
-        per_device_train_batch_size=4,
-        learning_rate=1e-3,
-        weight_decay=1e-4,
-        warmup_steps=200,
-        lr_scheduler_type="cosine",
-        max_grad_norm=1.0,
-        logging_steps=100,
-        save_steps=1000,
-        save_total_limit=2,
-        report_to="none",
-        dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(),  # pinning only helps copies to a GPU
-        remove_unused_columns=False,  # the collator reads depth maps and cameras
-        seed=0,
+        **teacher_training_defaults(
+            output_dir="runs/vggt-tiny-synthrooms",
+            max_steps=6000,
+            per_device_train_batch_size=4,
+            learning_rate=1e-3,
+            weight_decay=1e-4,
+            warmup_steps=200,
+        )
     )
     argv = sys.argv[1:] if argv is None else argv
     args, training_args = parser.parse_args_into_dataclasses(argv)
@@ -96,36 +83,23 @@ def main(argv=None) -> dict:
         camera_loss_type=args.camera_loss_type,
     )
     logger.info("VGGT teacher: %.2fM parameters", sum(p.numel() for p in model.vggt.parameters()) / 1e6)
-    image_size = (args.image_height, args.image_width)
-    scenes = load_synthrooms(
-        args.num_train_scenes, args.frames_per_scene, image_size, training_args.seed, "train", num_proc=args.render_processes
-    )
+    scenes = teacher_scenes(args, training_args.seed, "train")
     views, interval = (args.min_views, args.max_views), (args.min_interval, args.max_interval)
     dataset = PSFMDataset(scenes, views, interval, samples_per_scene=1, seed=training_args.seed, cache_scenes=True)
     collator = PSFMCollator(config.patch_size, mask_ratio=0.0, seed=training_args.seed, depth_maps=True)
     trainer = PSFMTrainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator, muon=args.muon)
-    resume = training_args.resume_from_checkpoint
-    if resume is None and os.path.isdir(training_args.output_dir):
-        resume = last_complete_checkpoint(training_args.output_dir)
-    trainer.train(resume_from_checkpoint=resume)
+    train_resuming(trainer)
 
     results = {}
     if trainer.is_world_process_zero():
-        held_out = load_synthrooms(
-            args.num_eval_scenes, args.frames_per_scene, image_size, training_args.seed, "test", num_proc=args.render_processes
-        )
+        held_out = teacher_scenes(args, training_args.seed, "test")
         # Fixed 6-view samples with the training intervals, the same for every run.
         eval_set = PSFMDataset(held_out, (6, 6), interval, samples_per_scene=2, seed=12345)
         eval_collator = PSFMCollator(config.patch_size, mask_ratio=0.0, depth_maps=True)
         batches = [eval_collator([eval_set[i] for i in range(s, min(s + 4, len(eval_set)))]) for s in range(0, len(eval_set), 4)]
         results = evaluate_geometry_teacher(model.vggt, batches)
         report = format_geometry_report(results)
-        print("\n" + report)
-        export_dir = args.export_dir or os.path.join(training_args.output_dir, "teacher")
-        command = "python train/train_geometry_teacher.py " + " ".join(argv)
-        save_teacher(model.vggt, export_dir, kind="geometry", report=report, results=results, command=command.strip(),
-                     steps=trainer.state.global_step)
-        print(f"geometry teacher saved to {export_dir}")
+        export_teacher_run(model.vggt, "geometry", report, results, args, training_args, argv, trainer.state.global_step)
     return results
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -65,6 +67,14 @@ def load_reference_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
             state = load_file(str(path))
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # torch's message goes on to suggest weights_only=False, i.e. running the file's code: never pass that on.
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        what = f" ({found.group(1)})" if found else ""
+        raise ValueError(
+            f"could not read checkpoint {path}: refused, it pickles objects other than tensors{what}, which could run "
+            "code when loaded. Only weights are read from pickled files; convert it to safetensors where you trust it."
+        ) from None
     except Exception as error:  # corrupt or truncated file: say which one
         raise ValueError(f"could not read checkpoint {path}: {error}") from error
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
@@ -73,7 +83,13 @@ def load_reference_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         state = state["model_state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} does not hold a state dict of tensors")
+    if not state:
+        raise ValueError(f"{path} holds no tensors")
     if any(key.startswith("model.") for key in state):
+        outside = sorted(key for key in state if not key.startswith("model."))
+        if outside:
+            logger.warning("%s: ignoring %d tensor(s) outside the Lightning module's model. prefix: %s", path,
+                           len(outside), ", ".join(outside[:6]) + (", ..." if len(outside) > 6 else ""))
         state = {key[len("model.") :]: value for key, value in state.items() if key.startswith("model.")}
     return state
 

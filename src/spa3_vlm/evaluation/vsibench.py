@@ -96,10 +96,13 @@ _WORD_VALUES = {**_UNITS, **_TEENS, **_TENS}
 _SCALES = ("hundred", "thousand")
 # A sign counts only when it does not follow a word character ("room-3" is 3, "(-3" is -3).
 # Thousands separators only in the strict 1,234 form; "3,5" is 3 (no decimal commas).
+# A number token is a whole run of digits and commas (plus decimals), split up in Python by _number_value: a regex
+# that tried the 1,234 form at every start backtracked quadratically on long runs such as "1,234,234,...,2345".
 _TOKEN = re.compile(
-    r"(?P<number>(?:(?<![\w.])[-+])?(?:\d{1,3}(?:,\d{3})+(?![\d,])|\d+)(?:\.\d+)?|(?<![\w.])[-+]?\.\d+)"
+    r"(?P<number>(?:(?<![\w.])[-+])?\d[\d,]*(?:\.\d+)?|(?<![\w.])[-+]?\.\d+)"
     r"|(?P<word>[A-Za-z]+)"
 )
+_GROUPED = re.compile(r"\d{1,3}(?:,\d{3})+")
 _WORD_GAP = re.compile(r"[\s-]+")
 
 
@@ -156,13 +159,25 @@ def _words_value(words: list[str]) -> float:
     return float(total + current)
 
 
+def _number_value(token: str) -> float:
+    """Value of a number token: "1,234.5" -> 1234.5; a run that is not in the strict 1,234 form counts up to its first
+    comma ("3,5" -> 3, "1,2345" -> 1), and decimals only when they follow the digits it keeps."""
+    sign, body = ("", token) if token[0] not in "+-" else (token[0], token[1:])
+    integer, dot, decimals = body.partition(".")
+    if "," in integer:
+        if not _GROUPED.fullmatch(integer):
+            return float(sign + integer.split(",", 1)[0])
+        integer = integer.replace(",", "")
+    return float(sign + integer + dot + decimals)
+
+
 def _first_number(text: str) -> float | None:
     """The first number in ``text``: digits ("-3.5", "1,200") or English words ("three", "twenty-one",
     "two hundred and five"); ``None`` when there is none."""
     tokens = list(_TOKEN.finditer(text))
     for index, token in enumerate(tokens):
         if token.group("number") is not None:
-            return float(token.group("number").replace(",", ""))
+            return _number_value(token.group("number"))
         word = token.group("word").lower()
         kind = _word_kind(word)
         if kind not in ("unit", "teen", "tens"):

@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import shutil
+import zipfile
 from collections import defaultdict
 from typing import Optional
 
@@ -22,21 +23,70 @@ _STATE_FILE = "trainer_state.json"  # the Trainer writes it after the weights, o
 NO_DECAY_PATTERNS = ("bias", "norm", "register_token", "camera_token", "pose_tokens", "query_embed", "gamma")
 
 
-def is_complete_checkpoint(folder: str) -> bool:
-    """Whether the Trainer finished writing ``folder``: its last file, ``trainer_state.json``, reads back."""
+# What a resumable checkpoint needs besides trainer_state.json: weights in one of these forms (the first matching
+# name), and the optimizer and scheduler states (DeepSpeed keeps both in its own global_step* folder instead).
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin")
+_RESUME_FILES = ("optimizer.pt", "scheduler.pt")
+
+
+def _damage(path: str) -> Optional[str]:
+    """Why the file at ``path`` cannot be read back, or ``None``. Cheap: headers and zip directories only."""
+    name = os.path.basename(path)
+    if not os.path.isfile(path):
+        return f"{name} is missing"
     try:
-        with open(os.path.join(folder, _STATE_FILE)) as handle:
-            json.load(handle)
-    except (OSError, ValueError):
-        return False
-    return True
+        if name.endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(path, "pt"):  # parses the header and checks that the data fills the file
+                pass
+        elif name.endswith((".pt", ".pth", ".bin")):
+            with zipfile.ZipFile(path):  # torch.save files are zip archives; a cut-short one has no directory
+                pass
+        elif name.endswith(".json"):
+            with open(path) as handle:
+                json.load(handle)
+    except Exception as error:  # noqa: BLE001 - every reader error means the same: damaged
+        return f"{name} is damaged ({type(error).__name__}: {error})"
+    return None
+
+
+def checkpoint_problem(folder: str) -> Optional[str]:
+    """Why ``folder`` cannot be resumed from, or ``None`` if it can.
+
+    ``"interrupted while being saved"`` when ``trainer_state.json`` (the Trainer's last file) is missing; otherwise
+    the first missing file the resume needs (weights, ``optimizer.pt``, ``scheduler.pt``) or damaged file.
+    """
+    if _damage(os.path.join(folder, _STATE_FILE)) is not None:  # missing, or cut short while being written
+        return f"interrupted while being saved (no readable {_STATE_FILE})"
+    names = set(os.listdir(folder))
+    weights = [name for name in _WEIGHT_FILES if name in names]
+    if not weights:
+        return f"no model weights (expected one of {', '.join(_WEIGHT_FILES)})"
+    deepspeed = any(name.startswith("global_step") for name in names)
+    for name in () if deepspeed else _RESUME_FILES:
+        if name not in names:
+            return f"{name} is missing: resuming without it would not continue the same run"
+    for name in sorted(names):
+        if name in weights or name.endswith((".pt", ".pth", ".safetensors")):
+            problem = _damage(os.path.join(folder, name))
+            if problem:
+                return problem
+    return None
+
+
+def is_complete_checkpoint(folder: str) -> bool:
+    """Whether ``folder`` can be resumed from (:func:`checkpoint_problem` finds nothing)."""
+    return os.path.isdir(folder) and checkpoint_problem(folder) is None
 
 
 def last_complete_checkpoint(output_dir: str, remove_incomplete: bool = True) -> Optional[str]:
-    """The newest complete ``checkpoint-N`` in ``output_dir`` (``None`` if there is none).
+    """The newest checkpoint ``checkpoint-N`` in ``output_dir`` that can be resumed from (``None`` if there is none).
 
-    Newer checkpoints that a crash cut short are deleted with a warning (``remove_incomplete``), so that neither a
-    later resume nor checkpoint rotation mistakes them for the newest state.
+    Newer checkpoints that a crash cut short while saving are deleted with a warning (``remove_incomplete``), so
+    that neither a later resume nor checkpoint rotation mistakes them for the newest state. A newer checkpoint that
+    was saved completely but has since lost or damaged a file is never deleted: it raises ``ValueError`` naming the
+    file and the newest good checkpoint, so the user decides.
     """
     if not os.path.isdir(output_dir):
         return None
@@ -45,23 +95,38 @@ def last_complete_checkpoint(output_dir: str, remove_incomplete: bool = True) ->
         for name in os.listdir(output_dir)
         if (match := _CHECKPOINT.match(name)) and os.path.isdir(os.path.join(output_dir, name))
     )
-    for _, name in reversed(steps):
-        folder = os.path.join(output_dir, name)
-        if is_complete_checkpoint(folder):
+    folders = [os.path.join(output_dir, name) for _, name in reversed(steps)]
+    for index, folder in enumerate(folders):
+        problem = checkpoint_problem(folder)
+        if problem is None:
             return folder
-        logger.warning("%s was interrupted while being saved (no readable %s)%s", folder, _STATE_FILE,
-                       "; removing it" if remove_incomplete else "")
-        if remove_incomplete:
-            shutil.rmtree(folder)
+        if problem.startswith("interrupted"):
+            logger.warning("%s was %s%s", folder, problem, "; removing it" if remove_incomplete else "")
+            if remove_incomplete:
+                shutil.rmtree(folder)
+            continue
+        good = next((older for older in folders[index + 1 :] if checkpoint_problem(older) is None), None)
+        way_out = f"resume from {good} explicitly, or delete {folder}" if good else f"delete {folder} to start over"
+        raise ValueError(f"cannot resume from {folder}: {problem}. The newest good checkpoint is {good}; {way_out}.")
     return None
+
+
+def train_resuming(trainer: Trainer):
+    """``trainer.train()`` from ``args.resume_from_checkpoint`` or else from the newest good checkpoint in the output
+    folder (:func:`last_complete_checkpoint`), so that re-running an interrupted command continues it."""
+    resume = trainer.args.resume_from_checkpoint
+    if resume is None and os.path.isdir(trainer.args.output_dir):
+        resume = last_complete_checkpoint(trainer.args.output_dir)
+    return trainer.train(resume_from_checkpoint=resume)
 
 
 class PSFMTrainer(Trainer):
     """``Trainer`` for ``Spa3RForFieldPrediction``.
 
     - logs every named loss (``loss/geo_l1``, ...) averaged over the logging interval;
-    - resumes only from complete checkpoints: ``train(resume_from_checkpoint=True)`` takes the newest checkpoint
-      whose ``trainer_state.json`` (written last) reads back, and removes newer ones that a kill cut short;
+    - resumes only from checkpoints it can read back whole (:func:`checkpoint_problem`):
+      ``train(resume_from_checkpoint=True)`` takes the newest, removes newer ones that a kill cut short while saving,
+      and refuses (naming the file) a newer one that lost or damaged a file after it was saved;
     - excludes biases, norms, register tokens and query embeddings from weight decay;
     - with ``muon=True``, trains the Transformer blocks' weight matrices with Muon and the rest with AdamW
       (:class:`~spa3_vlm.training.optim.MuonWithAdamW`; AdamW takes ``--adam_beta1/2``, ``--adam_epsilon``).
@@ -114,11 +179,13 @@ class PSFMTrainer(Trainer):
             resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir, remove_incomplete=self.args.should_save)
             if resume_from_checkpoint is None:
                 raise ValueError(f"No complete checkpoint to resume from in {self.args.output_dir}")
-        elif isinstance(resume_from_checkpoint, str) and not is_complete_checkpoint(resume_from_checkpoint):
-            raise ValueError(
-                f"{resume_from_checkpoint} is not a complete checkpoint (no readable {_STATE_FILE}): it was interrupted "
-                "while being saved, or is no checkpoint. Resume from an earlier one, or with resume_from_checkpoint=True."
-            )
+        elif isinstance(resume_from_checkpoint, str):
+            problem = checkpoint_problem(resume_from_checkpoint) if os.path.isdir(resume_from_checkpoint) else "no such folder"
+            if problem:
+                raise ValueError(
+                    f"{resume_from_checkpoint} is not a checkpoint to resume from: {problem}. Resume from an earlier "
+                    "one, or with resume_from_checkpoint=True (the newest good one)."
+                )
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def get_decay_parameter_names(self, model: torch.nn.Module) -> list[str]:
