@@ -430,3 +430,30 @@ def test_model_card_lists_results_in_paper_order():
     assert card.data.base_model == "Qwen/Qwen2.5-VL-3B-Instruct" and card.data.library_name == "transformers"
     assert "| overall | object_counting | route_planning |" in card.text
     assert "| 50.0 | 75.0 (n=8) | 25.0 (n=4) |" in card.text
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--max_steps", "-5"], "--max_steps must be a positive number of steps, or -1 to train --num_train_epochs"),
+        (["--max_grad_norm", "nan"], "--max_grad_norm must be a finite number >= 0 (0 turns clipping off), got nan"),
+        (["--learning_rate", "0"], "--learning_rate must be a positive number, got 0.0"),
+        (["--adapter_lr=-0.001"], "--adapter_lr must be a positive number, got -0.001"),
+        (["--merge_lora", "true"], "--merge_lora needs --use_lora"),
+        (["--use_lora", "true", "--tune_llm", "false"], "--use_lora trains LoRA weights in the LLM"),
+        (["--lora_dropout", "1.5"], "--lora_dropout must be in [0, 1), got 1.5"),
+        (["--lora_r", "0"], "--lora_r must be >= 1, got 0"),
+        (["--dataset", "vsi590k"], "--dataset vsi590k needs --annotation_path, an existing path; got None"),
+        (["--dataset", "no/such/folder"], "--dataset must be synthrooms_qa, vsi590k or a save_to_disk folder"),
+        (["--num_train_scenes", "0"], "--num_train_scenes must be >= 1, got 0"),
+        (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size must be >= 1, got 0"),
+    ],
+)
+def test_sft_refuses_bad_flags_in_one_line_before_any_work(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        sft_vlm.main(["--output_dir", str(tmp_path / "run"), *flags])
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    error = stderr.strip().splitlines()[-1]
+    assert ": error: " in error and message in error, error
+    assert "Traceback" not in stderr and not (tmp_path / "run").exists()

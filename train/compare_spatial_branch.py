@@ -186,7 +186,6 @@ def train_arm(name, model, args: CompareArguments, seed: int, processor, train, 
         learning_rates={"adapter": args.adapter_lr} if args.adapter_lr is not None else None,
         fused_lm_head=False,  # same loss; TRL's chunked LM head costs more than this tiny model on a CPU
     )
-    logger.info("arm %r, seed %d: %d training steps, then %d held-out questions", name, seed, args.max_steps, len(held_out))
     start = time.perf_counter()
     output = trainer.train()
     train_seconds = time.perf_counter() - start
@@ -267,7 +266,9 @@ def main(argv=None) -> dict:
             if model.config.spatial_branch:
                 arm_train = add_spatial_latents(train, model, processor)
                 arm_held_out = add_spatial_latents(held_out, model, processor)
-            logger.info("seed %d: training %s", seed, name)
+            logger.info(
+                "seed %d: training %s (%d steps, then %d held-out questions)", seed, name, args.max_steps, len(held_out)
+            )
             runs[seed][name] = train_arm(name, model, args, seed, processor, arm_train, arm_held_out)
 
     arms = list(runs[seeds[0]])

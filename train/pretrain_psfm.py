@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from transformers import AutoConfig, HfArgumentParser, TrainingArguments, set_se
 from spa3_vlm import Spa3RForFieldPrediction
 from spa3_vlm.data.psfm import PSFMCollator, PSFMDataset
 from spa3_vlm.training.field_eval import evaluate_field, field_pca_figure, format_field_table
+from spa3_vlm.training.flags import at_least, training_flag_problems
 from spa3_vlm.training.psfm import PSFMTrainer, train_resuming
 
 logger = logging.getLogger("pretrain_psfm")
@@ -97,34 +97,22 @@ class DataArguments:
     )
 
 
-def flag_problems(model_args: ModelArguments, data: DataArguments, optim: OptimizerArguments, training) -> list[str]:
+def flag_problems(data: DataArguments, optim: OptimizerArguments, training: TrainingArguments) -> list[str]:
     """What is wrong with the flags, checked before any work (each entry names the flag, its value, what is allowed)."""
-    problems = []
-
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            problems.append(message)
-
-    need(training.max_steps > 0 or (training.max_steps == -1 and training.num_train_epochs > 0),
-         f"--max_steps must be a positive number of steps, or -1 to train --num_train_epochs, got {training.max_steps}")
-    need(math.isfinite(training.learning_rate) and training.learning_rate > 0,
-         f"--learning_rate must be a positive number, got {training.learning_rate}")
-    need(math.isfinite(training.max_grad_norm) and training.max_grad_norm >= 0,
-         f"--max_grad_norm must be a finite number >= 0 (0 turns clipping off), got {training.max_grad_norm}")
-    need(0 <= optim.muon_momentum < 1, f"--muon_momentum must be in [0, 1), got {optim.muon_momentum}")
-    need(data.dataset in ("synthrooms", "scannet", "scannetpp"),
-         f"--dataset must be synthrooms, scannet or scannetpp, got {data.dataset!r}")
-    if data.dataset in ("scannet", "scannetpp"):
-        need(data.data_root is not None and os.path.isdir(data.data_root),
-             f"--dataset {data.dataset} needs --data_root, an existing folder; got {data.data_root!r}")
-    for name in ("num_train_scenes", "frames_per_scene", "image_height", "image_width", "min_views", "min_interval",
-                 "samples_per_scene", "render_processes"):
-        need(getattr(data, name) >= 1, f"--{name} must be >= 1, got {getattr(data, name)}")
-    need(data.num_eval_scenes >= 0, f"--num_eval_scenes must be >= 0, got {data.num_eval_scenes}")
-    need(data.cpu_threads >= 0, f"--cpu_threads must be >= 0 (0: every core), got {data.cpu_threads}")
-    need(data.max_views >= data.min_views, f"--max_views ({data.max_views}) must be >= --min_views ({data.min_views})")
-    need(data.max_interval >= data.min_interval,
-         f"--max_interval ({data.max_interval}) must be >= --min_interval ({data.min_interval})")
+    problems = training_flag_problems(training)
+    if not 0 <= optim.muon_momentum < 1:
+        problems.append(f"--muon_momentum must be in [0, 1), got {optim.muon_momentum}")
+    if data.dataset not in ("synthrooms", "scannet", "scannetpp"):
+        problems.append(f"--dataset must be synthrooms, scannet or scannetpp, got {data.dataset!r}")
+    elif data.dataset != "synthrooms" and not (data.data_root and os.path.isdir(data.data_root)):
+        problems.append(f"--dataset {data.dataset} needs --data_root, an existing folder; got {data.data_root!r}")
+    problems += at_least(data, ["num_train_scenes", "frames_per_scene", "image_height", "image_width", "min_views",
+                                "min_interval", "samples_per_scene", "render_processes"], 1)
+    problems += at_least(data, ["num_eval_scenes", "cpu_threads"], 0)
+    if data.max_views < data.min_views:
+        problems.append(f"--max_views ({data.max_views}) must be >= --min_views ({data.min_views})")
+    if data.max_interval < data.min_interval:
+        problems.append(f"--max_interval ({data.max_interval}) must be >= --min_interval ({data.min_interval})")
     return problems
 
 
@@ -204,7 +192,7 @@ def main(argv=None) -> dict:
         model_args, data_args, optim_args, training_args = parser.parse_json_file(argv[0])
     else:
         model_args, data_args, optim_args, training_args = parser.parse_args_into_dataclasses(argv)
-    problems = flag_problems(model_args, data_args, optim_args, training_args)
+    problems = flag_problems(data_args, optim_args, training_args)
     if problems:
         parser.error("; ".join(problems))  # one line and exit status 2: a user mistake, not a crash
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from trl import SFTConfig
 
 from spa3_vlm.evaluation.vsibench import TASK_ORDER
 from spa3_vlm.processing_spa3_vlm import Spa3VLMProcessor
+from spa3_vlm.training.flags import at_least, training_flag_problems
 from spa3_vlm.training.sft import (
     DEFAULT_LORA_TARGETS,
     Spa3VLMSFTCollator,
@@ -135,6 +137,34 @@ class DataArguments:
     )
 
 
+def flag_problems(model: ModelArguments, data: DataArguments, training) -> list[str]:
+    """What is wrong with the flags, checked before any work (each entry names the flag, its value, what is allowed)."""
+    problems = training_flag_problems(training)
+    if model.merge_lora and not model.use_lora:
+        problems.append("--merge_lora needs --use_lora")
+    if model.use_lora and not model.tune_llm:
+        problems.append("--use_lora trains LoRA weights in the LLM; it contradicts --tune_llm false")
+    for name in ("adapter_lr", "llm_lr", "merger_lr", "vision_lr"):
+        value = getattr(model, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            problems.append(f"--{name} must be a positive number, got {value}")
+    problems += at_least(model, ["lora_r", "lora_alpha"], 1)
+    if not 0 <= model.lora_dropout < 1:
+        problems.append(f"--lora_dropout must be in [0, 1), got {model.lora_dropout}")
+    if data.dataset == "vsi590k":
+        for name in ("annotation_path", "media_root"):
+            if not (getattr(data, name) and os.path.exists(getattr(data, name))):
+                problems.append(f"--dataset vsi590k needs --{name}, an existing path; got {getattr(data, name)!r}")
+    elif data.dataset != "synthrooms_qa" and not os.path.isdir(data.dataset):
+        problems.append(f"--dataset must be synthrooms_qa, vsi590k or a save_to_disk folder, got {data.dataset!r}")
+    problems += at_least(data, ["num_frames", "num_train_scenes", "frames_per_scene", "image_height", "image_width",
+                                "questions_per_scene", "eval_max_new_tokens"], 1)
+    problems += at_least(data, ["num_eval_scenes", "cpu_threads"], 0)
+    if data.max_train_samples is not None and data.max_train_samples < 1:
+        problems.append(f"--max_train_samples must be >= 1, got {data.max_train_samples}")
+    return problems
+
+
 def build_datasets(data: DataArguments, seed: int):
     """(train, held-out or None, dataset names for the card)."""
     import datasets
@@ -221,11 +251,10 @@ def main(argv=None) -> dict:
         model_args, data_args, training_args = parser.parse_json_file(argv[0])
     else:
         model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+    problems = flag_problems(model_args, data_args, training_args)
+    if problems:
+        parser.error("; ".join(problems))  # one line and exit status 2: a user mistake, not a crash
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    if model_args.merge_lora and not model_args.use_lora:
-        raise ValueError("--merge_lora needs --use_lora")
-    if model_args.use_lora and not model_args.tune_llm:
-        raise ValueError("--use_lora trains LoRA weights in the LLM; it contradicts --tune_llm false")
     if data_args.cpu_threads > 0 and not torch.cuda.is_available():
         torch.set_num_threads(data_args.cpu_threads)
     set_seed(training_args.seed)
