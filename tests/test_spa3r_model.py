@@ -156,6 +156,51 @@ def test_dataset_cameras_and_extra_field_targets(tiny_config):
         model(x, extrinsics=extrinsics, intrinsics=intrinsics, field_targets={"sem": rgb})
 
 
+@pytest.mark.parametrize(
+    "break_cameras, message",
+    [
+        (lambda e, k: (e[:, :2], k), r"extrinsics cover 2 views, expected 3: one camera per view"),
+        (lambda e, k: (e, k[:, :1]), r"intrinsics cover 1 views, expected 3"),
+        (lambda e, k: (e * 2, k), r"extrinsics must be rigid: .*orthonormal with determinant \+1"),
+        (lambda e, k: (e @ torch.diag(torch.tensor([1.0, 1, -1, 1])), k), r"extrinsics must be rigid"),  # a reflection
+        (lambda e, k: (e, k * torch.tensor([1.0, 1, 0])[:, None]), r"intrinsics must end with the row 0 0 1"),
+        (lambda e, k: (e.index_put((torch.tensor(0), torch.tensor(1), torch.tensor(0), torch.tensor(3)), torch.tensor(1e30)), k),
+         r"translations must stay below 1e\+06 in absolute value \(got 1e\+30\)"),
+        (lambda e, k: (e.index_put((torch.tensor(0), torch.tensor(1), torch.tensor(3), torch.tensor(0)), torch.tensor(1.0)), k),
+         r"4x4 extrinsics must end with the row 0 0 0 1"),
+        (lambda e, k: (e, k * float("nan")), r"NaN or infinite"),
+    ],
+)
+def test_dataset_cameras_are_checked_per_view_for_rigidity_and_range(tiny_config, break_cameras, message):
+    config = Spa3RConfig.from_dict({**tiny_config.to_dict(), "pose_source": "dataset", "semantic_teacher_config": None})
+    model = Spa3RForFieldPrediction(config).eval()
+    x = images(batch=1, views=3)
+    extrinsics = torch.eye(4).repeat(1, 3, 1, 1)
+    extrinsics[0, 1, 0, 3] = 0.5
+    intrinsics = torch.tensor([[60.0, 0, 42], [0, 60, 28], [0, 0, 1]]).repeat(1, 3, 1, 1)
+    with torch.no_grad():
+        assert torch.isfinite(model(x, extrinsics=extrinsics, intrinsics=intrinsics).predictions["geo"]).all()
+        with pytest.raises(ValueError, match=message):
+            broken_extrinsics, broken_intrinsics = break_cameras(extrinsics, intrinsics)
+            model(x, extrinsics=broken_extrinsics, intrinsics=broken_intrinsics)
+
+
+def test_a_renderer_depth_probe_predicts_without_its_target_in_eval_mode_only(tiny_config):
+    config = Spa3RConfig.from_dict(
+        {**tiny_config.to_dict(), "pose_source": "dataset", "semantic_teacher_config": None, "use_depth_probe": True,
+         "depth_probe_target": "metric_depth"}
+    )
+    model = Spa3RForFieldPrediction(config)
+    x = images(batch=1, views=2)
+    cameras = {"extrinsics": torch.eye(4).repeat(1, 2, 1, 1),
+               "intrinsics": torch.tensor([[60.0, 0, 42], [0, 60, 28], [0, 0, 1]]).repeat(1, 2, 1, 1)}
+    with torch.no_grad():
+        out = model.eval()(x, **cameras)
+    assert out.predictions["depth"].shape == (1, 2, 24, 1) and "depth" not in out.targets and "depth_probe" not in out.losses
+    with pytest.raises(ValueError, match=r"the depth probe learns field_targets\['metric_depth'\]"):
+        model.train()(x, **cameras)
+
+
 def test_loss_weights_and_smooth_l1_beta(tiny_config):
     """Weights scale each named loss in the total; beta switches a head's smooth-L1 towards plain L1."""
     base = {**tiny_config.to_dict(), "pose_source": "dataset", "target_heads": {"geo": 128, "rgb": 3}, "semantic_teacher_config": None}
@@ -273,8 +318,10 @@ def test_bad_inputs_are_rejected_with_clear_messages(tiny_model):
         model.decode_field(torch.zeros(1, 8, 64), cams, intrinsics, (56, 84))
     with pytest.raises(ValueError, match=r"extrinsics must be \[B=1, V=2, 3 or 4, 4\]"):
         model.decode_field(latents, torch.eye(3).repeat(1, 2, 1, 1), intrinsics, (56, 84))
-    with pytest.raises(ValueError, match=r"intrinsics must be \[B=1, V=2, 3, 3\]"):
+    with pytest.raises(ValueError, match=r"intrinsics cover 1 views, expected 2: one camera per view"):
         model.decode_field(latents, cams, intrinsics[:, :1], (56, 84))
+    with pytest.raises(ValueError, match=r"intrinsics must be \[B=1, V=2, 3, 3\]"):
+        model.decode_field(latents, cams, intrinsics[..., :2], (56, 84))
     with pytest.raises(ValueError, match="NaN or infinite"):
         model.decode_field(latents, cams * float("nan"), intrinsics, (56, 84))
     with pytest.raises(ValueError, match="positive focal lengths"):

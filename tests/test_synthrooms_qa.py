@@ -419,7 +419,7 @@ def test_validate_record_errors():
         ({**good_mc, "ground_truth": "C"}, r"record 'x-1': ground_truth 'C' is not one of the option letters \['A', 'B'\]"),
         ({**good_mc, "ground_truth": "B."}, r"record 'x-1': ground_truth 'B\.'"),
         ({**good_mc, "options": ["A. sofa", "B. sofa"]}, r"record 'x-1': .*repeat an answer"),
-        ({**good_mc, "options": ["A. sofa", "A. bed"]}, r"record 'x-1': option letters"),
+        ({**good_mc, "options": ["A. sofa", "A. bed"]}, r"record 'x-1': options repeat the letter\(s\) \['a'\]"),
         ({**good_mc, "options": ["sofa", "bed"]}, r"record 'x-1': option 'sofa' has no letter label"),
         ({**good_mc, "question_type": "object_rel_direction"}, r"record 'x-1': unknown question_type"),
         ({**good_mc, "id": None}, r"non-empty str or int 'id'"),

@@ -486,6 +486,12 @@ def _error_cases():
         "not a mapping": ([good_num, ["n2", "object_counting"]], r"record #1: expected a mapping"),
         "empty": ([], r"records is empty"),
         "a single record, not a list": (good_num, r"records must be a list of mappings, got dict"),
+        "None instead of records": (None, r"records must be a list of mappings, got NoneType"),
+        "a number instead of records": (3, r"records must be a list of mappings, got int"),
+        "mc repeated option letters": (
+            [{**good_mc, "options": ["A. sofa", "a. bed", "B. lamp"]}],
+            r"'m1'.*options repeat the letter\(s\) \['a'\]",
+        ),
     }
     return cases
 

@@ -331,8 +331,18 @@ class Spa3RModel(Spa3RPreTrainedModel):
         return Spa3RModelOutput(latents=latents, context_tokens=tokens)
 
 
+# Rigid-rotation tolerance (|R Rᵀ - I|, |det R - 1|): loose enough for float32 poses read from files.
+_ROTATION_TOLERANCE = 1e-3
+# Larger translations overflow float32 in the ray and PRoPE maths (1e30 gave NaN fields); no scene is that large.
+_MAX_TRANSLATION = 1e6
+
+
 def check_cameras(extrinsics: torch.Tensor, intrinsics: torch.Tensor, batch: int, views: int) -> None:
-    """Raise a ``ValueError`` unless extrinsics are ``[B, V, 3|4, 4]`` and intrinsics ``[B, V, 3, 3]``, finite."""
+    """Raise a ``ValueError`` unless extrinsics are ``[B, V, 3|4, 4]`` rigid world-to-camera transforms and intrinsics
+    ``[B, V, 3, 3]`` pinhole matrices (positive focal lengths, last row ``0 0 1``), all finite, one per view."""
+    for name, value, tail in (("extrinsics", extrinsics, "3 or 4, 4"), ("intrinsics", intrinsics, "3, 3")):
+        if value.dim() == 4 and value.shape[0] == batch and value.shape[1] != views:
+            raise ValueError(f"{name} cover {value.shape[1]} views, expected {views}: one camera per view")
     if extrinsics.dim() != 4 or extrinsics.shape[:2] != (batch, views) or extrinsics.shape[-2:] not in ((3, 4), (4, 4)):
         raise ValueError(f"extrinsics must be [B={batch}, V={views}, 3 or 4, 4] world-to-camera, got {tuple(extrinsics.shape)}")
     if intrinsics.dim() != 4 or intrinsics.shape[:2] != (batch, views) or intrinsics.shape[-2:] != (3, 3):
@@ -346,6 +356,29 @@ def check_cameras(extrinsics: torch.Tensor, intrinsics: torch.Tensor, batch: int
         raise ValueError(
             "intrinsics need finite, positive focal lengths fx, fy (a camera head predicting a zero field of view gives an "
             "infinite focal length: load pretrained backbone weights or use pose_source='dataset')"
+        )
+    last_row = intrinsics[..., 2, :].double()
+    if not torch.allclose(last_row, torch.tensor([0.0, 0.0, 1.0], dtype=last_row.dtype, device=last_row.device), atol=1e-6):
+        raise ValueError(f"intrinsics must end with the row 0 0 1 (pinhole, pixels), got e.g. {last_row.reshape(-1, 3)[0].tolist()}")
+    rotation = extrinsics[..., :3, :3].double()
+    identity = torch.eye(3, dtype=rotation.dtype, device=rotation.device)
+    # R Rᵀ by broadcasting, not a matmul: validation should not show up in FLOP counts of the model.
+    gram = (rotation[..., :, None, :] * rotation[..., None, :, :]).sum(-1)
+    orthogonality = (gram - identity).abs().amax()
+    determinant = (torch.linalg.det(rotation) - 1).abs().amax()
+    if orthogonality > _ROTATION_TOLERANCE or determinant > _ROTATION_TOLERANCE:
+        raise ValueError(
+            "extrinsics must be rigid: their 3x3 rotation part must be orthonormal with determinant +1 (off by "
+            f"{max(orthogonality.item(), determinant.item()):.3g}); scale belongs in the translation, not the rotation"
+        )
+    if extrinsics.shape[-2] == 4 and not torch.allclose(
+        extrinsics[..., 3, :].double(), torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64, device=extrinsics.device)
+    ):
+        raise ValueError("4x4 extrinsics must end with the row 0 0 0 1")
+    if extrinsics[..., :3, 3].abs().amax() > _MAX_TRANSLATION:
+        raise ValueError(
+            f"extrinsics translations must stay below {_MAX_TRANSLATION:g} in absolute value (got "
+            f"{extrinsics[..., :3, 3].abs().amax().item():.3g}); rescale the scene"
         )
 
 
@@ -609,6 +642,7 @@ class Spa3RForFieldPrediction(Spa3RPreTrainedModel):
         if self.config.pose_source == "dataset":
             if extrinsics is None or intrinsics is None:
                 raise ValueError('pose_source="dataset" needs extrinsics and intrinsics in the batch')
+            check_cameras(extrinsics, intrinsics, batch, views)
             targets["extrinsics"], targets["intrinsics"] = extrinsics, intrinsics
         probe_target = self.config.depth_probe_target if self.depth_probe is not None else None
         for name, value in (field_targets or {}).items():
@@ -619,9 +653,10 @@ class Spa3RForFieldPrediction(Spa3RPreTrainedModel):
                 )
             targets[name] = value
         if probe_target not in (None, "backbone"):
-            if probe_target not in targets:
+            if probe_target in targets:
+                targets["depth"] = targets[probe_target]
+            elif self.training:  # in eval mode the probe still predicts; it only has nothing to be scored against
                 raise ValueError(f"the depth probe learns field_targets[{probe_target!r}] (config.depth_probe_target): pass it")
-            targets["depth"] = targets[probe_target]
 
         patch = self.config.patch_size
         order, num_context = context_first_order(view_mask)

@@ -297,8 +297,6 @@ def validate_record(record: Mapping[str, Any]) -> Mapping[str, Any]:
         letters = option_letters(options)
     except ValueError as error:
         raise ValueError(f"{where}: {error}") from None
-    if len(set(letters)) != len(letters):
-        raise ValueError(f"{where}: option letters {letters} are not distinct")
     texts = [option[option.index(letter) + 1 :].lstrip(".):").strip() for option, letter in zip(options, letters)]
     if len(set(texts)) != len(texts):
         raise ValueError(f"{where}: options {list(options)!r} repeat an answer")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -252,6 +253,10 @@ def option_letters(options: Sequence[str]) -> list[str]:
         if match is None:
             raise ValueError(f"option {option!r} has no letter label; expected options like 'A. sofa'")
         letters.append(match.group(1))
+    counts = Counter(letter.lower() for letter in letters)
+    repeated = sorted(letter for letter, count in counts.items() if count > 1)
+    if repeated:
+        raise ValueError(f"options repeat the letter(s) {repeated}: {list(options)!r}; each option needs its own letter")
     return letters
 
 
@@ -373,7 +378,7 @@ def vsibench_scores(records: Iterable[Mapping[str, Any]], parsing: str = "lmms-e
         ValueError: no records, an unknown parsing mode, or a malformed record (the message names its id).
     """
     _check_parsing(parsing)
-    if isinstance(records, Mapping) or isinstance(records, (str, bytes)):
+    if records is None or isinstance(records, (Mapping, str, bytes)) or not isinstance(records, Iterable):
         raise ValueError(f"records must be a list of mappings, got {type(records).__name__}")
     per_record: dict[Any, float] = {}
     by_type: dict[str, list[float]] = {}
