@@ -299,3 +299,25 @@ def test_teacher_scripts_train_export_a_loadable_teacher_and_resume(tmp_path, ki
     retrained = model_class.from_pretrained(export)
     changed = any(not torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), retrained.state_dict().values()))
     assert changed
+
+
+@pytest.mark.parametrize(
+    "kind, flags, message",
+    [
+        ("geometry", ["--max_steps", "0"], "--max_steps must be a positive number of steps"),
+        ("geometry", ["--min_views", "4", "--max_views", "3"], "--max_views (3) must be >= --min_views (4)"),
+        ("geometry", ["--camera_loss_type", "l2"], "--camera_loss_type must be huber or l1, got 'l2'"),
+        ("geometry", ["--camera_loss_weight=-1"], "--camera_loss_weight must be >= 0, got -1.0"),
+        ("geometry", ["--num_eval_scenes", "0"], "--num_eval_scenes must be >= 1, got 0"),
+        ("semantic", ["--probe_train_views", "0"], "--probe_train_views must be >= 1, got 0"),
+        ("semantic", ["--max_grad_norm", "nan"], "--max_grad_norm must be a finite number >= 0"),
+    ],
+)
+def test_teacher_scripts_refuse_bad_flags_in_one_line_before_any_work(tmp_path, capsys, kind, flags, message):
+    script = _import_script(f"train_{kind}_teacher")
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(["--output_dir", str(tmp_path / "run"), *flags])
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    assert message in stderr.strip().splitlines()[-1] and "Traceback" not in stderr
+    assert not (tmp_path / "run").exists()

@@ -22,10 +22,12 @@ from transformers import AutoConfig, HfArgumentParser, TrainingArguments, set_se
 
 from spa3_vlm.data.psfm import PSFMCollator, PSFMDataset
 from spa3_vlm.training.geometry_teacher import VGGTForGeometryTraining, evaluate_geometry_teacher, format_geometry_report
+from spa3_vlm.training.flags import at_least
 from spa3_vlm.training.psfm import PSFMTrainer, train_resuming
 from spa3_vlm.training.teacher_runs import (
     TeacherDataArguments,
     export_teacher_run,
+    teacher_flag_problems,
     teacher_scenes,
     teacher_training_defaults,
 )
@@ -66,6 +68,17 @@ def main(argv=None) -> dict:
     )
     argv = sys.argv[1:] if argv is None else argv
     args, training_args = parser.parse_args_into_dataclasses(argv)
+    problems = teacher_flag_problems(args, training_args) + at_least(args, ["min_views", "min_interval"], 1)
+    for name in ("views", "interval"):
+        low, high = getattr(args, f"min_{name}"), getattr(args, f"max_{name}")
+        if high < low:
+            problems.append(f"--max_{name} ({high}) must be >= --min_{name} ({low})")
+    if args.camera_loss_type not in ("huber", "l1"):
+        problems.append(f"--camera_loss_type must be huber or l1, got {args.camera_loss_type!r}")
+    weights = ("camera_loss_weight", "depth_loss_weight", "point_loss_weight", "readout_loss_weight")
+    problems += [f"--{name} must be >= 0, got {getattr(args, name)}" for name in weights if not getattr(args, name) >= 0]
+    if problems:
+        parser.error("; ".join(problems))  # one line and exit status 2: a user mistake, not a crash
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if args.cpu_threads > 0 and not torch.cuda.is_available():
         torch.set_num_threads(args.cpu_threads)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import AutoConfig, HfArgumentParser, TrainingArguments, set_seed
 
+from spa3_vlm.training.flags import at_least
 from spa3_vlm.training.psfm import PSFMTrainer, train_resuming
 from spa3_vlm.training.semantic_teacher import (
     DINOv3ForPatchClassification,
@@ -31,6 +32,7 @@ from spa3_vlm.training.semantic_teacher import (
 from spa3_vlm.training.teacher_runs import (
     TeacherDataArguments,
     export_teacher_run,
+    teacher_flag_problems,
     teacher_scenes,
     teacher_training_defaults,
 )
@@ -62,6 +64,9 @@ def main(argv=None) -> dict:
     )
     argv = sys.argv[1:] if argv is None else argv
     args, training_args = parser.parse_args_into_dataclasses(argv)
+    problems = teacher_flag_problems(args, training_args) + at_least(args, ["probe_train_views"], 1)
+    if problems:
+        parser.error("; ".join(problems))  # one line and exit status 2: a user mistake, not a crash
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if args.cpu_threads > 0 and not torch.cuda.is_available():
         torch.set_num_threads(args.cpu_threads)

@@ -14,7 +14,9 @@ __all__ = ["at_least", "training_flag_problems"]
 
 def at_least(args, names: Iterable[str], minimum: int) -> list[str]:
     """``--name must be >= minimum`` for every field of ``args`` in ``names`` that is smaller."""
-    return [f"--{name} must be >= {minimum}, got {getattr(args, name)}" for name in names if getattr(args, name) < minimum]
+    return [
+        f"--{name} must be >= {minimum}, got {getattr(args, name)}" for name in names if getattr(args, name) < minimum
+    ]
 
 
 def training_flag_problems(training) -> list[str]:
@@ -29,7 +31,9 @@ def training_flag_problems(training) -> list[str]:
     if not (math.isfinite(training.learning_rate) and training.learning_rate > 0):
         problems.append(f"--learning_rate must be a positive number, got {training.learning_rate}")
     if not (math.isfinite(training.max_grad_norm) and training.max_grad_norm >= 0):
-        problems.append(f"--max_grad_norm must be a finite number >= 0 (0 turns clipping off), got {training.max_grad_norm}")
+        problems.append(
+            f"--max_grad_norm must be a finite number >= 0 (0 turns clipping off), got {training.max_grad_norm}"
+        )
     if training.warmup_steps < 0:
         problems.append(f"--warmup_steps must be >= 0, got {training.warmup_steps}")
     problems += at_least(training, ["per_device_train_batch_size", "gradient_accumulation_steps"], 1)

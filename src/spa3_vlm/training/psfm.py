@@ -75,11 +75,6 @@ def checkpoint_problem(folder: str) -> Optional[str]:
     return None
 
 
-def is_complete_checkpoint(folder: str) -> bool:
-    """Whether ``folder`` can be resumed from (:func:`checkpoint_problem` finds nothing)."""
-    return os.path.isdir(folder) and checkpoint_problem(folder) is None
-
-
 def last_complete_checkpoint(output_dir: str, remove_incomplete: bool = True) -> Optional[str]:
     """The newest checkpoint ``checkpoint-N`` in ``output_dir`` that can be resumed from (``None`` if there is none).
 
