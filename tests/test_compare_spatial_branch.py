@@ -75,3 +75,22 @@ def test_minimal_comparison_writes_the_table(spa3r_folder, tmp_path, capsys):
     )
     header = [line for line in capsys.readouterr().out.splitlines() if line.startswith("arm")][0]
     assert header.split()[1:] == ["overall", "count", "abs-dist", "obj-size", "room-size", "rel-dist", "rel-dir", "route", "appear", "ans-loss"]
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--spa3r_name_or_path", "no/such/run"], "no pre-trained Spa3R at 'no/such/run' (no config.json). Train one first"),
+        (["--max_steps", "0"], "--max_steps must be >= 1, got 0"),
+        (["--learning_rate", "nan"], "--learning_rate must be a positive number, got nan"),
+        (["--seeds", "0,one"], "--seeds must be a comma-separated list of at least one int, got '0,one'"),
+        (["--seeds", ","], "--seeds must be a comma-separated list of at least one int"),
+    ],
+)
+def test_comparison_refuses_bad_flags_in_one_line_before_any_work(spa3r_folder, tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        compare_spatial_branch.main(["--spa3r_name_or_path", str(spa3r_folder), "--output_dir", str(tmp_path / "run"), *flags])
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    assert message in stderr.strip().splitlines()[-1] and "Traceback" not in stderr
+    assert not (tmp_path / "run").exists()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import statistics
 import sys
@@ -41,6 +42,7 @@ from spa3_vlm.data.synthrooms_qa import build_synthrooms_qa
 from spa3_vlm.evaluation.vsibench import NUMERICAL_TYPES, TASK_ORDER, vsibench_scores
 from spa3_vlm.modeling_spa3_vlm import Spa3VLMForConditionalGeneration
 from spa3_vlm.processing_spa3_vlm import Spa3VLMProcessor
+from spa3_vlm.training.flags import at_least
 from spa3_vlm.training.sft import (
     PARAMETER_GROUPS,
     Spa3VLMSFTCollator,
@@ -96,12 +98,27 @@ class CompareArguments:
     )
 
 
-def _check_spa3r_folder(path: str) -> None:
-    if not os.path.exists(os.path.join(path, "config.json")):
-        raise FileNotFoundError(
-            f"no pre-trained Spa3R at {path!r} (no config.json). Train one first: "
-            f"python train/pretrain_psfm.py --output_dir {path}  (or pass --spa3r_name_or_path)"
+def flag_problems(args: CompareArguments) -> list[str]:
+    """What is wrong with the flags, checked before any work (each entry names the flag, its value, what is allowed)."""
+    problems = []
+    if not os.path.exists(os.path.join(args.spa3r_name_or_path, "config.json")):
+        problems.append(
+            f"no pre-trained Spa3R at {args.spa3r_name_or_path!r} (no config.json). Train one first: python "
+            f"train/pretrain_psfm.py --output_dir {args.spa3r_name_or_path}  (or pass --spa3r_name_or_path)"
         )
+    for name in ("learning_rate", "adapter_lr"):
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            problems.append(f"--{name} must be a positive number, got {value}")
+    problems += at_least(args, ["num_train_scenes", "num_eval_scenes", "frames_per_scene", "questions_per_scene",
+                                "image_height", "image_width", "max_steps", "batch_size", "max_new_tokens"], 1)
+    problems += at_least(args, ["warmup_steps", "cpu_threads"], 0)
+    try:
+        if not [int(value) for value in args.seeds.split(",") if value.strip()]:
+            raise ValueError
+    except ValueError:
+        problems.append(f"--seeds must be a comma-separated list of at least one int, got {args.seeds!r}")
+    return problems
 
 
 def build_arm_models(args: CompareArguments, seed: int) -> dict[str, Spa3VLMForConditionalGeneration]:
@@ -231,8 +248,10 @@ def main(argv=None) -> dict:
     parser = HfArgumentParser(CompareArguments)
     argv = sys.argv[1:] if argv is None else list(argv)
     (args,) = parser.parse_args_into_dataclasses(argv)
+    problems = flag_problems(args)
+    if problems:
+        parser.error("; ".join(problems))  # one line and exit status 2: a user mistake, not a crash
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    _check_spa3r_folder(args.spa3r_name_or_path)
     if args.cpu_threads > 0 and not torch.cuda.is_available():
         torch.set_num_threads(args.cpu_threads)
     began = time.perf_counter()
@@ -255,9 +274,7 @@ def main(argv=None) -> dict:
     table = held_out.select_columns(["id", "question_type", "ground_truth", "options"]).to_list()
     prior_row = {"scores": vsibench_scores([{**r, "prediction": p} for r, p in zip(table, prior)])}
 
-    seeds = [int(value) for value in args.seeds.split(",") if value.strip()]
-    if not seeds:
-        raise ValueError(f"--seeds must list at least one int, got {args.seeds!r}")
+    seeds = [int(value) for value in args.seeds.split(",") if value.strip()]  # checked by flag_problems
     runs: dict[int, dict[str, dict]] = {}
     for seed in seeds:
         runs[seed] = {}
