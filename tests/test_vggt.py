@@ -215,3 +215,18 @@ def test_reference_checkpoint_loading_is_safe(tmp_path, caplog):
         load_reference_checkpoint(corrupt)
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         load_reference_checkpoint(tmp_path / "absent.ckpt")
+
+
+def test_from_pretrained_refuses_a_folder_of_another_model_class(tmp_path):
+    """A Spa3R folder given to VGGTModel used to load as a random VGGT with a log table of missing keys."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(
+        "hub_configs/spa3r-tiny-synthrooms", vggt_name_or_path=None, semantic_teacher_name_or_path=None
+    )
+    Spa3RForFieldPrediction(config).save_pretrained(tmp_path / "spa3r")
+    with pytest.raises(ValueError, match=r"holds almost none of VGGTModel's weights \(229 of 229 tensors missing"):
+        VGGTModel.from_pretrained(tmp_path / "spa3r")
+    VGGTModel(config.vggt_config).save_pretrained(tmp_path / "vggt")
+    model, info = VGGTModel.from_pretrained(tmp_path / "vggt", output_loading_info=True)  # the caller's info still comes back
+    assert isinstance(model, VGGTModel) and not info["missing_keys"]

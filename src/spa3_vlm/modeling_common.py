@@ -201,3 +201,22 @@ def patch_grid_positions(height: int, width: int, device=None, offset: int = 0) 
     cols = torch.arange(width, device=device)
     grid = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1).reshape(-1, 2)
     return grid + offset
+
+
+class RefuseMostlyMissingWeights:
+    """Mixin for ``PreTrainedModel`` classes: ``from_pretrained`` raises instead of returning a mostly random model
+    when the checkpoint holds fewer than half of the model's tensors (a folder saved by another model class, e.g. a
+    Spa3R folder given to ``VGGTModel``), where transformers would only log a table of missing keys."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        wants_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        missing, total = sorted(info["missing_keys"]), len(model.state_dict())
+        if total and 2 * len(missing) > total:
+            raise ValueError(
+                f"{pretrained_model_name_or_path} holds almost none of {cls.__name__}'s weights ({len(missing)} of "
+                f"{total} tensors missing, e.g. {missing[:3]}): it was saved by another model class. Load it with "
+                "AutoModel.from_pretrained, or with the class that saved it."
+            )
+        return (model, info) if wants_info else model

@@ -22,7 +22,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_spa3r import Spa3RConfig
-from .modeling_common import Block, Mlp, RotaryEmbedding2D, patch_grid_positions
+from .modeling_common import Block, Mlp, RefuseMostlyMissingWeights, RotaryEmbedding2D, patch_grid_positions
 from .modeling_geometry import ProjectiveRoPE, camera_rays, plucker_rays, to_homogeneous
 from .modeling_vggt import VGGTModel, check_pixel_values, context_first_order, gather_views, imagenet_normalize
 
@@ -133,7 +133,7 @@ def _freeze(module: Optional[nn.Module]) -> None:
         module.eval()
 
 
-class Spa3RPreTrainedModel(PreTrainedModel):
+class Spa3RPreTrainedModel(RefuseMostlyMissingWeights, PreTrainedModel):
     config_class = Spa3RConfig
     base_model_prefix = "spa3r"
     main_input_name = "pixel_values"

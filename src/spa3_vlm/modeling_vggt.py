@@ -25,7 +25,14 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_vggt import VGGTConfig
-from .modeling_common import Block, LayerScale, Mlp, RotaryEmbedding2D, patch_grid_positions
+from .modeling_common import (
+    Block,
+    LayerScale,
+    Mlp,
+    RefuseMostlyMissingWeights,
+    RotaryEmbedding2D,
+    patch_grid_positions,
+)
 from .modeling_dpt import DPTHead
 from .modeling_geometry import pose_encoding_to_cameras
 from .modeling_vggt_track import TrackUpdateFormer, VGGTTracker, VGGTTrackHead
@@ -316,7 +323,7 @@ class VGGTOutput(ModelOutput):
         return self.aggregated_tokens[-1][:, :, self.patch_start_idx :]
 
 
-class VGGTPreTrainedModel(PreTrainedModel):
+class VGGTPreTrainedModel(RefuseMostlyMissingWeights, PreTrainedModel):
     config_class = VGGTConfig
     base_model_prefix = "vggt"
     main_input_name = "pixel_values"
