@@ -18,6 +18,7 @@ from spa3_vlm.training.sft import Spa3VLMSFTCollator
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "train"))
 import compare_spatial_branch  # noqa: E402
+from script_testing import assert_refused_in_one_line  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +89,5 @@ def test_minimal_comparison_writes_the_table(spa3r_folder, tmp_path, capsys):
     ],
 )
 def test_comparison_refuses_bad_flags_in_one_line_before_any_work(spa3r_folder, tmp_path, capsys, flags, message):
-    with pytest.raises(SystemExit) as exit_info:
-        compare_spatial_branch.main(["--spa3r_name_or_path", str(spa3r_folder), "--output_dir", str(tmp_path / "run"), *flags])
-    assert exit_info.value.code == 2
-    stderr = capsys.readouterr().err
-    assert message in stderr.strip().splitlines()[-1] and "Traceback" not in stderr
-    assert not (tmp_path / "run").exists()
+    argv = ["--spa3r_name_or_path", str(spa3r_folder), "--output_dir", str(tmp_path / "run"), *flags]
+    assert_refused_in_one_line(compare_spatial_branch.main, argv, message, capsys, tmp_path / "run")

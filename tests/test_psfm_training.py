@@ -22,6 +22,7 @@ from spa3_vlm.training.field_eval import (
     nearest_context_view,
 )
 from spa3_vlm.training.psfm import PSFMTrainer
+from script_testing import assert_refused_in_one_line
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "hub_configs", "spa3r-tiny-synthrooms")
@@ -468,14 +469,8 @@ def _import_pretrain_psfm():
 )
 def test_main_job_refuses_bad_flags_in_one_line_before_any_work(tmp_path, capsys, flags, message):
     pretrain_psfm = _import_pretrain_psfm()
-    with pytest.raises(SystemExit) as exit_info:
-        pretrain_psfm.main(["--output_dir", str(tmp_path / "run"), *flags])
-    assert exit_info.value.code == 2
-    stderr = capsys.readouterr().err
-    error = stderr.strip().splitlines()[-1]
-    assert ": error: " in error and message in error, error
-    assert "Traceback" not in stderr
-    assert not (tmp_path / "run").exists()  # nothing was written
+    argv = ["--output_dir", str(tmp_path / "run"), *flags]
+    assert_refused_in_one_line(pretrain_psfm.main, argv, message, capsys, tmp_path / "run")
 
 
 @pytest.mark.slow

@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "hub_configs" / "spa3-vlm-tiny"
 sys.path.insert(0, str(REPO / "train"))
 import sft_vlm  # noqa: E402
+from script_testing import assert_refused_in_one_line  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -450,10 +451,5 @@ def test_model_card_lists_results_in_paper_order():
     ],
 )
 def test_sft_refuses_bad_flags_in_one_line_before_any_work(tmp_path, capsys, flags, message):
-    with pytest.raises(SystemExit) as exit_info:
-        sft_vlm.main(["--output_dir", str(tmp_path / "run"), *flags])
-    assert exit_info.value.code == 2
-    stderr = capsys.readouterr().err
-    error = stderr.strip().splitlines()[-1]
-    assert ": error: " in error and message in error, error
-    assert "Traceback" not in stderr and not (tmp_path / "run").exists()
+    argv = ["--output_dir", str(tmp_path / "run"), *flags]
+    assert_refused_in_one_line(sft_vlm.main, argv, message, capsys, tmp_path / "run")
