@@ -339,46 +339,63 @@ _MAX_TRANSLATION = 1e6
 
 def check_cameras(extrinsics: torch.Tensor, intrinsics: torch.Tensor, batch: int, views: int) -> None:
     """Raise a ``ValueError`` unless extrinsics are ``[B, V, 3|4, 4]`` rigid world-to-camera transforms and intrinsics
-    ``[B, V, 3, 3]`` pinhole matrices (positive focal lengths, last row ``0 0 1``), all finite, one per view."""
-    for name, value, tail in (("extrinsics", extrinsics, "3 or 4, 4"), ("intrinsics", intrinsics, "3, 3")):
+    ``[B, V, 3, 3]`` pinhole matrices (positive focal lengths, last row ``0 0 1``), all finite, one per view.
+
+    The value checks are computed on the cameras' device and read back with a single host synchronisation.
+    """
+    for name, value in (("extrinsics", extrinsics), ("intrinsics", intrinsics)):
         if value.dim() == 4 and value.shape[0] == batch and value.shape[1] != views:
             raise ValueError(f"{name} cover {value.shape[1]} views, expected {views}: one camera per view")
     if extrinsics.dim() != 4 or extrinsics.shape[:2] != (batch, views) or extrinsics.shape[-2:] not in ((3, 4), (4, 4)):
         raise ValueError(f"extrinsics must be [B={batch}, V={views}, 3 or 4, 4] world-to-camera, got {tuple(extrinsics.shape)}")
     if intrinsics.dim() != 4 or intrinsics.shape[:2] != (batch, views) or intrinsics.shape[-2:] != (3, 3):
         raise ValueError(f"intrinsics must be [B={batch}, V={views}, 3, 3] in pixels, got {tuple(intrinsics.shape)}")
-    if not (torch.isfinite(extrinsics).all() and torch.isfinite(intrinsics).all()):
+    extrinsics, intrinsics = extrinsics.float(), intrinsics.float()
+    rotation = extrinsics[..., :3, :3]
+    # R Rᵀ by broadcasting, not a matmul: validation should not show up in FLOP counts of the model.
+    gram = (rotation[..., :, None, :] * rotation[..., None, :, :]).sum(-1)
+    rigidity = torch.maximum(
+        (gram - torch.eye(3, device=gram.device)).abs().amax(), (torch.linalg.det(rotation) - 1).abs().amax()
+    )
+    pinhole_row = intrinsics.new_tensor([0.0, 0.0, 1.0])
+    rigid_row = extrinsics.new_tensor([0.0, 0.0, 0.0, 1.0])
+    translation = extrinsics[..., :3, 3].abs().amax()
+    finite_ok = torch.isfinite(extrinsics).all() & torch.isfinite(intrinsics).all()
+    finite, positive_focal, pinhole, rigid, homogeneous, bounded = torch.stack(
+        [
+            finite_ok,
+            (intrinsics[..., 0, 0] > 0).all() & (intrinsics[..., 1, 1] > 0).all(),
+            (intrinsics[..., 2, :] - pinhole_row).abs().amax() <= 1e-6,
+            rigidity <= _ROTATION_TOLERANCE,
+            (extrinsics[..., 3, :] - rigid_row).abs().amax() <= 1e-6 if extrinsics.shape[-2] == 4 else finite_ok,
+            translation <= _MAX_TRANSLATION,
+        ]
+    ).tolist()
+    if not finite:
         raise ValueError(
             "camera extrinsics / intrinsics contain NaN or infinite values (a camera head predicting a zero field of "
             "view gives an infinite focal length: load pretrained backbone weights or use pose_source='dataset')"
         )
-    if (intrinsics[..., 0, 0] <= 0).any() or (intrinsics[..., 1, 1] <= 0).any():
+    if not positive_focal:
         raise ValueError(
             "intrinsics need finite, positive focal lengths fx, fy (a camera head predicting a zero field of view gives an "
             "infinite focal length: load pretrained backbone weights or use pose_source='dataset')"
         )
-    last_row = intrinsics[..., 2, :].double()
-    if not torch.allclose(last_row, torch.tensor([0.0, 0.0, 1.0], dtype=last_row.dtype, device=last_row.device), atol=1e-6):
-        raise ValueError(f"intrinsics must end with the row 0 0 1 (pinhole, pixels), got e.g. {last_row.reshape(-1, 3)[0].tolist()}")
-    rotation = extrinsics[..., :3, :3].double()
-    identity = torch.eye(3, dtype=rotation.dtype, device=rotation.device)
-    # R Rᵀ by broadcasting, not a matmul: validation should not show up in FLOP counts of the model.
-    gram = (rotation[..., :, None, :] * rotation[..., None, :, :]).sum(-1)
-    orthogonality = (gram - identity).abs().amax()
-    determinant = (torch.linalg.det(rotation) - 1).abs().amax()
-    if orthogonality > _ROTATION_TOLERANCE or determinant > _ROTATION_TOLERANCE:
+    if not pinhole:
         raise ValueError(
-            "extrinsics must be rigid: their 3x3 rotation part must be orthonormal with determinant +1 (off by "
-            f"{max(orthogonality.item(), determinant.item()):.3g}); scale belongs in the translation, not the rotation"
+            f"intrinsics must end with the row 0 0 1 (pinhole, pixels), got e.g. {intrinsics[..., 2, :].reshape(-1, 3)[0].tolist()}"
         )
-    if extrinsics.shape[-2] == 4 and not torch.allclose(
-        extrinsics[..., 3, :].double(), torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64, device=extrinsics.device)
-    ):
-        raise ValueError("4x4 extrinsics must end with the row 0 0 0 1")
-    if extrinsics[..., :3, 3].abs().amax() > _MAX_TRANSLATION:
+    if not rigid:
         raise ValueError(
-            f"extrinsics translations must stay below {_MAX_TRANSLATION:g} in absolute value (got "
-            f"{extrinsics[..., :3, 3].abs().amax().item():.3g}); rescale the scene"
+            f"extrinsics must be rigid: their 3x3 rotation part must be orthonormal with determinant +1 (off by "
+            f"{rigidity.item():.3g}); scale belongs in the translation, not the rotation"
+        )
+    if not homogeneous:
+        raise ValueError("4x4 extrinsics must end with the row 0 0 0 1")
+    if not bounded:
+        raise ValueError(
+            f"extrinsics translations must stay below {_MAX_TRANSLATION:g} in absolute value (got {translation.item():.3g}); "
+            "rescale the scene"
         )
 
 

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .geometry_teacher import pool_patches
+
 METHODS = ("model", "model_images_only", "context_mean", "nearest_view")
 
 
@@ -53,9 +55,7 @@ def teacher_depth(model, pixel_values: torch.Tensor) -> torch.Tensor:
     if backbone is None or backbone.depth_head is None:
         raise ValueError("scoring a depth probe against a renderer's depth needs a backbone with a depth head (baselines)")
     depth = backbone(pixel_values, compute_cameras=False, compute_depth=True, output_all_layers=False).depth
-    patch = model.config.patch_size
-    pooled = F.avg_pool2d(depth[..., 0].flatten(0, 1)[:, None].float(), patch)
-    return pooled.flatten(2).transpose(1, 2).reshape(*pixel_values.shape[:2], -1, 1)
+    return pool_patches(depth.float(), model.config.patch_size)
 
 
 def _scores(prediction: torch.Tensor, target: torch.Tensor) -> dict[str, float]:

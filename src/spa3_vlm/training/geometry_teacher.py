@@ -201,11 +201,6 @@ def _rotation_angle_deg(rotation: torch.Tensor) -> torch.Tensor:
     return torch.rad2deg(torch.acos(((trace - 1) / 2).clamp(-1, 1)))
 
 
-def _camera_centres(extrinsics: torch.Tensor) -> torch.Tensor:
-    rotation, translation = extrinsics[..., :3, :3], extrinsics[..., :3, 3]
-    return -(rotation.transpose(-1, -2) @ translation[..., None])[..., 0]
-
-
 @torch.no_grad()
 def evaluate_geometry_teacher(vggt: VGGTModel, batches: Iterable[dict]) -> dict:
     """Held-out scores of a VGGT teacher and its baselines.
@@ -249,7 +244,7 @@ def evaluate_geometry_teacher(vggt: VGGTModel, batches: Iterable[dict]) -> dict:
             continue
         pred = to_homogeneous(output.extrinsics.float())[:, 1:]
         relative = pred[..., :3, :3] @ gt[..., :3, :3].transpose(-1, -2)
-        centres_true, centres_pred = _camera_centres(gt), _camera_centres(pred)
+        centres_true, centres_pred = invert_rigid(gt)[..., :3, 3], invert_rigid(pred)[..., :3, 3]  # camera centres
         direction = F.cosine_similarity(centres_pred, centres_true, dim=-1, eps=1e-9).clamp(-1, 1)
         pairs = gt.shape[0] * gt.shape[1]
         add(

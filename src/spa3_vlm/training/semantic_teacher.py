@@ -39,6 +39,7 @@ __all__ = [
     "format_semantic_report",
     "patch_class_histograms",
     "pixel_classes",
+    "teacher_patch_tokens",
 ]
 
 SEMANTIC_CLASSES = ("floor", "wall", "ceiling", *CATEGORIES)
@@ -81,6 +82,15 @@ def patch_class_histograms(labels: torch.Tensor, image_size: int, patch_size: in
     resized = F.interpolate(labels[:, None].float(), size=(image_size, image_size), mode="nearest")[:, 0].long()
     one_hot = F.one_hot(resized, len(SEMANTIC_CLASSES)).permute(0, 3, 1, 2).float()
     return F.avg_pool2d(one_hot, patch_size).flatten(2).transpose(1, 2)
+
+
+def teacher_patch_tokens(teacher: DINOv3ViTModel, pixel_values: torch.Tensor) -> torch.Tensor:
+    """``[N, 3, H, W]`` in [0, 1] -> the teacher's last-layer patch tokens ``[N, G*G, C]`` (class and register
+    tokens dropped): what Spa3R's ``sem`` head predicts."""
+    size = teacher.config.image_size
+    hidden = teacher(pixel_values=semantic_teacher_inputs(pixel_values, size)).last_hidden_state
+    grid = size // teacher.config.patch_size
+    return hidden[:, hidden.shape[1] - grid * grid :]
 
 
 class SemanticViews(torch.utils.data.Dataset):
@@ -150,15 +160,9 @@ class DINOv3ForPatchClassification(DINOv3ViTPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, len(SEMANTIC_CLASSES))
         self.post_init()
 
-    def patch_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """``[N, 3, H, W]`` in [0, 1] -> last-layer patch tokens ``[N, G*G, C]`` (what Spa3R's ``sem`` head predicts)."""
-        hidden = self.model(pixel_values=semantic_teacher_inputs(pixel_values, self.config.image_size)).last_hidden_state
-        grid = self.config.image_size // self.config.patch_size
-        return hidden[:, hidden.shape[1] - grid * grid :]
-
     def forward(self, pixel_values: torch.Tensor, labels: Optional[torch.Tensor] = None, **unused) -> PatchClassificationOutput:
         """pixel_values: ``[N, 3, H, W]`` in [0, 1]; labels: ``[N, H, W]`` class indices (optional)."""
-        logits = self.classifier(self.patch_features(pixel_values))
+        logits = self.classifier(teacher_patch_tokens(self.model, pixel_values))
         output = PatchClassificationOutput(logits=logits)
         if labels is not None:
             shares = patch_class_histograms(labels, self.config.image_size, self.config.patch_size)
@@ -175,16 +179,13 @@ class DINOv3ForPatchClassification(DINOv3ViTPreTrainedModel):
 @torch.no_grad()
 def _probe_inputs(teacher: DINOv3ViTModel, views: SemanticViews, indices: Sequence[int], batch_size: int = 64):
     """Per-patch features (teacher, raw pixels, mean colour) and majority labels for ``views[indices]``."""
-    size = teacher.config.image_size
-    patch = teacher.config.patch_size
-    grid = size // patch
+    size, patch = teacher.config.image_size, teacher.config.patch_size
     feats: dict[str, list] = {"teacher": [], "raw_pixels": [], "mean_colour": []}
     labels = []
     teacher.eval()
     for start in range(0, len(indices), batch_size):
         batch = collate_semantic_views([views[i] for i in indices[start : start + batch_size]])
-        hidden = teacher(pixel_values=semantic_teacher_inputs(batch["pixel_values"], size)).last_hidden_state
-        feats["teacher"].append(hidden[:, hidden.shape[1] - grid * grid :].flatten(0, 1).float())
+        feats["teacher"].append(teacher_patch_tokens(teacher, batch["pixel_values"]).flatten(0, 1).float())
         resized = F.interpolate(batch["pixel_values"], size=(size, size), mode="bilinear", align_corners=False)
         patches = F.unfold(resized, patch, stride=patch).transpose(1, 2)  # [N, G*G, 3*p*p]
         feats["raw_pixels"].append(patches.flatten(0, 1))
