@@ -6,6 +6,12 @@ module builds ``demo`` and nothing else: models load on first use, and nothing t
 types a Hub id. Models: ``SPA3_VLM_MODEL`` / ``SPA3R_MODEL`` (hub id or folder), else
 ``runs/spa3-vlm-tiny-sft`` / ``runs/spa3r-tiny`` when trained (where train/sft_vlm.py and train/pretrain_psfm.py
 save), else tiny models with random weights built from ``hub_configs/``.
+
+The model boxes take only an allow-list: the choices they offer (the default above, ``tiny-random``, the saved models
+under ``runs/``), the two variables above, and Hub ids (owner/name) unless the Hub is switched off
+(``HF_HUB_OFFLINE=1``). Any other folder or path is refused with one message that names none of the server's
+folders. ``SPA3_ALLOWED_MODELS`` (comma-separated folders or Hub ids) extends the allow-list of both boxes: such an
+entry is offered in a box when it fits it (a saved model of that box's type, or a Hub id) and accepted in both.
 """
 
 from __future__ import annotations
@@ -217,7 +223,7 @@ with gr.Blocks(title="Spa3-VLM Space", analytics_enabled=False, delete_cache=(36
                             vlm_choices,
                             value=vlm_choices[0],
                             allow_custom_value=True,
-                            label="Spa3-VLM: local folder or Hub id (tiny-random = untrained tiny model)",
+                            label="Spa3-VLM: an offered model or a Hub id (tiny-random = untrained tiny model)",
                         )
                         num_video_frames = gr.Slider(
                             1, core.MAX_FRAMES, value=DEFAULT_VIDEO_FRAMES, step=1, label="Frames sampled from a video"
@@ -249,7 +255,7 @@ with gr.Blocks(title="Spa3-VLM Space", analytics_enabled=False, delete_cache=(36
                         spa3r_choices,
                         value=spa3r_choices[0],
                         allow_custom_value=True,
-                        label="Spa3R field model: local folder or Hub id",
+                        label="Spa3R field model: an offered model or a Hub id",
                     )
                     see_button = gr.Button("Predict the field", variant="primary")
                 with gr.Column(scale=2):

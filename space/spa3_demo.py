@@ -43,6 +43,9 @@ MAX_IMAGE_PIXELS = 40_000_000
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpeg", ".mpg")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# Comma-separated folders / Hub ids an operator allows in the model boxes besides the offered ones.
+ALLOW_ENV = "SPA3_ALLOWED_MODELS"
+HUB_FILES = ("*.json", "*.safetensors", "*.txt", "*.jinja", "*.model")  # what a Hub model is fetched with
 
 NUM_EXAMPLE_SCENES = 4
 ASK_EXAMPLE_SIZE = (168, 224)  # twice the tiny SynthRooms size: readable thumbnails, the processor resizes anyway
@@ -141,33 +144,114 @@ def default_model_choice(env_var: str, preferred_folder: str, model_type: str) -
     return folders[0] if folders else TINY_RANDOM
 
 
+def operator_models() -> list[str]:
+    """The folders and Hub ids the operator allows on top of the offered ones (:data:`ALLOW_ENV`, comma-separated)."""
+    entries = (entry.strip() for entry in os.environ.get(ALLOW_ENV, "").split(","))
+    return list(dict.fromkeys(entry for entry in entries if entry))
+
+
+def hub_reachable() -> bool:
+    """Whether a typed Hub id may be fetched: not when the Hub is switched off (``HF_HUB_OFFLINE``, or
+    ``TRANSFORMERS_OFFLINE``, which huggingface_hub reads once, at its import)."""
+    import huggingface_hub
+
+    return not huggingface_hub.is_offline_mode()
+
+
+def _is_hub_id(text: str) -> bool:
+    return bool(HUB_ID.match(text)) and all(part not in (".", "..") for part in text.split("/"))
+
+
+def _folder_of(entry: str) -> Optional[Path]:
+    """The folder an allow-list entry names (absolute, ``~``, or relative to a search root), if it exists. Only ever
+    called on allow-list entries: what a user types is never looked up on the disk."""
+    path = Path(entry).expanduser()
+    candidates = [path] if path.is_absolute() else [root / path for root in SEARCH_ROOTS]
+    return next((candidate for candidate in candidates if candidate.is_dir()), None)
+
+
 def model_choices(env_var: str, preferred_folder: str, model_type: str) -> list[str]:
+    """What the model box offers: the default, the random tiny model, the saved models under ``runs/``, and the
+    operator's extra models (:data:`ALLOW_ENV`) that fit this box (a folder of ``model_type``, or a Hub id)."""
     choices = [default_model_choice(env_var, preferred_folder, model_type), TINY_RANDOM]
     choices += local_model_folders(model_type)
+    for entry in operator_models():
+        folder = _folder_of(entry)
+        if (folder is not None and _is_saved_model(folder, model_type)) or (folder is None and _is_hub_id(entry)):
+            choices.append(entry)
     return list(dict.fromkeys(choices))
 
 
+def _typed_key(text: str) -> str:
+    text = text.strip()
+    return text.rstrip("/") or text
+
+
+def allowed_models(env_var: str, preferred_folder: str, model_type: str) -> dict[str, str]:
+    """The allow-list of a model box: the offered choices, the operator's env var and every :data:`ALLOW_ENV`
+    entry, each under its text and, for a folder, its path on the server. Maps what may be typed to the entry."""
+    entries = model_choices(env_var, preferred_folder, model_type)
+    entries += [os.environ.get(env_var, "").strip(), *operator_models()]
+    allowed: dict[str, str] = {}
+    for entry in filter(None, entries):
+        allowed.setdefault(_typed_key(entry), entry)
+        folder = None if entry == TINY_RANDOM else _folder_of(entry)
+        if folder is not None:
+            allowed.setdefault(str(folder), entry)
+    return allowed
+
+
+def refusal_message(offered: Sequence[str], online: bool) -> str:
+    """The one answer to any model that is not allowed, whether or not such a path exists on the server."""
+    message = f"This model is not offered here. Choose one of: {', '.join(offered)}"
+    if online:
+        return message + "; or type a Hub id (owner/name)."
+    return message + ". Hub ids (owner/name) cannot be used: the Hub is offline on this server (HF_HUB_OFFLINE)."
+
+
 def resolve_model(choice: Optional[str], env_var: str, preferred_folder: str, model_type: str) -> ModelSpec:
-    """Textbox / dropdown value -> :class:`ModelSpec`. A hub id is only used when typed (or set in ``env_var``)."""
-    choice = (choice or "").strip() or default_model_choice(env_var, preferred_folder, model_type)
-    if choice == TINY_RANDOM or choice.startswith(TINY_RANDOM + " "):
+    """Textbox / dropdown value -> :class:`ModelSpec`, from the allow-list only (:func:`allowed_models`), else a Hub
+    id when the Hub is reachable. Anything else is refused with :func:`refusal_message`, which names no path of
+    the server and reads the same whether or not the typed path exists (it is never looked up)."""
+    typed = (choice or "").strip() or default_model_choice(env_var, preferred_folder, model_type)
+    if typed == TINY_RANDOM or typed.startswith(TINY_RANDOM + " "):
         return ModelSpec("random", "")
-    path = Path(choice).expanduser()
-    candidates = [path] if path.is_absolute() else [root / path for root in SEARCH_ROOTS]
-    for candidate in candidates:
-        if candidate.is_dir():
-            if not (candidate / "config.json").is_file() and not _adapter_base(candidate):
-                raise ValueError(
-                    f"Model folder {choice!r} has no config.json (nor a PEFT adapter_config.json): give a folder "
-                    "written by save_pretrained."
-                )
-            return ModelSpec("folder", str(candidate))
-    if HUB_ID.match(choice) and not choice.startswith((".", "~")):
-        return ModelSpec("hub", choice)
+    entry = allowed_models(env_var, preferred_folder, model_type).get(_typed_key(typed))
+    if entry is None:
+        if _is_hub_id(typed) and hub_reachable():
+            return ModelSpec("hub", typed)
+        raise ValueError(refusal_message(model_choices(env_var, preferred_folder, model_type), hub_reachable()))
+    folder = _folder_of(entry)
+    if folder is not None:
+        if not (folder / "config.json").is_file() and not _adapter_base(folder):
+            raise ValueError(
+                f"Model folder {typed!r} has no config.json (nor a PEFT adapter_config.json): give a folder "
+                "written by save_pretrained."
+            )
+        return ModelSpec("folder", str(folder))
+    if _is_hub_id(entry):
+        return ModelSpec("hub", entry)
     raise ValueError(
-        f"Model {choice!r} is neither a local folder nor a Hub id (owner/name); use {TINY_RANDOM!r} for the tiny "
-        "random model."
+        f"Model {typed!r} is allowed by the Space's settings ({env_var} / {ALLOW_ENV}) but there is no such folder "
+        "and it is not a Hub id (owner/name)."
     )
+
+
+def _hub_snapshot(repo_id: str, model_type: str) -> str:
+    """A Hub model's files in the Hub cache (downloaded unless cached). The loaders get this folder, never the bare
+    id: ``from_pretrained("runs/x")`` would load a server folder named like the id. Only the config is fetched for
+    a model of another type."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        config = _read_json(Path(hf_hub_download(repo_id, "config.json")))
+    except EntryNotFoundError:
+        config = None  # a PEFT adapter has adapter_config.json instead
+    found = (config or {}).get("model_type", model_type)
+    if found != model_type:
+        raise ValueError(f"{repo_id} (Hub) holds a {found!r} model, not a {model_type!r} one.")
+    return snapshot_download(repo_id, allow_patterns=list(HUB_FILES))
 
 
 class _ModelCache:
@@ -232,7 +316,8 @@ def _load_vlm(spec: ModelSpec) -> VLMBundle:
     dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
     base = _adapter_base(Path(spec.source)) if spec.kind == "folder" else None
     try:
-        if base and not (Path(spec.source) / "config.json").is_file():
+        source = _hub_snapshot(spec.source, "spa3_vlm") if spec.kind == "hub" else spec.source
+        if base and not (Path(source) / "config.json").is_file():
             try:
                 from peft import PeftModel
             except ImportError as err:
@@ -241,10 +326,10 @@ def _load_vlm(spec: ModelSpec) -> VLMBundle:
             with warnings.catch_warnings():
                 # PEFT reads `is_gradient_checkpointing`, which transformers 5 deprecates: nothing a user can act on.
                 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
-                model = PeftModel.from_pretrained(base_model, spec.source).merge_and_unload()
+                model = PeftModel.from_pretrained(base_model, source).merge_and_unload()
         else:
-            model = AutoModelForImageTextToText.from_pretrained(spec.source, dtype=dtype)
-        processor = Spa3VLMProcessor.from_pretrained(spec.source)
+            model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype)
+        processor = Spa3VLMProcessor.from_pretrained(source)
     except (OSError, ValueError, KeyError) as err:
         raise ValueError(f"Could not load a Spa3-VLM from {spec.label}: {err}") from err
     if not isinstance(model, Spa3VLMForConditionalGeneration):
@@ -264,7 +349,8 @@ def _load_field_model(spec: ModelSpec) -> "FieldBundle":
         spec, random_weights = ModelSpec("random", SPA3R_TINY_CONFIG), True
     else:
         try:
-            model, info = Spa3RForFieldPrediction.from_pretrained(spec.source, output_loading_info=True)
+            source = _hub_snapshot(spec.source, "spa3r") if spec.kind == "hub" else spec.source
+            model, info = Spa3RForFieldPrediction.from_pretrained(source, output_loading_info=True)
         except (OSError, ValueError, KeyError) as err:
             raise ValueError(f"Could not load a Spa3R field model from {spec.label}: {err}") from err
         missing = [k for k in info["missing_keys"] if k.split(".")[0] in ("decoder", "heads", "pose_tokenizer")]

@@ -1,4 +1,5 @@
-"""Helpers for the evaluation-runner and lmms-eval plugin tests: tiny checkpoints, a fake VSI-Bench folder."""
+"""Helpers for the evaluation-runner and lmms-eval plugin tests: tiny checkpoints, a fake VSI-Bench folder, runner
+command lines."""
 
 from __future__ import annotations
 
@@ -156,3 +157,18 @@ class RecordingGenerator:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def run_main(argv, generator=None):
+    """The runner's ``main`` on ``argv`` (paths allowed), with ``generator`` standing in for the model if given."""
+    from spa3_vlm.evaluation.runner import main
+
+    return main([str(a) for a in argv], generator=generator)
+
+
+def synth_args(synth_dir, output, *extra):
+    return ["--dataset", "synthrooms-qa", "--data_root", synth_dir, "--output", output, "--no_progress", *extra]
+
+
+def vsibench_args(vsibench_dir, output, *extra):
+    return ["--dataset", "vsibench", "--data_root", vsibench_dir, "--output", output, "--no_progress", *extra]

@@ -1,6 +1,21 @@
 """Helpers for tests of the scripts in train/."""
 
+import importlib
+import sys
+from pathlib import Path
+
 import pytest
+
+TRAIN_DIR = Path(__file__).resolve().parents[1] / "train"
+
+
+def import_train_script(name):
+    """The module of ``train/<name>.py`` (train/ is no package: on ``sys.path`` only while importing)."""
+    sys.path.insert(0, str(TRAIN_DIR))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)
 
 
 def assert_refused_in_one_line(main, argv, message, capsys, output_dir):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from spa3_vlm import Spa3RConfig, Spa3RForFieldPrediction
+from spa3_vlm import Spa3RForFieldPrediction
 from spa3_vlm.evaluation.vsibench import TASK_ORDER
 from spa3_vlm.processing_spa3_vlm import Spa3VLMProcessor
 from spa3_vlm.training.sft import Spa3VLMSFTCollator
@@ -18,15 +18,6 @@ from spa3_vlm.training.sft import Spa3VLMSFTCollator
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "train"))
 import compare_spatial_branch  # noqa: E402
-from script_testing import assert_refused_in_one_line  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def spa3r_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("spa3r")
-    torch.manual_seed(3)
-    Spa3RForFieldPrediction(Spa3RConfig.from_pretrained(REPO / "hub_configs" / "spa3r-tiny-synthrooms")).save_pretrained(folder)
-    return folder
 
 
 def test_arms_start_from_the_same_qwen_and_the_pretrained_spa3r(spa3r_folder):
@@ -76,18 +67,3 @@ def test_minimal_comparison_writes_the_table(spa3r_folder, tmp_path, capsys):
     )
     header = [line for line in capsys.readouterr().out.splitlines() if line.startswith("arm")][0]
     assert header.split()[1:] == ["overall", "count", "abs-dist", "obj-size", "room-size", "rel-dist", "rel-dir", "route", "appear", "ans-loss"]
-
-
-@pytest.mark.parametrize(
-    "flags, message",
-    [
-        (["--spa3r_name_or_path", "no/such/run"], "no pre-trained Spa3R at 'no/such/run' (no config.json). Train one first"),
-        (["--max_steps", "0"], "--max_steps must be >= 1, got 0"),
-        (["--learning_rate", "nan"], "--learning_rate must be a positive number, got nan"),
-        (["--seeds", "0,one"], "--seeds must be a comma-separated list of at least one int, got '0,one'"),
-        (["--seeds", ","], "--seeds must be a comma-separated list of at least one int"),
-    ],
-)
-def test_comparison_refuses_bad_flags_in_one_line_before_any_work(spa3r_folder, tmp_path, capsys, flags, message):
-    argv = ["--spa3r_name_or_path", str(spa3r_folder), "--output_dir", str(tmp_path / "run"), *flags]
-    assert_refused_in_one_line(compare_spatial_branch.main, argv, message, capsys, tmp_path / "run")

@@ -15,8 +15,10 @@ from eval_testing import (
     fake_records,
     frame_index,
     read_jsonl,
+    run_main,
     save_tiny_qwen,
-    save_tiny_spa3_vlm,
+    synth_args,
+    vsibench_args,
     write_fake_vsibench,
 )
 from spa3_vlm.evaluation.runner import (
@@ -24,9 +26,7 @@ from spa3_vlm.evaluation.runner import (
     format_table,
     load_model,
     load_synthrooms_qa_samples,
-    main,
     model_class_for,
-    read_predictions,
     resolve_device,
     sample_frame_indices,
 )
@@ -38,41 +38,8 @@ PAPER_COLUMNS = ["Avg.", "Obj.Count", "Abs.Dist", "Obj.Size", "Room Size", "Rel.
 
 
 @pytest.fixture(scope="module")
-def spa3_dir(tmp_path_factory):
-    # The folder name says "qwen": the class must come from config.json's model_type, not from the path.
-    return save_tiny_spa3_vlm(tmp_path_factory.mktemp("qwen2.5-vl-lookalike") / "model")
-
-
-@pytest.fixture(scope="module")
 def qwen_dir(tmp_path_factory):
     return save_tiny_qwen(tmp_path_factory.mktemp("spa3-vlm-lookalike") / "model")
-
-
-@pytest.fixture(scope="module")
-def synth_dir(tmp_path_factory):
-    from spa3_vlm.data.synthrooms_qa import build_synthrooms_qa
-
-    dataset = build_synthrooms_qa(1, 4, (56, 70), seed=0, split="test", per_scene=6)
-    folder = tmp_path_factory.mktemp("synthrooms-qa") / "test"
-    dataset.save_to_disk(str(folder))
-    return folder
-
-
-@pytest.fixture(scope="module")
-def vsibench_dir(tmp_path_factory):
-    return write_fake_vsibench(tmp_path_factory.mktemp("vsibench"))
-
-
-def run_main(argv, generator=None):
-    return main([str(a) for a in argv], generator=generator)
-
-
-def synth_args(synth_dir, output, *extra):
-    return ["--dataset", "synthrooms-qa", "--data_root", synth_dir, "--output", output, "--no_progress", *extra]
-
-
-def vsibench_args(vsibench_dir, output, *extra):
-    return ["--dataset", "vsibench", "--data_root", vsibench_dir, "--output", output, "--no_progress", *extra]
 
 
 def expected_overall(records, predictions):
@@ -211,39 +178,6 @@ def test_table_follows_the_paper_column_order():
 # ---------------------------------------------------------------------------------------------- resume
 
 
-def test_resume_skips_answered_ids_and_recomputes_a_corrupt_last_line(synth_dir, tmp_path, capsys):
-    output = tmp_path / "preds.jsonl"
-    first = RecordingGenerator(default="7")
-    assert run_main(synth_args(synth_dir, output, "--limit", "2"), generator=first) == 0
-    assert len(first.requests) == 2
-
-    second = RecordingGenerator(default="7")
-    assert run_main(synth_args(synth_dir, output, "--batch_size", "3"), generator=second) == 0
-    assert len(second.requests) == 4 and [len(call) for call in second.calls] == [3, 1]  # only the 4 new ones
-    assert "2 of 6 questions already answered" in capsys.readouterr().err
-    samples, _ = load_synthrooms_qa_samples(str(synth_dir))
-    assert [prompt for _, prompt in second.requests] == [sample.prompt for sample in samples[2:]]
-    lines = read_jsonl(output)
-    assert [line["id"] for line in lines] == [sample.id for sample in samples]
-
-    # A crash in the middle of writing the last line: cut it in half (no newline at the end).
-    text = output.read_text()
-    last_start = text.rstrip("\n").rfind("\n") + 1
-    output.write_text(text[: last_start + 25])
-    third = RecordingGenerator(default="7")
-    assert run_main(synth_args(synth_dir, output), generator=third) == 0
-    err = capsys.readouterr().err
-    assert "dropped 1 unreadable line(s) (line 6: not valid JSON" in err
-    assert [prompt for _, prompt in third.requests] == [samples[-1].prompt]  # only the cut question again
-    repaired = read_jsonl(output)
-    assert [line["id"] for line in repaired] == [line["id"] for line in lines]  # the question came back, once
-    assert output.read_text().endswith("\n")
-
-    # Nothing left: a rerun generates nothing.
-    fourth = RecordingGenerator()
-    assert run_main(synth_args(synth_dir, output), generator=fourth) == 0 and fourth.calls == []
-
-
 def test_broken_lines_in_the_middle_are_reported_and_recomputed(vsibench_dir, tmp_path, capsys):
     output = tmp_path / "preds.jsonl"
     good = [{"id": 0, "question_type": "object_counting", "prediction": "3"}]
@@ -265,19 +199,6 @@ def test_broken_lines_in_the_middle_are_reported_and_recomputed(vsibench_dir, tm
 # ---------------------------------------------------------------------------------------------- bad input
 
 
-def test_predictions_for_another_dataset_are_refused_before_generating(vsibench_dir, tmp_path, capsys):
-    output = tmp_path / "preds.jsonl"
-    output.write_text(json.dumps({"id": 0, "prediction": "3"}) + "\n" + json.dumps({"id": 999, "prediction": "A"}) + "\n")
-    generator = RecordingGenerator()
-    assert run_main(vsibench_args(vsibench_dir, output), generator=generator) == 2
-    assert generator.calls == []
-    assert "holds 1 prediction(s) whose ids are not in the dataset (e.g. [999])" in capsys.readouterr().err
-
-    output.write_text(json.dumps({"id": 0, "question_type": "room_size_estimation", "prediction": "3"}) + "\n")
-    assert run_main(vsibench_args(vsibench_dir, output), generator=generator) == 2
-    assert "id 0: 'room_size_estimation' vs 'object_counting'" in capsys.readouterr().err
-
-
 def test_score_only_reports_missing_ids_and_scores_them_as_wrong_when_allowed(vsibench_dir, tmp_path, capsys):
     answers, task_scores = graded_answers()
     output = tmp_path / "preds.jsonl"
@@ -295,37 +216,6 @@ def test_score_only_reports_missing_ids_and_scores_them_as_wrong_when_allowed(vs
     assert "questions without a prediction (scored 0): 1" in out
 
 
-def test_score_only_refuses_unreadable_lines(vsibench_dir, tmp_path, capsys):
-    output = tmp_path / "preds.jsonl"
-    output.write_text(json.dumps({"id": 0, "prediction": 3}) + "\n")
-    assert run_main(vsibench_args(vsibench_dir, output, "--score_only")) == 2
-    assert "line 1: prediction must be a string, got int 3" in capsys.readouterr().err
-
-
-def test_conflicting_duplicate_answers_are_an_error(tmp_path):
-    output = tmp_path / "preds.jsonl"
-    output.write_text(json.dumps({"id": 4, "prediction": "A"}) + "\n" + json.dumps({"id": 4, "prediction": "B"}) + "\n")
-    with pytest.raises(ValueError, match=r"id 4 appears twice with different answers \(line 2: 'B' vs 'A'\)"):
-        read_predictions(output)
-    output.write_text(json.dumps({"id": 4, "prediction": "A"}) + "\n" + json.dumps({"id": 4, "prediction": "A"}) + "\n")
-    assert read_predictions(output).duplicate_lines == [2]
-
-
-def test_unknown_question_types_and_malformed_records_are_errors(tmp_path, capsys):
-    records = fake_records()
-    records[1]["question_type"] = "object_height"
-    records[2]["question_type"] = "object_height"
-    root = write_fake_vsibench(tmp_path / "bad", records)
-    assert run_main(vsibench_args(root, tmp_path / "p.jsonl"), generator=RecordingGenerator()) == 2
-    assert "2 record(s) have unknown question types {'object_height': 2}" in capsys.readouterr().err
-
-    records = fake_records()
-    records[4]["ground_truth"] = "E"  # not one of the options A-D
-    root = write_fake_vsibench(tmp_path / "bad2", records)
-    assert run_main(vsibench_args(root, tmp_path / "p2.jsonl"), generator=RecordingGenerator()) == 2
-    assert "ground_truth 'E' is not one of the option letters ['A', 'B', 'C', 'D']" in capsys.readouterr().err
-
-
 def test_missing_videos_and_model_are_reported_before_loading_anything(vsibench_dir, tmp_path, capsys):
     root = write_fake_vsibench(tmp_path / "vsi")
     dataset, scene, _ = FAKE_SCENES["short"]
@@ -337,14 +227,6 @@ def test_missing_videos_and_model_are_reported_before_loading_anything(vsibench_
     assert "--model is required" in capsys.readouterr().err
     assert run_main(["--model", tmp_path / "nowhere", "--dataset", "vsibench", "--output", tmp_path / "p.jsonl"]) == 2
     assert "--data_root is required for vsibench" in capsys.readouterr().err
-
-
-def test_generator_rejects_empty_requests(spa3_dir):
-    generator = VSIBenchGenerator.from_pretrained(str(spa3_dir), device="cpu")
-    with pytest.raises(ValueError, match="request #0 has no frames"):
-        generator.generate([([], "How many chairs?")])
-    with pytest.raises(ValueError, match="max_new_tokens must be a positive int, got 0"):
-        VSIBenchGenerator(generator.model, generator.processor, max_new_tokens=0)
 
 
 def test_generation_config_of_another_folder_is_merged_but_decoding_stays_greedy(spa3_dir, synth_dir, tmp_path, capsys):

@@ -138,6 +138,7 @@ def test_training_on_cached_latents_matches_training_on_frames(dataset, processo
             output_dir=str(tmp_path / mode), max_steps=3, per_device_train_batch_size=2, learning_rate=5e-3,
             logging_steps=1, report_to="none", save_strategy="no", dataloader_num_workers=0, bf16=False,
             activation_checkpointing=False, max_length=None, disable_tqdm=True, seed=0,
+            dataloader_pin_memory=torch.cuda.is_available(),
         )  # fmt: skip
         trainer = Spa3VLMSFTTrainer(
             model=model, args=args, train_dataset=data, processing_class=processor,

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, TrainerCallback, TrainingArguments
 
 from spa3_vlm import Spa3RForFieldPrediction, Spa3RModel
-from spa3_vlm.data.psfm import PSFMCollator, PSFMDataset, sample_strided_frames
+from spa3_vlm.data.psfm import PSFMCollator, PSFMDataset
 from spa3_vlm.training.field_eval import (
     depth_colors,
     evaluate_field,
@@ -21,48 +21,9 @@ from spa3_vlm.training.field_eval import (
     format_field_table,
     nearest_context_view,
 )
-from spa3_vlm.training.psfm import PSFMTrainer
-from script_testing import assert_refused_in_one_line
+from psfm_testing import TINY, fake_scenes, psfm_trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(REPO, "hub_configs", "spa3r-tiny-synthrooms")
-
-
-def fake_scenes(num_scenes=3, frames=8, size=(28, 42), seed=0):
-    """Scene rows with random images, metric depth and cameras walking along x."""
-    rng = np.random.default_rng(seed)
-    scenes = []
-    for s in range(num_scenes):
-        extrinsics = []
-        for f in range(frames):
-            e = np.eye(4, dtype=np.float32)
-            e[0, 3] = -0.1 * f  # camera centre at x = 0.1 f
-            extrinsics.append(e)
-        k = np.array([[30.0, 0, size[1] / 2], [0, 30.0, size[0] / 2], [0, 0, 1]], dtype=np.float32)
-        scenes.append(
-            {
-                "scene_id": f"fake-{s}",
-                "images": [rng.integers(0, 255, (*size, 3), dtype=np.uint8) for _ in range(frames)],
-                "extrinsics": extrinsics,
-                "intrinsics": [k] * frames,
-                "depths": [rng.uniform(1, 5, size).astype(np.float32) for _ in range(frames)],
-            }
-        )
-    return scenes
-
-
-def test_frame_sampling_bounds_order_and_errors():
-    interval = (2, 6)
-    for seed in range(200):
-        rng = np.random.default_rng(seed)
-        frames = sample_strided_frames(40, 7, interval, rng)
-        steps = np.diff(frames)
-        assert frames[0] >= 0 and frames[-1] < 40 and (steps >= 2).all() and (steps <= 6).all()
-    assert interval == (2, 6)  # never mutated (the reference shrinks its list in place)
-    short = sample_strided_frames(7, 5, (2, 6), np.random.default_rng(0))  # too short for steps of 2
-    assert short == sorted(set(short)) and len(short) == 5
-    with pytest.raises(ValueError, match="scene kitchen has 3 frames, fewer than the 4 views requested"):
-        sample_strided_frames(3, 4, (1, 1), np.random.default_rng(0), scene="kitchen")
 
 
 def test_dataset_is_deterministic_and_relative_to_the_first_view():
@@ -79,21 +40,6 @@ def test_dataset_is_deterministic_and_relative_to_the_first_view():
     assert any(not torch.equal(dataset[2]["pixel_values"][:3], dataset[2 + 3 * k]["pixel_values"][:3]) for k in (1, 2, 3))
     cached = PSFMDataset(scenes, num_views=(3, 5), interval=(1, 2), samples_per_scene=4, seed=7, cache_scenes=True)
     assert torch.equal(cached[5]["pixel_values"], a["pixel_values"]) and torch.equal(cached[5]["depth"], a["depth"])
-
-
-def test_dataset_errors_name_the_scene():
-    with pytest.raises(ValueError, match="holds no scenes"):
-        PSFMDataset([])
-    scenes = fake_scenes(1)
-    scenes[0]["images"][3] = np.zeros((14, 14, 3), dtype=np.uint8)
-    with pytest.raises(ValueError, match="scene fake-0 mixes image sizes"):
-        PSFMDataset(scenes, num_views=(8, 8))[0]
-    scenes = fake_scenes(1)
-    scenes[0]["extrinsics"][2] = np.full((4, 4), np.nan, dtype=np.float32)
-    with pytest.raises(ValueError, match="scene fake-0 has NaN or infinite camera poses"):
-        PSFMDataset(scenes, num_views=(8, 8))[0]
-    with pytest.raises(ValueError, match="fewer than the 9 views requested"):
-        PSFMDataset(fake_scenes(1), num_views=(9, 9))[0]
 
 
 def test_collator_aligns_views_and_sizes():
@@ -170,7 +116,7 @@ def test_field_evaluation_reports_the_images_only_model_for_context_inputs():
     """With context inputs the table gains a row for the same model with them withheld (as in Spa3-VLM)."""
     config = AutoConfig.from_pretrained(
         TINY, context_inputs={"metric_depth": 1, "rgb": 3}, target_heads={"geo": 128, "rgb": 3, "metric_depth": 1},
-        use_depth_probe=False, smooth_l1_beta=None,
+        use_depth_probe=False, smooth_l1_beta=None, loss_weights=None, depth_probe_target="backbone",
     )  # fmt: skip
     torch.manual_seed(0)
     model = Spa3RForFieldPrediction(config).eval()
@@ -235,34 +181,18 @@ class KillAt(TrainerCallback):
             raise RuntimeError("killed")
 
 
-def _trainer(output_dir, max_steps, callbacks=(), muon=False):
-    torch.manual_seed(0)
-    config = AutoConfig.from_pretrained(TINY)
-    config.semantic_teacher_config = None
-    config.target_heads = {"geo": 128, "rgb": 3, "metric_depth": 1}
-    model = Spa3RForFieldPrediction(config)
-    args = TrainingArguments(
-        output_dir=str(output_dir), max_steps=max_steps, per_device_train_batch_size=2, learning_rate=1e-3,
-        save_steps=2, logging_steps=1, report_to="none", remove_unused_columns=False, seed=0, use_cpu=True,
-        lr_scheduler_type="cosine", warmup_steps=1,
-    )  # fmt: skip
-    dataset = PSFMDataset(fake_scenes(3), num_views=(2, 4), interval=(1, 2), samples_per_scene=2, seed=0)
-    collator = PSFMCollator(field_targets=("rgb", "metric_depth"), seed=0)
-    return PSFMTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=list(callbacks), muon=muon)
-
-
 @pytest.mark.parametrize("muon", [False, True], ids=["adamw", "muon"])
 def test_killed_run_resumes_to_the_same_weights(tmp_path, muon):
-    reference = _trainer(tmp_path / "straight", 4, muon=muon)
+    reference = psfm_trainer(tmp_path / "straight", 4, muon=muon)
     reference.train()
     logged = [entry for entry in reference.state.log_history if "loss" in entry]
     assert {"loss/geo_l1", "loss/rgb_l1", "loss/metric_depth_l1"} <= set(logged[0])
 
-    crashed = _trainer(tmp_path / "resumed", 4, [KillAt(3)], muon=muon)
+    crashed = psfm_trainer(tmp_path / "resumed", 4, [KillAt(3)], muon=muon)
     with pytest.raises(RuntimeError, match="killed"):
         crashed.train()
     assert sorted(os.listdir(tmp_path / "resumed")) == ["checkpoint-2"]  # complete, no staging leftovers
-    resumed = _trainer(tmp_path / "resumed", 4, muon=muon)
+    resumed = psfm_trainer(tmp_path / "resumed", 4, muon=muon)
     resumed.train(resume_from_checkpoint=True)
     for (name, a), b in zip(reference.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
@@ -270,90 +200,12 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, muon):
         assert type(resumed.optimizer.optimizer).__name__ == "MuonWithAdamW"
 
 
-class KillWhileSaving(TrainerCallback):
-    """Simulates a crash in the middle of writing checkpoint ``step``: its weights are cut short and the Trainer
-    never gets to write its ``trainer_state.json``."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            folder = os.path.join(args.output_dir, f"checkpoint-{self.step}")
-            os.remove(os.path.join(folder, "trainer_state.json"))
-            with open(os.path.join(folder, "model.safetensors"), "r+b") as handle:
-                handle.truncate(100)
-            raise RuntimeError("killed while saving")
-
-
-def test_a_run_killed_while_saving_resumes_from_the_last_complete_checkpoint(tmp_path):
-    reference = _trainer(tmp_path / "straight", 6)
-    reference.train()
-    crashed = _trainer(tmp_path / "resumed", 6, [KillWhileSaving(4)])
-    with pytest.raises(RuntimeError, match="killed while saving"):
-        crashed.train()
-    assert sorted(os.listdir(tmp_path / "resumed")) == ["checkpoint-2", "checkpoint-4"]
-    with pytest.raises(ValueError, match="checkpoint-4 is not a checkpoint to resume from: interrupted while being saved"):
-        _trainer(tmp_path / "resumed", 6).train(resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoint-4"))
-    resumed = _trainer(tmp_path / "resumed", 6)
-    resumed.train(resume_from_checkpoint=True)  # takes checkpoint-2 and removes the cut-short checkpoint-4
-    for (name, a), b in zip(reference.model.state_dict().items(), resumed.model.state_dict().values()):
-        assert torch.equal(a, b), name
-    assert resumed.state.global_step == 6
-    with pytest.raises(ValueError, match="No complete checkpoint to resume from"):
-        _trainer(tmp_path / "empty", 2).train(resume_from_checkpoint=True)
-
-
-@pytest.mark.parametrize(
-    "damage, named",
-    [
-        ("remove optimizer.pt", "optimizer.pt is missing"),
-        ("remove scheduler.pt", "scheduler.pt is missing"),
-        ("remove model.safetensors", "no model weights"),
-        ("truncate model.safetensors", "model.safetensors is damaged"),
-        ("truncate optimizer.pt", "optimizer.pt is damaged"),
-        ("truncate rng_state.pth", "rng_state.pth is damaged"),
-    ],
-)
-def test_resume_refuses_a_damaged_checkpoint_by_name_and_keeps_it(tmp_path, damage, named):
-    """A checkpoint saved whole that later lost or damaged a file is refused, naming the file and the newest good
-    checkpoint, and is not deleted (the user decides); the good one still resumes to the uninterrupted weights."""
-    output = tmp_path / "run"
-    _trainer(output, 4).train()
-    assert {"checkpoint-2", "checkpoint-4"} <= set(os.listdir(output))
-    action, name = damage.split()
-    path = output / "checkpoint-4" / name
-    if action == "remove":
-        path.unlink()
-    else:
-        with open(path, "r+b") as handle:
-            handle.truncate(path.stat().st_size // 2)
-    from spa3_vlm.training.psfm import checkpoint_problem, last_complete_checkpoint
-
-    assert named in checkpoint_problem(str(output / "checkpoint-4"))
-    assert checkpoint_problem(str(output / "checkpoint-2")) is None
-    expected = f"cannot resume from .*checkpoint-4: {named}.*newest good checkpoint is .*checkpoint-2"
-    with pytest.raises(ValueError, match=expected):
-        last_complete_checkpoint(str(output))
-    with pytest.raises(ValueError, match=expected):
-        _trainer(output, 4).train(resume_from_checkpoint=True)
-    with pytest.raises(ValueError, match=f"checkpoint-4 is not a checkpoint to resume from: {named}"):
-        _trainer(output, 4).train(resume_from_checkpoint=str(output / "checkpoint-4"))
-    assert (output / "checkpoint-4").is_dir()  # kept
-    resumed = _trainer(output, 4)
-    resumed.train(resume_from_checkpoint=str(output / "checkpoint-2"))
-    reference = _trainer(tmp_path / "straight", 4)
-    reference.train()
-    for (key, a), b in zip(reference.model.state_dict().items(), resumed.model.state_dict().values()):
-        assert torch.equal(a, b), key
-
-
 def test_muon_steps_block_matrices_with_muon_and_the_rest_with_adamw(tmp_path):
     """One MuonWithAdamW step equals torch's Muon on the blocks' weight matrices and torch's AdamW on every
     other parameter, with the scheduler's learning rate and per-group weight decay."""
     from spa3_vlm.training.optim import MuonWithAdamW, is_muon_parameter, muon_param_groups
 
-    trainer = _trainer(tmp_path, 1, muon=True)
+    trainer = psfm_trainer(tmp_path, 1, muon=True)
     model = trainer.model
     groups = muon_param_groups(model, 0.1, trainer.get_decay_parameter_names(model))
     names = {id(p): n for n, p in model.named_parameters()}
@@ -404,7 +256,7 @@ def test_muon_steps_block_matrices_with_muon_and_the_rest_with_adamw(tmp_path):
 
 
 def test_weight_decay_skips_norms_tokens_and_biases(tmp_path):
-    trainer = _trainer(tmp_path, 1)
+    trainer = psfm_trainer(tmp_path, 1)
     decay = set(trainer.get_decay_parameter_names(trainer.model))
     assert "spa3r.encoder.blocks.0.attn.qkv.weight" in decay
     for name in ("spa3r.query_embed.weight", "spa3r.encoder.register_tokens", "spa3r.encoder.blocks.0.attn.q_norm.weight",
@@ -439,38 +291,6 @@ def test_main_job_trains_evaluates_and_saves_a_loadable_model(tmp_path):
     teacher = load_file(os.path.join(REPO, "hub_configs", "vggt-tiny-synthrooms", "model.safetensors"))
     for name, value in encoder.backbone.state_dict().items():
         assert torch.equal(value, teacher[name]), name
-
-
-def _import_pretrain_psfm():
-    sys.path.insert(0, os.path.join(REPO, "train"))
-    try:
-        import pretrain_psfm
-    finally:
-        sys.path.pop(0)
-    return pretrain_psfm
-
-
-@pytest.mark.parametrize(
-    "flags, message",
-    [
-        (["--max_steps", "-5"], "--max_steps must be a positive number of steps, or -1 to train --num_train_epochs, got -5"),
-        (["--max_steps", "0"], "--max_steps must be a positive number of steps"),
-        (["--max_grad_norm", "nan"], "--max_grad_norm must be a finite number >= 0 (0 turns clipping off), got nan"),
-        (["--muon_momentum", "2.0"], "--muon_momentum must be in [0, 1), got 2.0"),
-        (["--learning_rate", "-1"], "--learning_rate must be a positive number, got -1.0"),
-        (["--dataset", "imagenet"], "--dataset must be synthrooms, scannet or scannetpp, got 'imagenet'"),
-        (["--dataset", "scannet"], "--dataset scannet needs --data_root, an existing folder; got None"),
-        (["--min_views", "5", "--max_views", "4"], "--max_views (4) must be >= --min_views (5)"),
-        (["--num_train_scenes", "0"], "--num_train_scenes must be >= 1, got 0"),
-        (["--config_overrides", "[1]"], "--config_overrides must be a JSON object of config fields, got '[1]'"),
-        (["--config_overrides", "{not json"], "Expecting property name"),
-        (["--config_overrides", '{"hidden_size": 60}'], "hidden_size"),
-    ],
-)
-def test_main_job_refuses_bad_flags_in_one_line_before_any_work(tmp_path, capsys, flags, message):
-    pretrain_psfm = _import_pretrain_psfm()
-    argv = ["--output_dir", str(tmp_path / "run"), *flags]
-    assert_refused_in_one_line(pretrain_psfm.main, argv, message, capsys, tmp_path / "run")
 
 
 @pytest.mark.slow

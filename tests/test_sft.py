@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from spa3_vlm import Spa3RConfig, Spa3RForFieldPrediction, Spa3VLMConfig, Spa3VLMForConditionalGeneration
 from spa3_vlm.configuration_spa3_vlm import encoder_only_spa3r_config
@@ -30,37 +30,12 @@ from spa3_vlm.training.sft import (
     spa3r_config_differences,
     validate_sft_example,
 )
+from sft_testing import frame, record
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "hub_configs" / "spa3-vlm-tiny"
 sys.path.insert(0, str(REPO / "train"))
 import sft_vlm  # noqa: E402
-from script_testing import assert_refused_in_one_line  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def processor():
-    return Spa3VLMProcessor.from_pretrained(TINY)
-
-
-def frame(seed, size=(70, 56)):
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
-
-
-def record(record_id="r0", answer="3", question_type="object_counting", num_images=2, options=None, seed=0, question=None):
-    question = question or "How many chair(s) are in this room?"
-    return {
-        "id": record_id,
-        "question_type": question_type,
-        "options": options,
-        "images": [frame(seed + k) for k in range(num_images)],
-        "messages": [
-            {"role": "user", "content": [{"type": "image", "text": None} for _ in range(num_images)]
-             + [{"type": "text", "text": question}]},
-            {"role": "assistant", "content": [{"type": "text", "text": answer}]},
-        ],
-    }  # fmt: skip
 
 
 def tiny_model(seed=0, spatial_branch=True):
@@ -129,49 +104,12 @@ def test_padding_is_masked_and_geometry_or_latents_pass_through(processor):
 # ---------------------------------------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize(
-    "change, message",
-    [
-        (lambda r: r.update(images=r["images"][:1]),
-         r"record 'bad': the messages have 2 image slot\(s\) but 1 frame\(s\) were given"),
-        (lambda r: r.update(images=[r["images"][0], None]), r"record 'bad': frame\(s\) \[1\] of 2 are missing \(None\)"),
-        (lambda r: r.pop("images"), r"record 'bad': the messages have 2 image slot\(s\) but 0 frame\(s\)"),
-        (lambda r: r.update(messages=r["messages"][:1]),
-         r"record 'bad': the conversation has no assistant turn to learn from \(roles: \['user'\]\)"),
-        (lambda r: r["messages"][1].update(content=[{"type": "text", "text": " "}]), r"record 'bad': the last assistant turn is empty"),
-        (lambda r: r["messages"][1].update(content=[{"type": "text", "text": "about three"}]),
-         r"record 'bad': answer 'about three' does not parse for question_type 'object_counting': .*not a number"),
-        (lambda r: r["messages"][1].update(content=[{"type": "text", "text": "2.5"}]),
-         r"record 'bad': answer '2.5' does not parse .*must be an integer"),
-        (lambda r: r.update(question_type="object_rel_distance", options=["A. sofa", "B. bed"]),
-         r"record 'bad': answer '3' does not parse for question_type 'object_rel_distance': .*not one of the option letters"),
-    ],
-)  # fmt: skip
-def test_bad_records_raise_naming_the_record(processor, change, message):
-    bad = record("bad")
-    change(bad)
-    collator = Spa3VLMSFTCollator(processor)
-    with pytest.raises(ValueError, match=message):
-        collator([record("good"), bad])
-
-
 def test_multiple_choice_answers_read_options_from_the_question(processor):
     question = "Which is closest to the bed?\nA. sofa\nB. lamp\nC. table\nAnswer with the option's letter."
     validate_sft_example(record(question_type="object_rel_distance", answer="C.", question=question))
     with pytest.raises(ValueError, match=r"'D' is not one of the option letters \['A', 'B', 'C'\]"):
         validate_sft_example(record(question_type="object_rel_distance", answer="D", question=question))
     validate_sft_example(record(question_type="free_form", answer="anything goes"))  # unknown types: not checked
-
-
-def test_truncation_errors_name_the_record(processor):
-    with pytest.raises(ValueError, match=r"record 'long': Sample 1 has \d+ tokens, more than max_length=30, and truncating it would cut through its image tokens"):
-        Spa3VLMSFTCollator(processor, max_length=30)([record("short", num_images=0), record("long", num_images=3)])
-    full = Spa3VLMSFTCollator(processor)([record("x", answer="12345678")])
-    prompt_length = full["input_ids"].shape[1] - int((full["labels"] != IGNORE_INDEX).sum())
-    kept = Spa3VLMSFTCollator(processor, max_length=prompt_length + 1)([record("x", answer="12345678")])
-    assert int((kept["labels"] != IGNORE_INDEX).sum()) == 1  # truncated answers keep what is left
-    with pytest.raises(ValueError, match=rf"record 'x': no answer token left to learn from after max_length={prompt_length} truncation"):
-        Spa3VLMSFTCollator(processor, max_length=prompt_length)([record("x", answer="12345678")])
 
 
 def test_collator_needs_generation_markers(processor):
@@ -293,15 +231,6 @@ def test_fused_lm_head_contract_fails_loudly_when_the_internals_change(processor
 # ---------------------------------------------------------------------------------------------- models
 
 
-@pytest.fixture(scope="module")
-def spa3r_folder(tmp_path_factory):
-    """A Spa3R as train/pretrain_psfm.py saves it (the tiny SynthRooms pre-training config), random weights."""
-    folder = tmp_path_factory.mktemp("spa3r")
-    torch.manual_seed(11)
-    Spa3RForFieldPrediction(Spa3RConfig.from_pretrained(REPO / "hub_configs" / "spa3r-tiny-synthrooms")).save_pretrained(folder)
-    return folder
-
-
 def test_pretrained_spa3r_loads_into_the_tiny_vlm(spa3r_folder):
     model, notes = load_spa3_vlm(str(TINY), spa3r_name_or_path=str(spa3r_folder))
     source = Spa3RForFieldPrediction.from_pretrained(spa3r_folder).spa3r.state_dict()
@@ -417,7 +346,9 @@ def test_sft_main_lora_merged_and_adapter(tmp_path, eval_batch):
     assert config["r"] == 4 and sorted(config["modules_to_save"]) == sorted(ADAPTER_MODULES)
     assert Path(config["base_model_name_or_path"]) == (out / "base_model").resolve()
     base = Spa3VLMForConditionalGeneration.from_pretrained(config["base_model_name_or_path"])
-    adapter = PeftModel.from_pretrained(base, out)
+    with warnings.catch_warnings():  # PEFT reads transformers' deprecated `is_gradient_checkpointing`
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        adapter = PeftModel.from_pretrained(base, out)
     assert torch.allclose(logits(adapter, batch), logits(run["model"], batch), atol=1e-6)
     groups = {g["name"] for g in run["trainer"].optimizer.param_groups}
     assert groups <= {"adapter", "adapter/no_decay", "llm", "llm/no_decay"} and "llm" in groups and "adapter" in groups
@@ -431,25 +362,3 @@ def test_model_card_lists_results_in_paper_order():
     assert card.data.base_model == "Qwen/Qwen2.5-VL-3B-Instruct" and card.data.library_name == "transformers"
     assert "| overall | object_counting | route_planning |" in card.text
     assert "| 50.0 | 75.0 (n=8) | 25.0 (n=4) |" in card.text
-
-
-@pytest.mark.parametrize(
-    "flags, message",
-    [
-        (["--max_steps", "-5"], "--max_steps must be a positive number of steps, or -1 to train --num_train_epochs"),
-        (["--max_grad_norm", "nan"], "--max_grad_norm must be a finite number >= 0 (0 turns clipping off), got nan"),
-        (["--learning_rate", "0"], "--learning_rate must be a positive number, got 0.0"),
-        (["--adapter_lr=-0.001"], "--adapter_lr must be a positive number, got -0.001"),
-        (["--merge_lora", "true"], "--merge_lora needs --use_lora"),
-        (["--use_lora", "true", "--tune_llm", "false"], "--use_lora trains LoRA weights in the LLM"),
-        (["--lora_dropout", "1.5"], "--lora_dropout must be in [0, 1), got 1.5"),
-        (["--lora_r", "0"], "--lora_r must be >= 1, got 0"),
-        (["--dataset", "vsi590k"], "--dataset vsi590k needs --annotation_path, an existing path; got None"),
-        (["--dataset", "no/such/folder"], "--dataset must be synthrooms_qa, vsi590k or a save_to_disk folder"),
-        (["--num_train_scenes", "0"], "--num_train_scenes must be >= 1, got 0"),
-        (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size must be >= 1, got 0"),
-    ],
-)
-def test_sft_refuses_bad_flags_in_one_line_before_any_work(tmp_path, capsys, flags, message):
-    argv = ["--output_dir", str(tmp_path / "run"), *flags]
-    assert_refused_in_one_line(sft_vlm.main, argv, message, capsys, tmp_path / "run")

@@ -198,9 +198,10 @@ def test_model_resolution(core, tmp_path, monkeypatch):
     monkeypatch.setenv(core.VLM_ENV, "someone/spa3-vlm-3b")
     assert core.resolve_model(None, core.VLM_ENV, core.DEFAULT_VLM_FOLDER, "spa3_vlm") == core.ModelSpec("hub", "someone/spa3-vlm-3b")
     assert core.ModelSpec("hub", "someone/spa3-vlm-3b").label == "someone/spa3-vlm-3b (Hub)"
-    with pytest.raises(ValueError, match="neither a local folder nor a Hub id"):
+    with pytest.raises(ValueError, match="This model is not offered here"):
         core.resolve_model("no such folder", core.VLM_ENV, core.DEFAULT_VLM_FOLDER, "spa3_vlm")
     (tmp_path / "empty").mkdir()
+    monkeypatch.setenv(core.ALLOW_ENV, str(tmp_path / "empty"))  # only allowed folders are looked at
     with pytest.raises(ValueError, match="has no config.json"):
         core.resolve_model(str(tmp_path / "empty"), core.VLM_ENV, core.DEFAULT_VLM_FOLDER, "spa3_vlm")
 
@@ -287,8 +288,9 @@ def test_ask_with_an_example_scene(client, tmp_path):
     assert len(gallery) == 8
 
 
-def test_ask_answers_with_a_saved_model_folder(client, tmp_path):
-    """A model folder picked by path is loaded and used: the served answer is the model's own greedy output."""
+def test_ask_answers_with_a_saved_model_folder(client, tmp_path, monkeypatch):
+    """A model folder picked by path (allowed by the operator) is loaded and used: the served answer is the model's
+    own greedy output."""
     from spa3_vlm import Spa3VLMConfig, Spa3VLMForConditionalGeneration, Spa3VLMProcessor
 
     config_dir = REPO / "hub_configs" / "spa3-vlm-tiny"
@@ -302,6 +304,7 @@ def test_ask_answers_with_a_saved_model_folder(client, tmp_path):
     folder = tmp_path / "vlm"
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
+    monkeypatch.setenv("SPA3_ALLOWED_MODELS", str(folder))
 
     images = write_images(tmp_path, 3)
     question = "Which object is closest to the door?"
@@ -319,7 +322,7 @@ def test_ask_answers_with_a_saved_model_folder(client, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")  # peft reads it when building the adapter
-def test_a_lora_adapter_folder_is_merged_into_its_base(core, tmp_path):
+def test_a_lora_adapter_folder_is_merged_into_its_base(core, tmp_path, monkeypatch):
     """train/sft_vlm.py --use_lora saves a PEFT adapter naming its base folder; the app loads base + adapter."""
     peft = pytest.importorskip("peft")
     from spa3_vlm import Spa3VLMConfig, Spa3VLMForConditionalGeneration, Spa3VLMProcessor
@@ -340,6 +343,7 @@ def test_a_lora_adapter_folder_is_merged_into_its_base(core, tmp_path):
     adapter_config.write_text(json.dumps(settings))
     assert not (tmp_path / "adapter" / "config.json").exists()
 
+    monkeypatch.setenv(core.ALLOW_ENV, str(tmp_path / "adapter"))
     bundle = core.get_vlm(str(tmp_path / "adapter"))
     assert type(bundle.model) is Spa3VLMForConditionalGeneration and not bundle.random_weights
     frames = [Image.open(p).convert("RGB") for p in write_images(tmp_path, 2)]
@@ -449,15 +453,17 @@ def test_see_on_uploaded_views(client, tmp_path):
         client.predict("Uploaded images", [video], 0, 0, 0, 0, 0, "tiny-random", api_name="/see")
 
 
-def test_see_with_a_saved_field_model_folder(client, core, tmp_path):
-    """A Spa3R folder typed in the model box is loaded and used: the served field (lossless PNG) is that model's."""
+def test_see_with_a_saved_field_model_folder(client, core, tmp_path, monkeypatch):
+    """A Spa3R folder typed in the model box (allowed by the operator) is loaded and used: the served field (lossless
+    PNG) is that model's."""
     from spa3_vlm import Spa3RConfig, Spa3RForFieldPrediction
 
     with torch.random.fork_rng():
         torch.manual_seed(5)
         model = Spa3RForFieldPrediction(Spa3RConfig.from_pretrained(REPO / "hub_configs" / "spa3r-tiny-synthrooms"))
-    folder = tmp_path / "spa3r"
+    folder, encoder_only = tmp_path / "spa3r", tmp_path / "encoder"
     model.save_pretrained(folder)
+    monkeypatch.setenv(core.ALLOW_ENV, f"{folder},{encoder_only}")
 
     arguments = ("SynthRooms test scene 2", None, 1, 20, 5, 0.3, -0.2)
     field, _, _, _, notes = client.predict(*arguments, str(folder), api_name="/see")
@@ -468,7 +474,6 @@ def test_see_with_a_saved_field_model_folder(client, core, tmp_path):
     random_field = client.predict(*arguments, "tiny-random", api_name="/see")[0]
     assert not np.array_equal(pixels(random_field), pixels(field))
 
-    encoder_only = tmp_path / "encoder"
     model.spa3r.save_pretrained(encoder_only)
     with pytest.raises(gradio_client.exceptions.AppError, match="has no field decoder weights"):
         client.predict(*arguments, str(encoder_only), api_name="/see")

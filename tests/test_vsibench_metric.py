@@ -1,12 +1,11 @@
-"""VSI-Bench metric: hand-computed scores, lmms-eval parity, aggregation, errors, prompts, the evaluate module."""
+"""VSI-Bench metric: hand-computed scores, lmms-eval parity, aggregation, prompts, the evaluate module."""
 
 import math
 import random
-import re
-import time
 
 import numpy as np
 import pytest
+from metric_testing import evaluate_inputs, mc, num
 
 from spa3_vlm.evaluation import (
     MRA_THRESHOLDS,
@@ -14,7 +13,6 @@ from spa3_vlm.evaluation import (
     NUMERICAL_TYPES,
     QUESTION_TYPES,
     TASK_ORDER,
-    VSIBENCH_METRIC_PATH,
     build_vsibench_prompt,
     load_vsibench_metric,
     mean_relative_accuracy,
@@ -22,22 +20,6 @@ from spa3_vlm.evaluation import (
     parse_numeric_prediction,
     vsibench_scores,
 )
-
-OPTIONS = ["A. sofa", "B. bed", "C. table", "D. chair"]
-
-
-def num(record_id, ground_truth, prediction, question_type="object_abs_distance"):
-    return {"id": record_id, "question_type": question_type, "ground_truth": ground_truth, "prediction": prediction}
-
-
-def mc(record_id, ground_truth, prediction, question_type="route_planning", options=OPTIONS):
-    return {
-        "id": record_id,
-        "question_type": question_type,
-        "ground_truth": ground_truth,
-        "prediction": prediction,
-        "options": list(options),
-    }
 
 
 def one_score(record, parsing="lmms-eval-2024"):
@@ -256,32 +238,6 @@ def test_first_number_parsing(text, value):
     assert parse_numeric_prediction(text, "first-number") == value
 
 
-# The digit rules as one backtracking regex (the parser's previous form): the reference for the linear-time one.
-_REFERENCE_NUMBER = re.compile(r"(?:(?<![\w.])[-+])?(?:\d{1,3}(?:,\d{3})+(?![\d,])|\d+)(?:\.\d+)?|(?<![\w.])[-+]?\.\d+")
-
-
-def test_first_number_digit_rules_match_the_reference_regex_on_random_text():
-    rng = random.Random(0)
-    alphabet = "0123456789,,,..--+ ab"
-    for _ in range(5000):
-        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 14)))
-        if any(c.isalpha() for c in text):
-            continue  # words are another rule; digits only here
-        found = _REFERENCE_NUMBER.search(text)
-        expected = float(found.group(0).replace(",", "")) if found else None
-        assert parse_numeric_prediction(text, "first-number") == expected, text
-
-
-def test_first_number_takes_linear_time_on_long_digit_runs():
-    """A 400,000-character run of comma groups that is not in the 1,234 form (its last group has 4 digits) made the
-    previous regex retry the group form at every comma: minutes here. A linear parser needs well under a second."""
-    text = "1" + ",234" * 100_000 + "5"
-    start = time.perf_counter()
-    assert parse_numeric_prediction(text, "first-number") == 1.0
-    assert parse_numeric_prediction("x " + text[:-1], "first-number") == float("1" + "234" * 100_000)
-    assert time.perf_counter() - start < 5.0
-
-
 @pytest.mark.parametrize(
     "text, value",
     [("3.5 meters", 3.5), ("3.5m", None), ("1_000", 1000.0), ("\n3\n", 3.0), (" 3", None), ("three", None)],
@@ -458,58 +414,6 @@ def test_parity_with_the_spec_reference_on_random_records():
     assert 0.05 < result["overall"] < 0.95 and len(set(result["per_record"].values())) > 5
 
 
-# ----------------------------------------------------------------------------------------------- errors
-
-
-def _error_cases():
-    good_num = num("n1", "3", "3")
-    good_mc = mc("m1", "A", "A")
-    cases = {
-        "unknown type": ([{**good_num, "question_type": "object_height"}], r"'n1'.*unknown question_type 'object_height'"),
-        "missing id": ([{k: v for k, v in good_num.items() if k != "id"}], r"record #0: missing field 'id'"),
-        "bool id": ([{**good_num, "id": True}], r"record #0: id must be a string or an int"),
-        "missing type": ([{k: v for k, v in good_num.items() if k != "question_type"}], r"'n1'.*missing field 'question_type'"),
-        "missing ground truth": ([{k: v for k, v in good_mc.items() if k != "ground_truth"}], r"'m1'.*missing field 'ground_truth'"),
-        "missing prediction key": ([{k: v for k, v in good_num.items() if k != "prediction"}], r"'n1'.*missing field 'prediction'"),
-        "non-string prediction": ([{**good_num, "prediction": 3}], r"'n1'.*prediction must be a string or None, got int"),
-        "duplicate id": ([good_num, {**good_mc, "id": "n1"}], r"'n1' \(#1\): duplicate id"),
-        "word ground truth": ([{**good_num, "ground_truth": "three"}], r"'n1'.*ground_truth 'three' is not a finite number"),
-        "nan ground truth": ([{**good_num, "ground_truth": "nan"}], r"'n1'.*ground_truth 'nan' is not a finite number"),
-        "None ground truth": ([{**good_num, "ground_truth": None}], r"'n1'.*ground_truth None is not a finite number"),
-        "numerical with options": ([{**good_num, "options": OPTIONS}], r"'n1'.*takes no options"),
-        "mc without options": ([{k: v for k, v in good_mc.items() if k != "options"}], r"'m1'.*needs a non-empty list of options, got None"),
-        "mc empty options": ([{**good_mc, "options": []}], r"'m1'.*needs a non-empty list of options, got \[\]"),
-        "mc options as text": ([{**good_mc, "options": "A. sofa"}], r"'m1'.*needs a non-empty list of options"),
-        "mc unlabeled option": ([{**good_mc, "options": ["sofa", "bed"]}], r"'m1'.*option 'sofa' has no letter label"),
-        "mc ground truth not a letter": ([{**good_mc, "ground_truth": "E"}], r"'m1'.*ground_truth 'E' is not one of the option letters \['A', 'B', 'C', 'D'\]"),
-        "mc ground truth text": ([{**good_mc, "ground_truth": "sofa"}], r"'m1'.*ground_truth 'sofa' is not one of"),
-        "not a mapping": ([good_num, ["n2", "object_counting"]], r"record #1: expected a mapping"),
-        "empty": ([], r"records is empty"),
-        "a single record, not a list": (good_num, r"records must be a list of mappings, got dict"),
-        "None instead of records": (None, r"records must be a list of mappings, got NoneType"),
-        "a number instead of records": (3, r"records must be a list of mappings, got int"),
-        "mc repeated option letters": (
-            [{**good_mc, "options": ["A. sofa", "a. bed", "B. lamp"]}],
-            r"'m1'.*options repeat the letter\(s\) \['a'\]",
-        ),
-    }
-    return cases
-
-
-@pytest.mark.parametrize("case", sorted(_error_cases()))
-def test_bad_input_raises_value_error_naming_the_record(case):
-    records, message = _error_cases()[case]
-    with pytest.raises(ValueError, match=message):
-        vsibench_scores(records)
-
-
-def test_unknown_parsing_mode_is_rejected():
-    with pytest.raises(ValueError, match=r"unknown parsing 'regex'; expected one of \['lmms-eval-2024', 'first-number'\]"):
-        vsibench_scores([num("n", "3", "3")], parsing="regex")
-    with pytest.raises(ValueError, match="unknown parsing"):
-        parse_numeric_prediction("3", parsing="lmms-eval")
-
-
 # ---------------------------------------------------------------------------------------------- prompts
 
 
@@ -537,39 +441,7 @@ def test_prompt_pre_prompt_override_and_lmms_eval_fallback_for_empty():
     )
 
 
-@pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        ({"question_type": "height"}, r"unknown question_type 'height'"),
-        ({"question_type": "route_planning"}, r"'route_planning' is multiple choice and needs a non-empty list"),
-        ({"question_type": "route_planning", "options": "A. left"}, r"needs a non-empty list of option strings"),
-        ({"question_type": "object_counting", "options": ["A. 1"]}, r"'object_counting' is numerical and takes no options"),
-    ],
-)
-def test_prompt_errors(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        build_vsibench_prompt("Q?", **kwargs)
-
-
 # ------------------------------------------------------------------------------------- evaluate module
-
-
-@pytest.fixture(scope="module")
-def loaded_metric():
-    pytest.importorskip("evaluate")
-    import evaluate
-
-    return evaluate.load(str(VSIBENCH_METRIC_PATH))
-
-
-def _evaluate_inputs(records):
-    return {
-        "predictions": [r["prediction"] for r in records],
-        "references": [str(r["ground_truth"]) for r in records],
-        "question_types": [r["question_type"] for r in records],
-        "ids": [r["id"] for r in records],
-        "options": [r.get("options") for r in records],
-    }
 
 
 @pytest.mark.parametrize("parsing", ["lmms-eval-2024", "first-number"])
@@ -579,23 +451,17 @@ def test_evaluate_load_gives_the_same_numbers_as_the_function(loaded_metric, par
     records[0] = {**records[0], "id": "first", "prediction": None}
     records += [num("words", "3", "three", "object_counting")]
     expected = vsibench_scores(records, parsing=parsing)
-    assert loaded_metric.compute(**_evaluate_inputs(records), parsing=parsing) == expected
+    assert loaded_metric.compute(**evaluate_inputs(records), parsing=parsing) == expected
     assert expected["per_record"]["words"] == (1.0 if parsing == "first-number" else 0.0)
 
 
 def test_evaluate_module_accumulates_batches_and_integer_ids(loaded_metric):
     records = [{**r, "id": i} for i, r in enumerate(_random_records(60, seed=5))]
-    inputs = _evaluate_inputs(records)
+    inputs = evaluate_inputs(records)
     for start in (0, 25):
         end = 25 if start == 0 else None
         loaded_metric.add_batch(**{k: v[start:end] for k, v in inputs.items()})
     assert loaded_metric.compute() == vsibench_scores(records)
-
-
-def test_evaluate_module_reports_bad_records(loaded_metric):
-    records = [num("n1", "3", "3"), num("n1", "4", "4")]
-    with pytest.raises(ValueError, match=r"'n1' \(#1\): duplicate id"):
-        loaded_metric.compute(**_evaluate_inputs(records))
 
 
 def test_load_vsibench_metric_helper_loads_the_packaged_script():

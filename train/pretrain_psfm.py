@@ -29,7 +29,7 @@ from spa3_vlm import Spa3RForFieldPrediction
 from spa3_vlm.data.psfm import PSFMCollator, PSFMDataset
 from spa3_vlm.training.field_eval import evaluate_field, field_pca_figure, format_field_table
 from spa3_vlm.training.flags import at_least, training_flag_problems
-from spa3_vlm.training.psfm import PSFMTrainer, train_resuming
+from spa3_vlm.training.psfm import PSFMTrainer, field_model_inputs, train_resuming
 
 logger = logging.getLogger("pretrain_psfm")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -253,7 +253,7 @@ def evaluate_held_out(model, data_args: DataArguments, collator: PSFMCollator, t
 
     first = batches[0]
     with torch.no_grad():
-        out = model(**first)
+        out = model(**field_model_inputs(model, first))
     depths = {}
     if "depth" in out.predictions and "depth" in out.targets:
         depths = {"true_depth": out.targets["depth"][0], "predicted_depth": out.predictions["depth"][0]}

@@ -14,6 +14,7 @@ import copy
 from transformers import PreTrainedConfig, Qwen2_5_VLConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .configuration_common import ValidatesKwargsMixin
 from .configuration_spa3r import Spa3RConfig
 
 # Spa3R fields that only pre-training uses (semantic teacher, losses, head outputs); cleared for the VLM.
@@ -65,7 +66,7 @@ def encoder_only_spa3r_config(config: Spa3RConfig | dict) -> Spa3RConfig:
     return Spa3RConfig(**values)
 
 
-class Spa3VLMConfig(Qwen2_5_VLConfig):
+class Spa3VLMConfig(ValidatesKwargsMixin, Qwen2_5_VLConfig):
     r"""
     Spa3-VLM. All Qwen2.5-VL fields (``text_config``, ``vision_config``, ``image_token_id``, ...) keep their
     meaning; the additions are:
@@ -87,6 +88,7 @@ class Spa3VLMConfig(Qwen2_5_VLConfig):
     """
 
     model_type = "spa3_vlm"
+    loads_model_types = ("qwen2_5_vl",)  # a plain Qwen2.5-VL config.json loads unchanged (module doc)
     sub_configs_defaults = {
         **Qwen2_5_VLConfig.sub_configs_defaults,
         "spa3r_config": SubConfigSpec(Spa3RConfig, optional=True),

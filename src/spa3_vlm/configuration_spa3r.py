@@ -5,6 +5,7 @@ from __future__ import annotations
 from transformers import PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .configuration_common import ValidatesKwargsMixin, field_problems, raise_problems
 from .configuration_vggt import VGGTConfig
 
 MASKING_MODES = ("two_pass", "masked_pass")
@@ -14,7 +15,7 @@ HEAD_ACTIVATIONS = ("identity", "exp", "sigmoid")
 POSE_SOURCES = ("backbone", "dataset")
 
 
-class Spa3RConfig(PreTrainedConfig):
+class Spa3RConfig(ValidatesKwargsMixin, PreTrainedConfig):
     r"""
     Spa3R (Predictive Spatial Field Modeling). Defaults are the paper's model.
 
@@ -113,6 +114,35 @@ class Spa3RConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         if self.target_heads is None:
             self.target_heads = {"geo": 2048, "sem": 1024}
+        problems = field_problems(
+            self,
+            ints_at_least={
+                "hidden_size": 1, "num_attention_heads": 1, "num_queries": 1, "num_encoder_layers": 1,
+                "num_decoder_layers": 1, "num_register_tokens": 0, "patch_size": 1, "backbone_hidden_size": 1,
+                "semantic_image_size": 1,
+            },
+            positive_numbers=("mlp_ratio", "rope_theta", "prope_freq_base", "layer_norm_eps", "initializer_range"),
+            finite_numbers=("mask_ratio", "context_input_dropout"),
+            bools=("qk_norm", "use_depth_probe"),
+        )  # fmt: skip
+        for name in ("vggt_name_or_path", "semantic_teacher_name_or_path"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, str) and value.strip()):
+                problems.append(f"{name} must be a Hub id or folder (a non-empty str) or None, got {value!r}")
+        if self.semantic_teacher_config is not None and not isinstance(self.semantic_teacher_config, dict):
+            problems.append(
+                f"semantic_teacher_config must be a transformers config dict (with model_type) or None, got "
+                f"{type(self.semantic_teacher_config).__name__}"
+            )
+        if not isinstance(self.target_heads, dict):
+            problems.append(f"target_heads must map head names to channel counts, got {self.target_heads!r}")
+        else:
+            problems += [
+                f"target_heads[{name!r}] must be an int >= 1, got {channels!r}"
+                for name, channels in self.target_heads.items()
+                if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1
+            ]
+        raise_problems("Spa3RConfig", problems)
         for name, value in {**(self.loss_weights or {}), **(self.smooth_l1_beta or {})}.items():
             if not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"loss_weights and smooth_l1_beta need non-negative numbers, got {name!r}: {value!r}")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from transformers import PreTrainedConfig
 
+from .configuration_common import ValidatesKwargsMixin, field_problems, raise_problems
+
 _QK_NORMS = ("layernorm", "rmsnorm")
 _PATCH_EMBEDS = ("dinov2_vitl14_reg", "conv")
 
 
-class VGGTConfig(PreTrainedConfig):
+class VGGTConfig(ValidatesKwargsMixin, PreTrainedConfig):
     r"""
     VGGT ("Visual Geometry Grounded Transformer"). Defaults describe facebook/VGGT-1B.
 
@@ -88,6 +90,7 @@ class VGGTConfig(PreTrainedConfig):
             self.dpt_out_channels = [256, 512, 1024, 1024]
         if self.dpt_intermediate_layers is None:
             self.dpt_intermediate_layers = [4, 11, 17, 23]
+        self._check_sizes()
         if self.global_qk_norm not in _QK_NORMS:
             raise ValueError(f"global_qk_norm must be one of {_QK_NORMS}, got {self.global_qk_norm!r}")
         if self.patch_embed_type not in _PATCH_EMBEDS:
@@ -104,6 +107,36 @@ class VGGTConfig(PreTrainedConfig):
                 "aggregator layers"
             )
         super().__post_init__(**kwargs)
+
+    def _check_sizes(self) -> None:
+        problems = field_problems(
+            self,
+            ints_at_least={
+                "image_size": 1, "patch_size": 1, "hidden_size": 1, "num_hidden_layers": 1, "num_attention_heads": 1,
+                "num_register_tokens": 0, "patch_embed_num_layers": 1, "patch_embed_num_heads": 1,
+                "camera_trunk_depth": 1, "camera_num_heads": 1, "camera_num_iterations": 1, "dpt_features": 1,
+            },
+            positive_numbers=("mlp_ratio", "rope_theta", "initializer_range"),
+            finite_numbers=("layerscale_init",),
+            bools=(
+                "qkv_bias", "proj_bias", "ffn_bias", "use_camera_head", "use_depth_head", "use_point_head",
+                "use_track_head",
+            ),
+        )  # fmt: skip
+        if not problems and self.image_size < self.patch_size:
+            problems.append(f"image_size ({self.image_size}) must be at least patch_size ({self.patch_size})")
+        if not problems and self.patch_embed_type == "dinov2_vitl14_reg" and self.image_size % self.patch_size:
+            problems.append(
+                f"image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size}): it sets the "
+                "DINOv2 position-embedding grid"
+            )
+        for name, length, low in (("dpt_out_channels", 4, 1), ("dpt_intermediate_layers", 4, 0)):
+            value = getattr(self, name)
+            if not isinstance(value, (list, tuple)) or len(value) != length or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= low for v in value
+            ):
+                problems.append(f"{name} must be {length} ints >= {low}, got {value!r}")
+        raise_problems("VGGTConfig", problems)
 
     def _check_track_sizes(self) -> None:
         minimum = {"track_corr_radius": 0}

@@ -10,6 +10,7 @@ recomputed inside each layer.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional, Protocol
 
 import torch
@@ -203,6 +204,21 @@ def patch_grid_positions(height: int, width: int, device=None, offset: int = 0) 
     return grid + offset
 
 
+def check_finite_tensor(name: str, value, shape_hint: str) -> None:
+    """Raise a ``ValueError`` unless ``value`` is a floating-point tensor without NaN or infinite entries.
+
+    Args:
+        name: what the caller calls it (``"latents"``, ``"field_targets['rgb']"``).
+        shape_hint: the expected layout, for the message (``"[B, Q, C]"``).
+    """
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor {shape_hint}, got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor {shape_hint}, got dtype {value.dtype}")
+    if not torch.isfinite(value).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+
+
 class RefuseMostlyMissingWeights:
     """Mixin for ``PreTrainedModel`` classes: ``from_pretrained`` raises instead of returning a mostly random model
     when the checkpoint holds fewer than half of the model's tensors (a folder saved by another model class, e.g. a
@@ -211,7 +227,19 @@ class RefuseMostlyMissingWeights:
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         wants_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        try:
+            model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        except Exception as err:
+            if type(err).__name__ != "SafetensorError":
+                raise
+            # safetensors' own text ("incomplete metadata, file not fully covered") names no file.
+            folder = Path(str(pretrained_model_name_or_path))
+            files = sorted(p.name for p in folder.glob("*.safetensors")) if folder.is_dir() else []
+            where = f"{pretrained_model_name_or_path} ({', '.join(files)})" if files else str(pretrained_model_name_or_path)
+            raise ValueError(
+                f"could not read the weights of {where}: {err}. A weights file is damaged or incomplete (an "
+                "interrupted download or save?): fetch or save it again."
+            ) from None
         missing, total = sorted(info["missing_keys"]), len(model.state_dict())
         if total and 2 * len(missing) > total:
             raise ValueError(

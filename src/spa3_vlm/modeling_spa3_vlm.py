@@ -35,6 +35,7 @@ from transformers import initialization as init
 
 from .configuration_spa3_vlm import Spa3VLMConfig
 from .configuration_spa3r import Spa3RConfig
+from .modeling_common import check_finite_tensor
 from .modeling_spa3r import Spa3RModel
 
 # Qwen2.5-VL Hub checkpoint names -> transformers 5 module names (as transformers' own Qwen2.5-VL mapping).
@@ -346,6 +347,7 @@ class Spa3VLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
                 f"spatial_latents must be a [B, num_queries, C_spa3r] = {list(expected)} tensor (Spa3R latents per sample), "
                 f"got {got}"
             )
+        check_finite_tensor("spatial_latents", spatial_latents, "[B, num_queries, C_spa3r]")
         return spatial_latents
 
     def adapt_visual_tokens(self, visual_tokens: list[torch.Tensor], latents: torch.Tensor) -> list[torch.Tensor]:
@@ -452,6 +454,8 @@ class Spa3VLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         if pixel_values is not None:
             if image_grid_thw is None:
                 raise ValueError("pixel_values needs image_grid_thw ([num_images, 3] = t, h, w patches per image)")
+            # Qwen's vision tower turns a NaN patch into NaN logits for the whole sequence, without a word.
+            check_finite_tensor("pixel_values", pixel_values, "(Qwen2.5-VL flattened patches, from the processor)")
             encoder_kwargs = {k: v for k, v in kwargs.items() if k != "return_dict"}
             encoder_outputs["image"] = self.model.get_image_features(
                 pixel_values, image_grid_thw, return_dict=True, **encoder_kwargs

@@ -22,7 +22,14 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_spa3r import Spa3RConfig
-from .modeling_common import Block, Mlp, RefuseMostlyMissingWeights, RotaryEmbedding2D, patch_grid_positions
+from .modeling_common import (
+    Block,
+    Mlp,
+    RefuseMostlyMissingWeights,
+    RotaryEmbedding2D,
+    check_finite_tensor,
+    patch_grid_positions,
+)
 from .modeling_geometry import ProjectiveRoPE, camera_rays, plucker_rays, to_homogeneous
 from .modeling_vggt import VGGTModel, check_pixel_values, context_first_order, gather_views, imagenet_normalize
 
@@ -254,6 +261,7 @@ class Spa3RModel(Spa3RPreTrainedModel):
             raise ValueError(f"context_tokens have {channels} channels, expected backbone_hidden_size={self.config.backbone_hidden_size}")
         if num_patches != grid_h * grid_w:
             raise ValueError(f"context_tokens have {num_patches} tokens per view, but patch_grid {patch_grid} has {grid_h * grid_w}")
+        check_finite_tensor("context_tokens", context_tokens, "[B, Vc, N, C_backbone]")
         num_queries = self.config.num_queries
         tokens = self.projection(context_tokens.to(self.projection.weight.dtype))
         if context_inputs and self.context_input_projections is None:
@@ -293,6 +301,7 @@ class Spa3RModel(Spa3RPreTrainedModel):
         total = 0.0
         for name, values in context_inputs.items():
             channels = self.config.context_inputs[name]
+            check_finite_tensor(f"context input {name!r}", values, f"[B, Vc, N, {channels}]")
             if values.shape != (*shape, channels):
                 raise ValueError(f"context input {name!r} must be [B, Vc, N, {channels}] = {(*shape, channels)}, got {tuple(values.shape)}")
             total = total + self.context_input_projections[name](values.to(dtype))
@@ -315,6 +324,14 @@ class Spa3RModel(Spa3RPreTrainedModel):
         check_pixel_values(pixel_values, self.config.patch_size)
         if self.backbone is None:
             raise ValueError("this Spa3R config has no vggt_config: pass backbone tokens to encode_tokens() instead")
+        if (extrinsics is None) != (intrinsics is None):
+            raise ValueError("pass extrinsics and intrinsics together (one camera per view), or neither")
+        if extrinsics is not None and self.config.encoder_camera_encoding != "prope":
+            raise ValueError(
+                "this encoder reads no cameras (encoder_camera_encoding='none', the paper's: it infers view geometry "
+                "from the backbone's tokens); drop extrinsics/intrinsics, or use a config with "
+                "encoder_camera_encoding='prope'"
+            )
         height, width = pixel_values.shape[-2:]
         need_cameras = self.config.encoder_camera_encoding == "prope" and extrinsics is None
         if need_cameras and self.backbone.camera_head is None:
@@ -478,6 +495,7 @@ class Spa3RForFieldPrediction(Spa3RPreTrainedModel):
             raise ValueError(
                 f"latents must be [B, {self.config.num_queries}, {self.config.hidden_size}], got {tuple(latents.shape)}"
             )
+        check_finite_tensor("latents", latents, "[B, num_queries, hidden]")
         batch, views = extrinsics.shape[:2]
         if latents.shape[0] != batch:
             raise ValueError(f"latents have batch size {latents.shape[0]} but the cameras have {batch}")
@@ -655,6 +673,22 @@ class Spa3RForFieldPrediction(Spa3RPreTrainedModel):
             raise ValueError(f"view_mask must have shape [B, V] = {(batch, views)}, got {tuple(view_mask.shape)}")
         view_mask = view_mask.to(device=pixel_values.device, dtype=torch.bool)
 
+        if (extrinsics is None) != (intrinsics is None):
+            raise ValueError("pass extrinsics and intrinsics together (one camera per view), or neither")
+        if extrinsics is not None and self.config.pose_source == "backbone":
+            raise ValueError(
+                "pose_source='backbone' takes every camera from the backbone's camera head, so the extrinsics/intrinsics "
+                "given here would be ignored: drop them (the PSFM trainer and field evaluation do), or use "
+                "pose_source='dataset'"
+            )
+        for name, value in (field_targets or {}).items():
+            check_finite_tensor(f"field_targets[{name!r}]", value, "[B, V, N, C]")
+            grid = (height // self.config.patch_size) * (width // self.config.patch_size)
+            if value.dim() != 4 or value.shape[:3] != (batch, views, grid):
+                raise ValueError(
+                    f"field_targets[{name!r}] must be [B, V, N, C] = [{batch}, {views}, {grid}, C] (one row per patch of "
+                    f"every view), got {tuple(value.shape)}"
+                )
         targets = self.teacher_targets(pixel_values, view_mask)
         if self.config.pose_source == "dataset":
             if extrinsics is None or intrinsics is None:

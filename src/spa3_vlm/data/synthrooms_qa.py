@@ -367,49 +367,175 @@ class _Scene:
         return self._distances[key]
 
 
-def _vector3(value: Any, what: str) -> tuple[float, float, float]:
+_OBJECT_KEYS = ("id", "category", "center", "size", "yaw")
+_MAX_SHOWN = 200  # characters of a bad value quoted in an error message
+
+
+def _show(value: Any) -> str:
+    """``repr`` of a bad value for an error message, cut to ``_MAX_SHOWN`` characters."""
+    text = repr(value)
+    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
+
+
+def _scalar(value: Any) -> Any:
+    """A 0-d numpy / torch value as its Python scalar (rows in ``datasets``' numpy or torch format hold
+    those), a ``str`` subclass such as ``np.str_`` as a plain ``str``; anything else as it is."""
+    if isinstance(value, str):
+        return str(value)
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        return value.item()
+    return value
+
+
+def _is_list(value: Any) -> bool:
+    """A list-like field: a sequence that is not text, or an array / tensor of >= 1 dimension."""
+    if not isinstance(value, (str, bytes)) and getattr(value, "ndim", None) is not None:
+        return value.ndim >= 1
+    return isinstance(value, Sequence) and not isinstance(value, (str, bytes, bytearray))
+
+
+def _finite_float(value: Any) -> Optional[float]:
+    """``float(value)`` for a finite real number (bool, text and None are not numbers), else ``None``."""
+    value = _scalar(value)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return None
     try:
-        x, y, z = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} must be 3 numbers, got {value!r}") from None
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _vector3(value: Any, positive: bool = False) -> Optional[tuple[float, float, float]]:
+    """The three floats of a list of 3 finite (and, if ``positive``, > 0) numbers, else ``None``."""
+    if not _is_list(value) or len(value) != 3:
+        return None
+    numbers = [_finite_float(v) for v in value]
+    if any(v is None or (positive and v <= 0) for v in numbers):
+        return None
+    x, y, z = numbers
     return x, y, z
 
 
-def _parse_scene(row: Mapping[str, Any], index: int, min_visible_pixels: int) -> _Scene:
-    missing = [c for c in _SCENE_COLUMNS if c not in row and c != "seed"]
+def _parse_object(entry: Any, where: str) -> _Object:
+    """One ``objects`` entry as an ``_Object``; ``where`` names the scene and the object's index."""
+    if not isinstance(entry, Mapping):
+        raise ValueError(
+            f"{where}: an object must be a mapping with keys {list(_OBJECT_KEYS)}, "
+            f"got {type(entry).__name__} {_show(entry)}"
+        )
+    where = f"{where} (id {_show(_scalar(entry.get('id')))})"
+    missing = [key for key in _OBJECT_KEYS if key not in entry]
     if missing:
-        raise ValueError(f"scene #{index}: missing column(s) {missing}; a SynthRooms row has {list(_SCENE_COLUMNS)}")
-    name = str(row["scene_id"])
-    objects = []
-    for entry in row["objects"]:
-        where = f"scene {name!r} object {entry.get('id')!r}"
-        size = _vector3(entry["size"], f"{where} size")
-        if min(size) <= 0:
-            raise ValueError(f"{where}: size must be positive, got {size}")
-        center = _vector3(entry["center"], f"{where} center")
-        objects.append(_Object(int(entry["id"]), str(entry["category"]), center, size, float(entry["yaw"])))
-    ids = {obj.id for obj in objects}
-    if len(ids) != len(objects):
-        raise ValueError(f"scene {name!r}: object ids are not unique: {[obj.id for obj in objects]}")
-    if min_visible_pixels > 1:
-        if "instances" not in row:
-            raise ValueError(f"scene {name!r}: min_visible_pixels > 1 needs the 'instances' masks")
-        visible = []
-        for mask in row["instances"]:
-            counts = np.bincount(np.asarray(mask, dtype=np.int64).ravel(), minlength=max(ids, default=0) + 1)
-            visible.append([k for k in sorted(ids) if counts[k] >= min_visible_pixels])
-    else:
-        visible = row["visible_objects"]
+        raise ValueError(f"{where}: missing key(s) {missing}; an object needs {list(_OBJECT_KEYS)}")
+    object_id = _scalar(entry["id"])
+    if not (_is_int(object_id) and object_id >= 1):
+        raise ValueError(
+            f"{where}: 'id' must be an int >= 1 (0 is the room shell in the instance masks), got {_show(object_id)}"
+        )
+    category = _scalar(entry["category"])
+    if not isinstance(category, str) or not category.strip():
+        raise ValueError(f"{where}: 'category' must be a non-empty str, got {_show(category)}")
+    center = _vector3(entry["center"])
+    if center is None:
+        raise ValueError(f"{where}: 'center' must be 3 finite numbers (x, y, z in metres), got {_show(entry['center'])}")
+    size = _vector3(entry["size"], positive=True)
+    if size is None:
+        raise ValueError(f"{where}: 'size' must be 3 finite numbers > 0 (metres), got {_show(entry['size'])}")
+    yaw = _finite_float(entry["yaw"])
+    if yaw is None:
+        raise ValueError(f"{where}: 'yaw' must be a finite number (radians), got {_show(entry['yaw'])}")
+    return _Object(int(object_id), str(category), center, size, yaw)
+
+
+def _visible_from_masks(instances: Any, ids: set[int], min_visible_pixels: int, where: str) -> list[list[int]]:
+    """Per frame, the sorted ids covering at least ``min_visible_pixels`` pixels of the instance mask."""
+    if not _is_list(instances):
+        raise ValueError(f"{where}: 'instances' must be a list of per-frame masks, got {_show(instances)}")
+    visible = []
+    for frame, mask in enumerate(instances):
+        try:
+            array = np.asarray(mask)
+        except ValueError:  # ragged nested lists
+            array = np.asarray(None)
+        if not np.issubdtype(array.dtype, np.integer) or array.ndim != 2 or (array.size and array.min() < 0):
+            lowest = f", minimum {array.min()}" if array.size and np.issubdtype(array.dtype, np.number) else ""
+            raise ValueError(
+                f"{where}: 'instances' frame {frame} must be a 2-D mask of non-negative int ids (0 = room shell), "
+                f"got dtype {array.dtype}, shape {array.shape}{lowest}"
+            )
+        counts = np.bincount(array.astype(np.int64).ravel(), minlength=max(ids, default=0) + 1)
+        visible.append([k for k in sorted(ids) if counts[k] >= min_visible_pixels])
+    return visible
+
+
+def _first_frames(visible: Any, ids: set[int], where: str) -> dict[int, int]:
+    """Object id -> first frame of ``visible_objects`` that lists it (checked: lists of known int ids)."""
+    if not _is_list(visible):
+        raise ValueError(
+            f"{where}: 'visible_objects' must be a list with one list of object ids per frame, got {_show(visible)}"
+        )
     first_frame: dict[int, int] = {}
     for frame, frame_ids in enumerate(visible):
-        for object_id in frame_ids:
+        if not _is_list(frame_ids):
+            raise ValueError(
+                f"{where}: 'visible_objects' frame {frame} must be a list of int object ids, got {_show(frame_ids)}"
+            )
+        for object_id in map(_scalar, frame_ids):
+            if not _is_int(object_id):
+                raise ValueError(
+                    f"{where}: 'visible_objects' frame {frame} lists {_show(object_id)}, which is not an int object id"
+                )
             if int(object_id) not in ids:
                 raise ValueError(
-                    f"scene {name!r}: frame {frame} lists visible object {object_id}, which is not in objects"
+                    f"{where}: 'visible_objects' frame {frame} lists visible object {object_id}, which is not in "
+                    f"objects (ids {sorted(ids)})"
                 )
             first_frame.setdefault(int(object_id), frame)
-    room = _vector3(row["room_size"], f"scene {name!r} room_size")
-    seed = row.get("seed")
+    return first_frame
+
+
+def _parse_scene(row: Mapping[str, Any], index: int, min_visible_pixels: int) -> _Scene:
+    """Check every field of one scene row and view it as a ``_Scene``.
+
+    Raises ``ValueError`` naming the scene (row index and ``scene_id``), the object (index and ``id``) where
+    there is one, the field, the bad value and what is expected.
+    """
+    where = f"scene #{index} (scene_id {_show(_scalar(row.get('scene_id')))})"
+    missing = [c for c in _SCENE_COLUMNS if c not in row and c != "seed"]
+    if missing:
+        raise ValueError(f"{where}: missing column(s) {missing}; a SynthRooms row has {list(_SCENE_COLUMNS)}")
+    scene_id = _scalar(row["scene_id"])
+    if not ((isinstance(scene_id, str) and scene_id.strip()) or _is_int(scene_id)):
+        raise ValueError(f"{where}: 'scene_id' must be a non-empty str or an int, got {_show(scene_id)}")
+    name = str(scene_id)
+    seed = _scalar(row.get("seed"))
+    if seed is not None and not _is_int(seed):
+        raise ValueError(f"{where}: 'seed' must be an int or None, got {_show(seed)}")
+    room = _vector3(row["room_size"], positive=True)
+    if room is None:
+        raise ValueError(
+            f"{where}: 'room_size' must be 3 finite numbers > 0 (w, d, h in metres), got {_show(row['room_size'])}"
+        )
+    entries = row["objects"]
+    if not _is_list(entries):
+        raise ValueError(
+            f"{where}: 'objects' must be a list of object mappings (keys {list(_OBJECT_KEYS)}), "
+            f"got {type(entries).__name__} {_show(entries)}"
+        )
+    objects = [_parse_object(entry, f"{where} object #{k}") for k, entry in enumerate(entries)]
+    ids = {obj.id for obj in objects}
+    if len(ids) != len(objects):
+        raise ValueError(f"{where}: object ids are not unique: {[obj.id for obj in objects]}")
+    # visible_objects is checked even when the masks decide visibility: every field of the row is.
+    first_frame = _first_frames(row["visible_objects"], ids, where)
+    if min_visible_pixels > 1:
+        if "instances" not in row:
+            raise ValueError(f"{where}: min_visible_pixels > 1 needs the 'instances' masks")
+        first_frame = {}
+        for frame, frame_ids in enumerate(_visible_from_masks(row["instances"], ids, min_visible_pixels, where)):
+            for object_id in frame_ids:
+                first_frame.setdefault(object_id, frame)
     key = int(seed) if seed is not None and int(seed) >= 0 else index
     return _Scene(index, name, key, room, objects, first_frame)
 
@@ -671,6 +797,15 @@ def synthrooms_qa_records(
     Returns:
         A list of dicts ``id, dataset, scene_name, question_type, question, options, ground_truth, frames``
         (``frames`` = the scene's row index), each checked by :func:`validate_record`.
+
+    Raises:
+        ValueError: on a bad argument, or a bad scene row, with the scene (row index and ``scene_id``), the
+            object (index and ``id``), the field, the bad value and what is expected. A row needs a unique
+            non-empty str or int ``scene_id``; ``seed`` an int or ``None`` (< 0: keyed on the row index);
+            ``room_size`` 3 finite numbers > 0; ``objects`` a list of mappings with ``id`` (int >= 1, unique:
+            0 is the room shell in the instance masks), ``category`` (non-empty str), ``center`` (3 finite
+            numbers), ``size`` (3 finite numbers > 0) and ``yaw`` (finite number); ``visible_objects`` one list
+            of those ids per frame. No row is turned into questions before it has passed these checks.
     """
     if not (_is_int(seed) and seed >= 0):
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
@@ -681,8 +816,14 @@ def synthrooms_qa_records(
     types = _check_question_types(question_types)
 
     records = []
+    names: dict[str, int] = {}
     for index, row in enumerate(_scene_rows(scenes_dataset, int(min_visible_pixels))):
         scene = _parse_scene(row, index, int(min_visible_pixels))
+        if names.setdefault(scene.name, index) != index:
+            raise ValueError(
+                f"scene #{index} (scene_id {scene.name!r}): 'scene_id' repeats scene #{names[scene.name]}'s; "
+                "record ids '<scene_id>-q<k>' would collide"
+            )
         candidates = {}
         for question_type in types:
             # One stream per (scene, type): restricting question_types leaves the other types' questions as they are.

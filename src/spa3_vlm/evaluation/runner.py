@@ -786,7 +786,7 @@ def run_generation(
     output_path.parent.mkdir(parents=True, exist_ok=True)
     generated = 0
     with open(output_path, "a", encoding="utf-8") as handle, tqdm(
-        total=len(pending), desc="VSI-Bench", unit="question", disable=not progress
+        total=len(pending), desc="answering", unit="question", disable=not progress
     ) as bar:
         for start in range(0, len(pending), batch_size):
             batch = pending[start : start + batch_size]

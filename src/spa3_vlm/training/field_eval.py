@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .geometry_teacher import pool_patches
+from .psfm import field_model_inputs
 
 METHODS = ("model", "model_images_only", "context_mean", "nearest_view")
 
@@ -80,10 +81,11 @@ def evaluate_field(model, batches: Iterable[dict], device: Optional[torch.device
     for batch in batches:
         batch = {k: ({n: t.to(device) for n, t in v.items()} if isinstance(v, dict) else v.to(device)) for k, v in batch.items()}
         view_mask = batch["view_mask"]
-        output = model(**batch)
+        inputs = field_model_inputs(model, batch)
+        output = model(**inputs)
         images_only = None
         if getattr(getattr(model, "config", None), "context_inputs", None):
-            images_only = model(**batch, use_context_inputs=False)
+            images_only = model(**inputs, use_context_inputs=False)
         extrinsics = batch.get("extrinsics")
         if extrinsics is None:
             raise ValueError("field evaluation needs camera extrinsics in the batch to find the nearest context view")

@@ -115,6 +115,15 @@ def train_resuming(trainer: Trainer):
     return trainer.train(resume_from_checkpoint=resume)
 
 
+def field_model_inputs(model, batch: dict) -> dict:
+    """The entries of a PSFM batch that ``model`` reads. Batches carry the dataset cameras for every model (the field
+    evaluation's nearest-view baseline needs them); a model that takes its cameras from the backbone
+    (``pose_source="backbone"``) refuses them, so they are left out for it."""
+    if getattr(getattr(model, "config", None), "pose_source", "dataset") == "backbone":
+        return {name: value for name, value in batch.items() if name not in ("extrinsics", "intrinsics")}
+    return batch
+
+
 class PSFMTrainer(Trainer):
     """``Trainer`` for ``Spa3RForFieldPrediction``.
 
@@ -135,7 +144,7 @@ class PSFMTrainer(Trainer):
         self._loss_counts = 0
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(**inputs)
+        outputs = model(**field_model_inputs(self.model, inputs))
         if model.training:
             for name, value in outputs.losses.items():
                 self._loss_sums[name] = self._loss_sums[name] + value.detach().float().cpu()

@@ -32,6 +32,7 @@ import inspect
 import os
 import re
 import types
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
@@ -707,7 +708,10 @@ class Spa3VLMSFTTrainer(SFTTrainer):
         if unknown:
             raise ValueError(f"learning_rates has unknown groups {sorted(unknown)}; expected some of {TRAINABLE_GROUPS}")
         self.model_card_kwargs = dict(model_card or {})
-        super().__init__(*args, **kwargs)
+        with warnings.catch_warnings():
+            # PEFT's get_peft_model reads transformers' deprecated `is_gradient_checkpointing`: nothing a user can act on.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+            super().__init__(*args, **kwargs)
         # The collator validates records with columns that are no model inputs (`id`, `question_type`, `options`) and
         # reads cached `spatial_latents`; it takes what it needs, so the Trainer must not drop columns for it.
         self.args.remove_unused_columns = False
