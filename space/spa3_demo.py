@@ -108,6 +108,10 @@ def _adapter_base(folder: Path) -> Optional[str]:
     return (adapter or {}).get("base_model_name_or_path")
 
 
+# A model box's kind -> the config model_types it accepts (Spa3-VLM on either base VLM).
+MODEL_KINDS = {"spa3_vlm": ("spa3_vlm", "spa3_vlm_qwen3"), "spa3r": ("spa3r",)}
+
+
 def _is_saved_model(folder: Path, model_type: str) -> bool:
     """A finished ``save_pretrained`` folder (or PEFT adapter on such a base) of ``model_type``, not a run that
     has not saved its model yet."""
@@ -117,7 +121,7 @@ def _is_saved_model(folder: Path, model_type: str) -> bool:
     base = _adapter_base(folder)
     if not config.is_file() and base and Path(base).is_dir():
         config = Path(base) / "config.json"
-    return config.is_file() and (_read_json(config) or {}).get("model_type") == model_type
+    return config.is_file() and (_read_json(config) or {}).get("model_type") in MODEL_KINDS.get(model_type, (model_type,))
 
 
 def local_model_folders(model_type: str) -> list[str]:
@@ -249,7 +253,7 @@ def _hub_snapshot(repo_id: str, model_type: str) -> str:
     except EntryNotFoundError:
         config = None  # a PEFT adapter has adapter_config.json instead
     found = (config or {}).get("model_type", model_type)
-    if found != model_type:
+    if found not in MODEL_KINDS.get(model_type, (model_type,)):
         raise ValueError(f"{repo_id} (Hub) holds a {found!r} model, not a {model_type!r} one.")
     return snapshot_download(repo_id, allow_patterns=list(HUB_FILES))
 
@@ -303,6 +307,7 @@ class VLMBundle:
 
 def _load_vlm(spec: ModelSpec) -> VLMBundle:
     from spa3_vlm import Spa3VLMConfig, Spa3VLMForConditionalGeneration, Spa3VLMProcessor
+    from spa3_vlm.modeling_spa3_vlm import Spa3VLMMixin
     from transformers import AutoModelForImageTextToText
 
     target = device()
@@ -332,8 +337,10 @@ def _load_vlm(spec: ModelSpec) -> VLMBundle:
         processor = Spa3VLMProcessor.from_pretrained(source)
     except (OSError, ValueError, KeyError) as err:
         raise ValueError(f"Could not load a Spa3-VLM from {spec.label}: {err}") from err
-    if not isinstance(model, Spa3VLMForConditionalGeneration):
-        raise ValueError(f"{spec.label} holds a {type(model).__name__}, not a Spa3-VLM (model_type 'spa3_vlm').")
+    if not isinstance(model, Spa3VLMMixin):
+        raise ValueError(
+            f"{spec.label} holds a {type(model).__name__}, not a Spa3-VLM (model_type 'spa3_vlm' or 'spa3_vlm_qwen3')."
+        )
     return VLMBundle(spec, model.to(target).eval(), processor, False)
 
 

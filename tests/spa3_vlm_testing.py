@@ -26,10 +26,30 @@ def qwen_values(vocab_size=VOCAB, tie=False):
     )  # fmt: skip
 
 
-def make_batch(images_per_sample, seed=0, text_lengths=None, frames_per_sample=None):
+def qwen3_values(vocab_size=VOCAB):
+    """A tiny Qwen3-VL config (transformers 5 layout) as keyword arguments: deepstack features from both vision
+    blocks, interleaved mRoPE, 16-pixel patches."""
+    return dict(
+        text_config=dict(
+            vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=16, max_position_embeddings=1024,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3], "mrope_interleaved": True},
+            eos_token_id=EOS, pad_token_id=PAD,
+        ),
+        vision_config=dict(
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=16,
+            spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64, deepstack_visual_indexes=[0, 1],
+        ),
+        image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VSTART, vision_end_token_id=VEND,
+        tie_word_embeddings=False,
+    )  # fmt: skip
+
+
+def make_batch(images_per_sample, seed=0, text_lengths=None, frames_per_sample=None, patch_size=14):
     """Left-padded token ids with one ``<|vision_start|><|image_pad|>*n<|vision_end|>`` block per image.
 
     images_per_sample: per sample, the ``(h, w)`` patch grid of each image (t = 1, merge 2 -> h*w/4 tokens).
+    patch_size: the vision tower's patch (Qwen2.5-VL 14, Qwen3-VL 16): sets the flattened patch width.
     frames_per_sample: geometry frames per sample (default: one per image), each ``[3, 56, 70]`` in [0, 1].
     """
     generator = torch.Generator().manual_seed(seed)
@@ -48,7 +68,7 @@ def make_batch(images_per_sample, seed=0, text_lengths=None, frames_per_sample=N
     if grids:
         grid = torch.tensor(grids)
         patches = int(grid.prod(-1).sum())
-        batch.update(pixel_values=torch.randn(patches, 3 * 2 * 14 * 14, generator=generator), image_grid_thw=grid)
+        batch.update(pixel_values=torch.randn(patches, 3 * 2 * patch_size**2, generator=generator), image_grid_thw=grid)
     frames = frames_per_sample or [len(images) for images in images_per_sample]
     batch["geometry_pixel_values"] = [
         torch.rand(v, 3, *GEOMETRY_HW, generator=generator) if images else None

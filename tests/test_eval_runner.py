@@ -104,8 +104,14 @@ def test_plain_qwen_checkpoint_is_loaded_by_model_type(qwen_dir, spa3_dir, vsibe
     # Folder names say the opposite of what the configs say.
     assert "spa3-vlm" in str(qwen_dir) and type(qwen) is Qwen2_5_VLForConditionalGeneration
     assert "qwen" in str(spa3_dir) and type(spa3) is Spa3VLMForConditionalGeneration
-    with pytest.raises(ValueError, match=r"model_type 'llava'; expected one of \['spa3_vlm', 'qwen2_5_vl'\]"):
+    with pytest.raises(ValueError, match=r"model_type 'llava'; expected one of \['spa3_vlm', 'spa3_vlm_qwen3', 'qwen2_5_vl', 'qwen3_vl'\]"):
         model_class_for(SimpleNamespace(model_type="llava"))
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from spa3_vlm import Spa3VLMQwen3ForConditionalGeneration
+
+    assert model_class_for(SimpleNamespace(model_type="spa3_vlm_qwen3")) is Spa3VLMQwen3ForConditionalGeneration
+    assert model_class_for(SimpleNamespace(model_type="qwen3_vl")) is Qwen3VLForConditionalGeneration
 
 
 # ---------------------------------------------------------------------------------------------- frames

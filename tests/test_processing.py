@@ -445,16 +445,17 @@ def test_tiny_tokenizer_special_tokens(processor):
     assert tokenizer.decode(chat_ids, skip_special_tokens=True) == "user\nhi"
 
 
-def test_committed_tiny_files_are_reproducible(tmp_path, monkeypatch):
+@pytest.mark.parametrize("base, folder", [("qwen2_5_vl", "spa3-vlm-tiny"), ("qwen3_vl", "spa3-vlm-qwen3-tiny")])
+def test_committed_tiny_files_are_reproducible(tmp_path, monkeypatch, base, folder):
     monkeypatch.syspath_prepend(str(REPO_ROOT / "train"))
     import build_tiny_tokenizer
 
     processor = build_tiny_tokenizer.build_processor(
-        build_tiny_tokenizer.train_tokenizer(build_tiny_tokenizer.build_corpus())
+        build_tiny_tokenizer.train_tokenizer(build_tiny_tokenizer.build_corpus()), base
     )
     build_tiny_tokenizer.save_data_only(processor, tmp_path)
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "processor_config.json"):
-        assert (tmp_path / name).read_bytes() == (TINY_DIR / name).read_bytes(), name
+        assert (tmp_path / name).read_bytes() == (REPO_ROOT / "hub_configs" / folder / name).read_bytes(), name
 
 
 # ---------------------------------------------------------------------------------------- bad input
@@ -525,3 +526,32 @@ def test_error_truncation_through_image_tokens(processor):
     message = rf"{length} tokens, more than max_length=5.*cut through its image tokens.*at least {last_vision + 1}"
     with pytest.raises(ValueError, match=message):
         processor(text=text, images=[gray(0), gray(1)], truncation=True, max_length=5)
+
+
+@pytest.mark.parametrize(
+    "vision", [{"patch_size": 14}, {"patch_size": 16, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}]
+)
+def test_a_plain_qwen_checkpoint_gives_a_spa3_vlm_processor(tmp_path, processor, vision):
+    """A Qwen2.5-VL (patch 14) or Qwen3-VL (patch 16, mean/std 0.5) checkpoint has a tokenizer and an image processor
+    but no Spa3-VLM processor config: loading keeps its tokenizer and vision settings, adds the paper's geometry
+    preprocessing and budget (16-576 merged tokens per frame), and the result saves and reloads as itself."""
+    from spa3_vlm.processing_spa3_vlm import build_qwen_image_processor
+
+    processor.tokenizer.save_pretrained(tmp_path / "qwen")
+    build_qwen_image_processor(min_pixels=4 * 28 * 28, max_pixels=8 * 28 * 28, **vision).save_pretrained(tmp_path / "qwen")
+    loaded = Spa3VLMProcessor.from_pretrained(tmp_path / "qwen")
+    patch = vision["patch_size"]
+    assert loaded.image_processor.patch_size == patch and list(loaded.image_processor.image_mean) == list(
+        vision.get("image_mean", processor.image_processor.image_mean)
+    )
+    assert (loaded.image_processor.size["shortest_edge"], loaded.image_processor.size["longest_edge"]) == (
+        16 * (2 * patch) ** 2, 576 * (2 * patch) ** 2,
+    )  # fmt: skip
+    assert loaded.geometry_image_processor.target_width == 518 and loaded.tokenizer.get_vocab() == processor.tokenizer.get_vocab()
+    out = loaded(text=f"{IMAGE_BLOCK}q", images=[random_image(640, 480, seed=3)], return_tensors="pt")
+    assert out["pixel_values"].shape[1] == 3 * 2 * patch**2
+    assert int((out["input_ids"] == loaded.image_token_id).sum()) == int(out["image_grid_thw"].prod(-1).sum()) // 4
+    assert tuple(out["geometry_pixel_values"][0].shape) == (1, 3, 392, 518)
+    loaded.save_pretrained(tmp_path / "spa3")
+    again = Spa3VLMProcessor.from_pretrained(tmp_path / "spa3")
+    assert again.image_processor.patch_size == patch and again.geometry_image_processor.target_width == 518

@@ -288,16 +288,19 @@ def test_ask_with_an_example_scene(client, tmp_path):
     assert len(gallery) == 8
 
 
-def test_ask_answers_with_a_saved_model_folder(client, tmp_path, monkeypatch):
+@pytest.mark.parametrize("base", ["spa3-vlm-tiny", "spa3-vlm-qwen3-tiny"])
+def test_ask_answers_with_a_saved_model_folder(client, tmp_path, monkeypatch, base):
     """A model folder picked by path (allowed by the operator) is loaded and used: the served answer is the model's
-    own greedy output."""
-    from spa3_vlm import Spa3VLMConfig, Spa3VLMForConditionalGeneration, Spa3VLMProcessor
+    own greedy output, on either base VLM (Qwen2.5-VL, Qwen3-VL)."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
-    config_dir = REPO / "hub_configs" / "spa3-vlm-tiny"
+    from spa3_vlm import Spa3VLMProcessor
+
+    config_dir = REPO / "hub_configs" / base
     processor = Spa3VLMProcessor.from_pretrained(config_dir)
     with torch.random.fork_rng(), torch.no_grad():
         torch.manual_seed(3)
-        model = Spa3VLMForConditionalGeneration(Spa3VLMConfig.from_pretrained(config_dir)).eval()
+        model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(config_dir)).eval()
         for parameter in model.parameters():  # large random weights: answers that depend on the input
             if parameter.dim() > 1:
                 parameter.normal_(0, 0.5)

@@ -11,7 +11,13 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForImageTextToText, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers import (
+    AutoModelForImageTextToText,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+)
 
 from spa3_vlm import Spa3RConfig, Spa3RForFieldPrediction, Spa3RModel
 from spa3_vlm.configuration_spa3_vlm import Spa3VLMConfig
@@ -25,8 +31,8 @@ from spa3_vlm.conversion.vlm import (
     spa3r_encoder_config_from_reference,
     spa3r_encoder_from_reference,
 )
-from spa3_vlm.modeling_spa3_vlm import Spa3VLMForConditionalGeneration
-from spa3_vlm_testing import EOS, IMAGE, PAD, VEND, VIDEO, VSTART, make_batch, qwen_inputs, qwen_values
+from spa3_vlm.modeling_spa3_vlm import Spa3VLMForConditionalGeneration, Spa3VLMQwen3ForConditionalGeneration
+from spa3_vlm_testing import EOS, IMAGE, PAD, VEND, VIDEO, VSTART, make_batch, qwen3_values, qwen_inputs, qwen_values
 
 TOLERANCE = 1e-5
 SPA3R_REF = "geometry_encoder.spa3r."
@@ -232,6 +238,33 @@ def test_spa3r_lightning_checkpoint_on_a_qwen_checkpoint(tmp_path, reference):
     wrong = Spa3RConfig(**{**reference["spa3r_config"].to_dict(), "num_encoder_layers": 3})
     with pytest.raises(ValueError, match="do not match"):
         combine_qwen_and_spa3r(tmp_path / "qwen", checkpoint, spa3r_config=wrong)
+
+
+def test_spa3r_lightning_checkpoint_on_a_qwen3_vl_checkpoint(tmp_path, reference):
+    """The same conversion on Qwen3-VL: a strict load of every Qwen3-VL tensor (deepstack mergers included), an
+    identity adapter, the reference latents, and a folder that reloads through the Auto class."""
+    torch.manual_seed(2)
+    qwen3 = Qwen3VLForConditionalGeneration(Qwen3VLConfig(**qwen3_values())).eval()
+    qwen3.save_pretrained(tmp_path / "qwen3")
+    checkpoint = lightning_checkpoint(tmp_path / "spa3r.ckpt", reference["state"])
+    model, _ = combine_qwen_and_spa3r(tmp_path / "qwen3", checkpoint, tmp_path / "out", spa3r_config=reference["spa3r_config"])
+    assert type(model) is Spa3VLMQwen3ForConditionalGeneration and model.config.model_type == "spa3_vlm_qwen3"
+    batch = make_batch([[(4, 4)], [(4, 6)]], patch_size=16)
+    with torch.no_grad():
+        expected = qwen3(**qwen_inputs(batch)).logits
+        assert torch.equal(model(**batch).logits, expected)
+        latents = model.spa3r(reference["inputs"]["images"][:, [0, 2]]).latents
+        assert (latents - reference["outputs"]["latents"]).abs().max() <= TOLERANCE
+        reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path / "out").eval()
+        assert type(reloaded) is Spa3VLMQwen3ForConditionalGeneration
+        assert torch.equal(reloaded(**batch).logits, expected)
+
+    # A Qwen3-VL folder that lacks a tensor (here: a deepstack merger) is refused, not filled with random weights.
+    weights = tmp_path / "qwen3" / "model.safetensors"
+    state = load_file(weights)
+    save_file({k: v for k, v in state.items() if "deepstack_merger_list.0.linear_fc2" not in k}, weights, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"does not load whole into Spa3VLMQwen3ForConditionalGeneration: missing \['model.visual.deepstack_merger_list.0.linear_fc2"):
+        combine_qwen_and_spa3r(tmp_path / "qwen3", checkpoint, spa3r_config=reference["spa3r_config"])
 
 
 def test_command_line(tmp_path, capsys, reference, released):

@@ -1,4 +1,5 @@
-"""Build the tiny offline Spa3-VLM tokenizer + processor files in ``hub_configs/spa3-vlm-tiny/``.
+"""Build the tiny offline Spa3-VLM tokenizer + processor files in ``hub_configs/spa3-vlm-tiny/`` (Qwen2.5-VL) and
+``hub_configs/spa3-vlm-qwen3-tiny/`` (Qwen3-VL: the same tokenizer, Qwen3-VL's 16-pixel patches and image mean/std).
 
 A byte-level BPE (Qwen2's pre-tokenizer and normaliser, so ``Qwen2Tokenizer`` reloads it unchanged) is trained
 on a small generated corpus of spatial-QA English (VSI-Bench prompt sentences, object names, directions,
@@ -8,7 +9,7 @@ is deterministic for a fixed input, so re-running reproduces the committed files
 Writes tokenizer.json, tokenizer_config.json, chat_template.jinja and processor_config.json (no copied code,
 no auto_map); leaves any other file (e.g. the model's config.json) alone.
 
-Usage: ``python train/build_tiny_tokenizer.py [--out hub_configs/spa3-vlm-tiny] [--vocab-size 2000]``
+Usage: ``python train/build_tiny_tokenizer.py [--base qwen2_5_vl|qwen3_vl] [--out FOLDER] [--vocab-size 2000]``
 """
 
 from __future__ import annotations
@@ -32,14 +33,18 @@ from spa3_vlm.processing_spa3r import Spa3RImageProcessor
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO_ROOT / "hub_configs" / "spa3-vlm-tiny"
+DEFAULT_OUT = {"qwen2_5_vl": REPO_ROOT / "hub_configs" / "spa3-vlm-tiny", "qwen3_vl": REPO_ROOT / "hub_configs" / "spa3-vlm-qwen3-tiny"}
+# The bases' vision towers: patch size and image normalisation (Qwen2.5-VL: CLIP's mean/std; Qwen3-VL: 0.5).
+QWEN_VISION = {
+    "qwen2_5_vl": {"patch_size": 14},
+    "qwen3_vl": {"patch_size": 16, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]},
+}
 SEED = 20260306
 
-# Tiny geometry/Qwen sizes: 70-px-wide frames (the tiny VGGT fixture's 56x70 for 4:3 input), 56x56 Qwen
-# frames after the 28-multiple crop -> 4 image tokens per frame.
+# Tiny geometry/Qwen sizes: 70-px-wide frames (the tiny VGGT fixture's 56x70 for 4:3 input), Qwen frames of 4 to
+# 16 merged patches (2x2 patches each; 56x56 -> 4 image tokens per frame on Qwen2.5-VL).
 TINY_GEOMETRY = {"target_width": 70, "max_height": 70, "patch_size": 14}
-TINY_MIN_PIXELS = 28 * 28 * 4
-TINY_MAX_PIXELS = 28 * 28 * 16
+TINY_MIN_MERGED, TINY_MAX_MERGED = 4, 16
 
 OBJECTS = [
     "chair", "table", "sofa", "bed", "lamp", "tv", "cabinet", "plant", "bookshelf", "refrigerator",
@@ -219,9 +224,13 @@ def train_tokenizer(corpus: list[str], vocab_size: int = 2000) -> Qwen2Tokenizer
     return tokenizer
 
 
-def build_processor(tokenizer) -> Spa3VLMProcessor:
+def build_processor(tokenizer, base: str = "qwen2_5_vl") -> Spa3VLMProcessor:
+    vision = QWEN_VISION[base]
+    merged = (2 * vision["patch_size"]) ** 2  # pixels of one merged (2x2-patch) token
     return Spa3VLMProcessor(
-        image_processor=build_qwen_image_processor(min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS),
+        image_processor=build_qwen_image_processor(
+            min_pixels=merged * TINY_MIN_MERGED, max_pixels=merged * TINY_MAX_MERGED, **vision
+        ),
         tokenizer=tokenizer,
         geometry_image_processor=Spa3RImageProcessor(**TINY_GEOMETRY),
         num_video_frames=8,
@@ -239,14 +248,16 @@ def save_data_only(processor: Spa3VLMProcessor, folder) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--base", choices=sorted(QWEN_VISION), default="qwen2_5_vl")
+    parser.add_argument("--out", type=Path, default=None, help="default: the base's hub_configs/spa3-vlm-*tiny folder")
     parser.add_argument("--vocab-size", type=int, default=2000)
     args = parser.parse_args()
+    out = args.out or DEFAULT_OUT[args.base]
     tokenizer = train_tokenizer(build_corpus(), vocab_size=args.vocab_size)
-    processor = build_processor(tokenizer)
-    args.out.mkdir(parents=True, exist_ok=True)
-    save_data_only(processor, args.out)
-    print(f"wrote {args.out}: vocab {len(tokenizer)}, special ids {special_token_ids(tokenizer)}")
+    processor = build_processor(tokenizer, args.base)
+    out.mkdir(parents=True, exist_ok=True)
+    save_data_only(processor, out)
+    print(f"wrote {out}: vocab {len(tokenizer)}, special ids {special_token_ids(tokenizer)}")
 
 
 if __name__ == "__main__":

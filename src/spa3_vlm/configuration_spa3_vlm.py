@@ -1,17 +1,18 @@
-"""Configuration of Spa3-VLM: Qwen2.5-VL + the frozen Spa3R encoder + a gated cross-attention adapter.
+"""Configuration of Spa3-VLM: a Qwen VLM + the frozen Spa3R encoder + a gated cross-attention adapter.
 
 ``Spa3VLMConfig`` *is* a Qwen2.5-VL config (a subclass of ``Qwen2_5_VLConfig``: same ``text_config`` /
 ``vision_config`` / token ids) with three additions: ``spa3r_config``, the adapter settings and
-``spatial_branch``. Keeping the Qwen fields flat means a plain Qwen2.5-VL ``config.json`` loads into it
-unchanged and a Qwen checkpoint's weights load into ``Spa3VLMForConditionalGeneration`` by their own names;
-only the Spa3R encoder and the adapter are new (see ``Spa3VLMConfig.from_qwen``).
+``spatial_branch``; ``Spa3VLMQwen3Config`` adds the same to a Qwen3-VL config. Keeping the Qwen fields flat
+means a plain Qwen ``config.json`` loads into them unchanged and a Qwen checkpoint's weights load by their own
+names; only the Spa3R encoder and the adapter are new (see ``from_qwen``). The base is the config class:
+``model_type`` ``"spa3_vlm"`` (Qwen2.5-VL) or ``"spa3_vlm_qwen3"`` (Qwen3-VL).
 """
 
 from __future__ import annotations
 
 import copy
 
-from transformers import PreTrainedConfig, Qwen2_5_VLConfig
+from transformers import PreTrainedConfig, Qwen2_5_VLConfig, Qwen3VLConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from .configuration_common import ValidatesKwargsMixin
@@ -66,40 +67,9 @@ def encoder_only_spa3r_config(config: Spa3RConfig | dict) -> Spa3RConfig:
     return Spa3RConfig(**values)
 
 
-class Spa3VLMConfig(ValidatesKwargsMixin, Qwen2_5_VLConfig):
-    r"""
-    Spa3-VLM. All Qwen2.5-VL fields (``text_config``, ``vision_config``, ``image_token_id``, ...) keep their
-    meaning; the additions are:
-
-    Args:
-        spa3r_config: the frozen Spa3R encoder (a ``Spa3RConfig`` or its dict). Only the encoder path is built
-            (VGGT aggregator -> projection -> queries + encoder -> latents ``[num_queries, hidden]``). ``None``
-            with ``spatial_branch=True`` means the paper's encoder (``default_spa3r_encoder_config``). A config
-            without ``vggt_config`` builds no backbone: the model then needs precomputed ``spatial_latents``.
-        spatial_branch: ``False`` builds neither Spa3R nor the adapter: the model is exactly Qwen2.5-VL (the
-            ablation), and geometry inputs are accepted and ignored so the same data pipeline feeds both.
-        adapter_num_heads: heads of the geometry cross-attention; ``None`` = the LLM's attention heads (as the
-            reference: 16 for the 3B model, head_dim 128).
-        adapter_reduction: bottleneck factor of the gated adaptor (``D -> D / r -> D``).
-        adapter_layer_norm_eps: epsilon of the adapter's LayerNorms (per-head q/k norms and ``ln``);
-            the reference uses torch's default 1e-5.
-        spa3r_name_or_path: where the Spa3R encoder weights came from (hub id or folder); informational, used
-            by ``Spa3VLMForConditionalGeneration.from_qwen_pretrained``. Nothing is downloaded by the model.
-    """
-
-    model_type = "spa3_vlm"
-    loads_model_types = ("qwen2_5_vl",)  # a plain Qwen2.5-VL config.json loads unchanged (module doc)
-    sub_configs_defaults = {
-        **Qwen2_5_VLConfig.sub_configs_defaults,
-        "spa3r_config": SubConfigSpec(Spa3RConfig, optional=True),
-    }
-
-    spa3r_config: dict | PreTrainedConfig | None = None
-    spatial_branch: bool = True
-    adapter_num_heads: int | None = None
-    adapter_reduction: int = 4
-    adapter_layer_norm_eps: float = 1e-5
-    spa3r_name_or_path: str | None = None
+class Spa3VLMConfigMixin(ValidatesKwargsMixin):
+    """The Spa3-VLM additions to a base VLM config, shared by every base (their fields are declared per class,
+    as transformers' dataclass configs need)."""
 
     def __post_init__(self, **kwargs):
         if not isinstance(self.spatial_branch, bool):
@@ -131,14 +101,16 @@ class Spa3VLMConfig(ValidatesKwargsMixin, Qwen2_5_VLConfig):
     @classmethod
     def from_qwen(
         cls,
-        qwen_config: Qwen2_5_VLConfig | dict,
+        qwen_config: PreTrainedConfig | dict,
         spa3r_config: Spa3RConfig | dict | None = None,
         encoder_only: bool = True,
         **adapter_kwargs,
-    ) -> "Spa3VLMConfig":
-        """Build from a Qwen2.5-VL config (object or ``config.json`` dict) plus a Spa3R config.
+    ):
+        """Build from the base VLM's config (object or ``config.json`` dict) plus a Spa3R config.
 
         Args:
+            qwen_config: a config of this class's base (``loads_model_types``: Qwen2.5-VL for ``Spa3VLMConfig``,
+                Qwen3-VL for ``Spa3VLMQwen3Config``).
             encoder_only: reduce ``spa3r_config`` to the encoder path (``encoder_only_spa3r_config``), so a
                 pre-training config (with decoder heads, teacher, VGGT heads) can be passed as is.
             adapter_kwargs: ``spatial_branch``, ``adapter_num_heads``, ``adapter_reduction``,
@@ -149,7 +121,14 @@ class Spa3VLMConfig(ValidatesKwargsMixin, Qwen2_5_VLConfig):
         elif isinstance(qwen_config, dict):
             values = copy.deepcopy(qwen_config)
         else:
-            raise ValueError(f"qwen_config must be a Qwen2_5_VLConfig or a dict, got {type(qwen_config).__name__}")
+            raise ValueError(f"qwen_config must be a {cls.loads_model_types[0]} config or a dict, got {type(qwen_config).__name__}")
+        found = values.get("model_type")
+        if found not in (None, cls.model_type, *cls.loads_model_types):
+            raise ValueError(
+                f"{cls.__name__} builds on a {cls.loads_model_types[0]!r} config, got a {found!r} one"
+                + (" (use Spa3VLMQwen3Config for Qwen3-VL)" if found == "qwen3_vl" else "")
+                + (" (use Spa3VLMConfig for Qwen2.5-VL)" if found == "qwen2_5_vl" else "")
+            )
         for key in ("model_type", "architectures", "auto_map", "transformers_version"):
             values.pop(key, None)
         if spa3r_config is not None and encoder_only:
@@ -160,4 +139,70 @@ class Spa3VLMConfig(ValidatesKwargsMixin, Qwen2_5_VLConfig):
         return cls(**values)
 
 
-__all__ = ["Spa3VLMConfig", "default_spa3r_encoder_config", "encoder_only_spa3r_config"]
+_ADDITIONS_DOC = r"""
+    Args:
+        spa3r_config: the frozen Spa3R encoder (a ``Spa3RConfig`` or its dict). Only the encoder path is built
+            (VGGT aggregator -> projection -> queries + encoder -> latents ``[num_queries, hidden]``). ``None``
+            with ``spatial_branch=True`` means the paper's encoder (``default_spa3r_encoder_config``). A config
+            without ``vggt_config`` builds no backbone: the model then needs precomputed ``spatial_latents``.
+        spatial_branch: ``False`` builds neither Spa3R nor the adapter: the model is exactly the base VLM (the
+            ablation), and geometry inputs are accepted and ignored so the same data pipeline feeds both.
+        adapter_num_heads: heads of the geometry cross-attention; ``None`` = the LLM's attention heads (as the
+            reference: 16 for the Qwen2.5-VL 3B model, head_dim 128).
+        adapter_reduction: bottleneck factor of the gated adaptor (``D -> D / r -> D``).
+        adapter_layer_norm_eps: epsilon of the adapter's LayerNorms (per-head q/k norms and ``ln``);
+            the reference uses torch's default 1e-5.
+        spa3r_name_or_path: where the Spa3R encoder weights came from (hub id or folder); informational, used
+            by ``from_qwen_pretrained``. Nothing is downloaded by the model.
+"""
+
+
+class Spa3VLMConfig(Spa3VLMConfigMixin, Qwen2_5_VLConfig):
+    model_type = "spa3_vlm"
+    loads_model_types = ("qwen2_5_vl",)  # a plain Qwen2.5-VL config.json loads unchanged (module doc)
+    sub_configs_defaults = {
+        **Qwen2_5_VLConfig.sub_configs_defaults,
+        "spa3r_config": SubConfigSpec(Spa3RConfig, optional=True),
+    }
+
+    spa3r_config: dict | PreTrainedConfig | None = None
+    spatial_branch: bool = True
+    adapter_num_heads: int | None = None
+    adapter_reduction: int = 4
+    adapter_layer_norm_eps: float = 1e-5
+    spa3r_name_or_path: str | None = None
+
+
+class Spa3VLMQwen3Config(Spa3VLMConfigMixin, Qwen3VLConfig):
+    model_type = "spa3_vlm_qwen3"
+    loads_model_types = ("qwen3_vl",)  # a plain Qwen3-VL config.json loads unchanged
+    sub_configs_defaults = {
+        **Qwen3VLConfig.sub_configs_defaults,
+        "spa3r_config": SubConfigSpec(Spa3RConfig, optional=True),
+    }
+
+    spa3r_config: dict | PreTrainedConfig | None = None
+    spatial_branch: bool = True
+    adapter_num_heads: int | None = None
+    adapter_reduction: int = 4
+    adapter_layer_norm_eps: float = 1e-5
+    spa3r_name_or_path: str | None = None
+
+
+Spa3VLMConfig.__doc__ = (
+    "Spa3-VLM on Qwen2.5-VL. All Qwen2.5-VL fields (``text_config``, ``vision_config``, ``image_token_id``, ...) keep "
+    "their meaning; the additions are:\n" + _ADDITIONS_DOC
+)
+Spa3VLMQwen3Config.__doc__ = (
+    "Spa3-VLM on Qwen3-VL (its deepstack visual features and video timestamps unchanged). All Qwen3-VL fields keep "
+    "their meaning; the additions are:\n" + _ADDITIONS_DOC
+)
+
+
+__all__ = [
+    "Spa3VLMConfig",
+    "Spa3VLMConfigMixin",
+    "Spa3VLMQwen3Config",
+    "default_spa3r_encoder_config",
+    "encoder_only_spa3r_config",
+]

@@ -1,4 +1,5 @@
-"""Spa3-VLM: Qwen2.5-VL whose visual tokens read a frozen Spa3R latent spatial field through a gated adapter.
+"""Spa3-VLM: a Qwen VLM (Qwen2.5-VL or Qwen3-VL) whose visual tokens read a frozen Spa3R latent spatial field
+through a gated adapter.
 
 For every sample ``b`` of a batch, with ``I_b [n_b, D]`` the merged Qwen visual tokens of *all images of that
 sample* and ``L_b [Q, C]`` the Spa3R latents of that sample's frames:
@@ -13,7 +14,7 @@ missing weights, so a model built on Qwen weights starts as exactly that Qwen mo
 
 Hook: ``forward`` takes Qwen's image features (computed here from ``pixel_values``, or the
 ``mm_encoder_outputs["image"]`` that ``generate`` precomputes before prefill), adapts them per sample and hands
-them to Qwen2.5-VL's own ``forward`` as ``mm_encoder_outputs``; Qwen's code scatters them into the
+them to the base's own ``forward`` as ``mm_encoder_outputs``; Qwen's code scatters them into the
 ``<|image_pad|>`` positions, builds the mRoPE positions and runs the LLM. Decoding steps carry no image
 features, so the adapter (and Spa3R) run on the prefill step only.
 
@@ -30,10 +31,10 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
+from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration
 from transformers import initialization as init
 
-from .configuration_spa3_vlm import Spa3VLMConfig
+from .configuration_spa3_vlm import Spa3VLMConfig, Spa3VLMQwen3Config
 from .configuration_spa3r import Spa3RConfig
 from .modeling_common import check_finite_tensor
 from .modeling_spa3r import Spa3RModel
@@ -44,7 +45,7 @@ QWEN_HUB_KEY_MAPPING = {r"^visual": "model.visual", r"^model(?!\.(language_model
 VIDEO_INPUT_ERROR = (
     "Spa3-VLM adapts image tokens only, but got video input (pixel_values_videos). Pass a video as a list of "
     "frames, i.e. images (Spa3VLMProcessor does this for {'type': 'video'} chat entries and videos=...), or use "
-    "a config with spatial_branch=False for plain Qwen2.5-VL video input."
+    "a config with spatial_branch=False for the plain base VLM's video input."
 )
 
 
@@ -175,8 +176,9 @@ def assign_images_to_samples(tokens_per_image: Sequence[int], tokens_per_sample:
     return owners
 
 
-class Spa3VLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
-    """Qwen2.5-VL + frozen Spa3R encoder + gated geometry cross-attention adapter (see the module docstring).
+class Spa3VLMMixin:
+    """The Spa3R encoder and the gated geometry adapter on a Qwen VLM (see the module docstring); the model classes
+    below put it on Qwen2.5-VL and Qwen3-VL.
 
     Extra forward inputs:
         geometry_pixel_values: one ``[V, 3, H, W]`` tensor in [0, 1] per sample (``None`` for a sample without
@@ -185,11 +187,7 @@ class Spa3VLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             ``compute_spatial_latents``) instead of ``geometry_pixel_values``.
     """
 
-    config_class = Spa3VLMConfig
-    config: Spa3VLMConfig
-    _no_split_modules = ["Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock", "Block"]
-
-    def __init__(self, config: Spa3VLMConfig):
+    def __init__(self, config):
         super().__init__(config)
         self.spa3r = None
         if config.spatial_branch:
@@ -253,11 +251,12 @@ class Spa3VLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         spa3r_name_or_path: Optional[str] = None,
         adapter_kwargs: Optional[dict] = None,
         **kwargs,
-    ) -> "Spa3VLMForConditionalGeneration":
-        """A fresh Spa3-VLM on a Qwen2.5-VL checkpoint: Qwen weights loaded, adapter initialised (identity).
+    ):
+        """A fresh Spa3-VLM on a checkpoint of its base VLM: Qwen weights loaded, adapter initialised (identity).
 
         Args:
-            qwen_name_or_path: a Qwen2.5-VL folder or hub id (its ``config.json`` and weights).
+            qwen_name_or_path: a folder or hub id of the base (Qwen2.5-VL for ``Spa3VLMForConditionalGeneration``,
+                Qwen3-VL for ``Spa3VLMQwen3ForConditionalGeneration``): its ``config.json`` and weights.
             spa3r_config: the Spa3R encoder config (reduced to the encoder path); default: that of
                 ``spa3r_name_or_path`` if given, else the paper's encoder.
             spa3r_name_or_path: a Spa3R folder / hub id (``Spa3RModel`` or ``Spa3RForFieldPrediction`` weights) whose
@@ -268,7 +267,7 @@ class Spa3VLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         if spa3r_config is None and spa3r_name_or_path is not None:
             spa3r_config = Spa3RConfig.from_pretrained(spa3r_name_or_path)
         qwen_config = AutoConfig.from_pretrained(qwen_name_or_path)
-        config = Spa3VLMConfig.from_qwen(
+        config = cls.config_class.from_qwen(
             qwen_config, spa3r_config=spa3r_config, spa3r_name_or_path=spa3r_name_or_path, **(adapter_kwargs or {})
         )
         model = cls.from_pretrained(qwen_name_or_path, config=config, **kwargs)
@@ -420,6 +419,61 @@ class Spa3VLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
 
     # ------------------------------------------------------------------------------------------ forward
 
+    def _adapted_encoder_outputs(
+        self,
+        pixel_values,
+        pixel_values_videos,
+        image_grid_thw,
+        mm_encoder_outputs,
+        input_ids,
+        inputs_embeds,
+        geometry_pixel_values,
+        spatial_latents,
+        encoder_kwargs: dict,
+    ) -> dict:
+        """The base's ``mm_encoder_outputs`` with the image features adapted per sample.
+
+        ``mm_encoder_outputs["image"]``, when given (``generate`` does), holds the base's *unadapted* image-encoder
+        outputs; they are adapted like features computed from ``pixel_values``. Anything else the encoder returns
+        (Qwen3-VL's deepstack features) passes through unchanged.
+        """
+        encoder_outputs = dict(mm_encoder_outputs or {})
+        if self.config.spatial_branch and (pixel_values_videos is not None or encoder_outputs.get("video") is not None):
+            raise ValueError(VIDEO_INPUT_ERROR)
+        if pixel_values is not None and encoder_outputs.get("image") is not None:
+            raise ValueError("pass either pixel_values or mm_encoder_outputs['image'], not both")
+        if pixel_values is not None:
+            if image_grid_thw is None:
+                raise ValueError("pixel_values needs image_grid_thw ([num_images, 3] = t, h, w patches per image)")
+            # Qwen's vision tower turns a NaN patch into NaN logits for the whole sequence, without a word.
+            check_finite_tensor("pixel_values", pixel_values, "(Qwen flattened patches, from the processor)")
+            encoder_kwargs = {k: v for k, v in encoder_kwargs.items() if k != "return_dict"}
+            encoder_outputs["image"] = self.model.get_image_features(
+                pixel_values, image_grid_thw, return_dict=True, **encoder_kwargs
+            )
+        if encoder_outputs.get("image") is not None:
+            encoder_outputs["image"] = self._adapt_image_features(
+                encoder_outputs["image"], input_ids, inputs_embeds, geometry_pixel_values, spatial_latents
+            )
+        return encoder_outputs
+
+    def _expand_inputs_for_generation(self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids=None, **model_kwargs):
+        # Beam search / num_return_sequences repeat every batch tensor; a per-sample list needs the same.
+        geometry = model_kwargs.get("geometry_pixel_values")
+        if expand_size > 1 and isinstance(geometry, (list, tuple)):
+            model_kwargs["geometry_pixel_values"] = [entry for entry in geometry for _ in range(expand_size)]
+        return super()._expand_inputs_for_generation(
+            expand_size=expand_size, is_encoder_decoder=is_encoder_decoder, input_ids=input_ids, **model_kwargs
+        )
+
+
+class Spa3VLMForConditionalGeneration(Spa3VLMMixin, Qwen2_5_VLForConditionalGeneration):
+    """Spa3-VLM on Qwen2.5-VL: Qwen2.5-VL + frozen Spa3R encoder + gated geometry cross-attention adapter."""
+
+    config_class = Spa3VLMConfig
+    config: Spa3VLMConfig
+    _no_split_modules = ["Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock", "Block"]
+
     def forward(
         self,
         input_ids: Optional[torch.LongTensor] = None,
@@ -441,30 +495,11 @@ class Spa3VLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         spatial_latents: Optional[torch.Tensor] = None,
         **kwargs,
     ):
-        """Qwen2.5-VL's forward with the visual tokens adapted per sample (see the class docstring).
-
-        ``mm_encoder_outputs["image"]``, when given (``generate`` does), holds Qwen's *unadapted* image-encoder
-        outputs; they are adapted here like features computed from ``pixel_values``.
-        """
-        encoder_outputs = dict(mm_encoder_outputs or {})
-        if self.config.spatial_branch and (pixel_values_videos is not None or encoder_outputs.get("video") is not None):
-            raise ValueError(VIDEO_INPUT_ERROR)
-        if pixel_values is not None and encoder_outputs.get("image") is not None:
-            raise ValueError("pass either pixel_values or mm_encoder_outputs['image'], not both")
-        if pixel_values is not None:
-            if image_grid_thw is None:
-                raise ValueError("pixel_values needs image_grid_thw ([num_images, 3] = t, h, w patches per image)")
-            # Qwen's vision tower turns a NaN patch into NaN logits for the whole sequence, without a word.
-            check_finite_tensor("pixel_values", pixel_values, "(Qwen2.5-VL flattened patches, from the processor)")
-            encoder_kwargs = {k: v for k, v in kwargs.items() if k != "return_dict"}
-            encoder_outputs["image"] = self.model.get_image_features(
-                pixel_values, image_grid_thw, return_dict=True, **encoder_kwargs
-            )
-            pixel_values = None
-        if encoder_outputs.get("image") is not None:
-            encoder_outputs["image"] = self._adapt_image_features(
-                encoder_outputs["image"], input_ids, inputs_embeds, geometry_pixel_values, spatial_latents
-            )
+        """Qwen2.5-VL's forward with the visual tokens adapted per sample (see :class:`Spa3VLMMixin`)."""
+        encoder_outputs = self._adapted_encoder_outputs(
+            pixel_values, pixel_values_videos, image_grid_thw, mm_encoder_outputs, input_ids, inputs_embeds,
+            geometry_pixel_values, spatial_latents, kwargs,
+        )  # fmt: skip
         return super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -473,7 +508,7 @@ class Spa3VLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             inputs_embeds=inputs_embeds,
             labels=labels,
             use_cache=use_cache,
-            pixel_values=pixel_values,
+            pixel_values=None,
             pixel_values_videos=pixel_values_videos,
             image_grid_thw=image_grid_thw,
             video_grid_thw=video_grid_thw,
@@ -484,19 +519,73 @@ class Spa3VLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             **kwargs,
         )
 
-    def _expand_inputs_for_generation(self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids=None, **model_kwargs):
-        # Beam search / num_return_sequences repeat every batch tensor; a per-sample list needs the same.
-        geometry = model_kwargs.get("geometry_pixel_values")
-        if expand_size > 1 and isinstance(geometry, (list, tuple)):
-            model_kwargs["geometry_pixel_values"] = [entry for entry in geometry for _ in range(expand_size)]
-        return super()._expand_inputs_for_generation(
-            expand_size=expand_size, is_encoder_decoder=is_encoder_decoder, input_ids=input_ids, **model_kwargs
+
+class Spa3VLMQwen3ForConditionalGeneration(Spa3VLMMixin, Qwen3VLForConditionalGeneration):
+    """Spa3-VLM on Qwen3-VL. The adapter sits where it does on Qwen2.5-VL: on the merged visual tokens, after the
+    vision merger and before they are scattered into the text; Qwen3-VL's deepstack features (added to the LLM's
+    first layers at the visual positions) pass through unchanged."""
+
+    config_class = Spa3VLMQwen3Config
+    config: Spa3VLMQwen3Config
+    _no_split_modules = ["Qwen3VLTextDecoderLayer", "Qwen3VLVisionBlock", "Block"]
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.LongTensor] = None,
+        cache=None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        labels: Optional[torch.LongTensor] = None,
+        pixel_values: Optional[torch.Tensor] = None,
+        pixel_values_videos: Optional[torch.Tensor] = None,
+        image_grid_thw: Optional[torch.LongTensor] = None,
+        video_grid_thw: Optional[torch.LongTensor] = None,
+        mm_token_type_ids: Optional[torch.IntTensor] = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        mm_encoder_outputs: Optional[dict] = None,
+        geometry_pixel_values: Optional[Any] = None,
+        spatial_latents: Optional[torch.Tensor] = None,
+        **kwargs,
+    ):
+        """Qwen3-VL's forward with the visual tokens adapted per sample (see :class:`Spa3VLMMixin`)."""
+        encoder_outputs = self._adapted_encoder_outputs(
+            pixel_values, pixel_values_videos, image_grid_thw, mm_encoder_outputs, input_ids, inputs_embeds,
+            geometry_pixel_values, spatial_latents, kwargs,
+        )  # fmt: skip
+        return super().forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            pixel_values=None,
+            pixel_values_videos=pixel_values_videos,
+            image_grid_thw=image_grid_thw,
+            video_grid_thw=video_grid_thw,
+            mm_token_type_ids=mm_token_type_ids,
+            logits_to_keep=logits_to_keep,
+            mm_encoder_outputs=encoder_outputs or None,
+            **kwargs,
         )
+
+
+# Spa3-VLM class by config model_type: its own, or its base VLM's (whose checkpoints it loads with a fresh adapter).
+SPA3_VLM_CLASSES = {
+    "spa3_vlm": Spa3VLMForConditionalGeneration,
+    "qwen2_5_vl": Spa3VLMForConditionalGeneration,
+    "spa3_vlm_qwen3": Spa3VLMQwen3ForConditionalGeneration,
+    "qwen3_vl": Spa3VLMQwen3ForConditionalGeneration,
+}
 
 
 __all__ = [
     "GeometryCrossAttention",
+    "SPA3_VLM_CLASSES",
     "Spa3VLMForConditionalGeneration",
+    "Spa3VLMMixin",
+    "Spa3VLMQwen3ForConditionalGeneration",
     "assign_images_to_samples",
     "split_geometry_inputs",
 ]

@@ -231,7 +231,7 @@ def _is_video(obj: Any) -> bool:
 
 
 class Spa3VLMProcessor(ProcessorMixin):
-    """Qwen2.5-VL processor + Spa3R geometry preprocessing, image-only (no torchvision needed).
+    """Qwen2.5-VL / Qwen3-VL processor + Spa3R geometry preprocessing, image-only (no torchvision needed).
 
     Args:
         image_processor: Qwen2-VL image processor (its ``size`` holds the min/max pixel budget).
@@ -295,6 +295,39 @@ class Spa3VLMProcessor(ProcessorMixin):
             self.set_pixel_budget(min_pixels=min_pixels, max_pixels=max_pixels)
 
     # ------------------------------------------------------------------ config / loading
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """A saved Spa3-VLM processor; or, from a plain Qwen2.5-VL / Qwen3-VL checkpoint (no Spa3-VLM
+        ``processor_config.json``), that checkpoint's tokenizer and vision settings (patch size, image mean/std)
+        with the paper's geometry preprocessing and per-frame budget of 16 to 576 merged tokens, so that
+        ``--model_name_or_path Qwen/...`` needs no separate processor."""
+        import json
+
+        from transformers.utils import cached_file
+
+        hub = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only", "subfolder") if k in kwargs}
+        config_file = cached_file(
+            pretrained_model_name_or_path, "processor_config.json", _raise_exceptions_for_missing_entries=False, **hub
+        )
+        if config_file is not None:
+            with open(config_file, encoding="utf-8") as handle:
+                if "geometry_image_processor" in json.load(handle):
+                    return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        return cls._from_qwen_checkpoint(pretrained_model_name_or_path, hub, kwargs)
+
+    @classmethod
+    def _from_qwen_checkpoint(cls, path, hub: dict, kwargs: dict) -> "Spa3VLMProcessor":
+        from transformers import AutoTokenizer
+        from transformers.image_processing_base import ImageProcessingMixin
+
+        tokenizer = AutoTokenizer.from_pretrained(path, **hub)
+        settings, _ = ImageProcessingMixin.get_image_processor_dict(path, **hub)
+        vision = {k: settings[k] for k in ("patch_size", "merge_size", "temporal_patch_size", "image_mean", "image_std") if k in settings}
+        merged = (vision.get("patch_size", 14) * vision.get("merge_size", 2)) ** 2  # pixels of one merged token
+        image_processor = build_qwen_image_processor(min_pixels=16 * merged, max_pixels=576 * merged, **vision)
+        own = ("num_video_frames", "crop_to_merge_multiple", "video_loader", "min_pixels", "max_pixels", "chat_template")
+        return cls(image_processor=image_processor, tokenizer=tokenizer, **{k: kwargs[k] for k in own if k in kwargs})
+
     def set_pixel_budget(self, min_pixels: int | None = None, max_pixels: int | None = None) -> None:
         """Set the Qwen branch's per-frame pixel budget (stored in the image processor's ``size``)."""
         size = dict(self.image_processor.size)

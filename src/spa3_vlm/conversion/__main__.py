@@ -3,8 +3,9 @@
     # released Spa3-VLM (transformers 4.50 layout): a folder with config.json + *.safetensors, or files + --config
     python -m spa3_vlm.conversion --spa3-vlm hustvl-Spa3-VLM/ --out spa3-vlm-3b/
 
-    # a Spa3R Lightning checkpoint on a Qwen2.5-VL checkpoint: a fresh Spa3-VLM (adapter = identity)
+    # a Spa3R Lightning checkpoint on a Qwen2.5-VL or Qwen3-VL checkpoint: a fresh Spa3-VLM (adapter = identity)
     python -m spa3_vlm.conversion --spa3r spa3r.ckpt --qwen Qwen2.5-VL-3B-Instruct/ --out spa3-vlm-init/
+    python -m spa3_vlm.conversion --spa3r spa3r.ckpt --qwen Qwen3-VL-4B-Instruct/ --out spa3-vlm-qwen3-init/
 
     # Spa3R only: the encoder (what the VLM runs) or, with --field-model, encoder + decoder + heads
     python -m spa3_vlm.conversion --spa3r spa3r.ckpt --out spa3r-base/ [--field-model]
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--spa3r", metavar="CKPT", help="Spa3R Lightning / reference checkpoint (.ckpt, .pt, .safetensors)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--config", help="the Spa3-VLM checkpoint's config.json when --spa3-vlm lists files")
-    parser.add_argument("--qwen", help="with --spa3r: Qwen2.5-VL folder (or hub id) to build a Spa3-VLM on")
+    parser.add_argument("--qwen", help="with --spa3r: Qwen2.5-VL or Qwen3-VL folder (or hub id) to build a Spa3-VLM on")
     parser.add_argument("--spa3r-config", help="Spa3RConfig JSON of the Spa3R in the checkpoint")
     parser.add_argument("--field-model", action="store_true", help="with --spa3r alone: keep decoder and field heads")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="dtype of the saved weights (default: the source's)")

@@ -30,7 +30,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText, Qwen2_5_VLConf
 from ..configuration_spa3_vlm import Spa3VLMConfig, encoder_only_spa3r_config
 from ..configuration_spa3r import Spa3RConfig
 from ..configuration_vggt import VGGTConfig
-from ..modeling_spa3_vlm import Spa3VLMForConditionalGeneration
+from ..modeling_spa3_vlm import SPA3_VLM_CLASSES, Spa3VLMForConditionalGeneration, Spa3VLMQwen3ForConditionalGeneration
 from ..modeling_spa3r import Spa3RModel
 from .reference import VGGT_PREFIXES, ConversionReport, _strict_load, _vggt_state, check_state_dict, load_reference_checkpoint
 
@@ -70,10 +70,11 @@ _CONFIG_BOOKKEEPING = ("architectures", "model_type", "auto_map", "transformers_
 
 def register_auto_classes() -> None:
     """Auto-class registration (idempotent), so saved folders get an ``auto_map`` and the code files."""
-    AutoConfig.register(Spa3VLMConfig.model_type, Spa3VLMConfig, exist_ok=True)
-    AutoModelForImageTextToText.register(Spa3VLMConfig, Spa3VLMForConditionalGeneration, exist_ok=True)
-    Spa3VLMConfig.register_for_auto_class()
-    Spa3VLMForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
+    for model_class in (Spa3VLMForConditionalGeneration, Spa3VLMQwen3ForConditionalGeneration):
+        AutoConfig.register(model_class.config_class.model_type, model_class.config_class, exist_ok=True)
+        AutoModelForImageTextToText.register(model_class.config_class, model_class, exist_ok=True)
+        model_class.config_class.register_for_auto_class()
+        model_class.register_for_auto_class("AutoModelForImageTextToText")
 
 
 # ---------------------------------------------------------------------------------------------- Spa3R encoder
@@ -333,23 +334,40 @@ def combine_qwen_and_spa3r(
     spa3r_config: Optional[Spa3RConfig | dict] = None,
     adapter_kwargs: Optional[dict] = None,
     **from_pretrained_kwargs,
-) -> tuple[Spa3VLMForConditionalGeneration, ConversionReport]:
-    """A fresh Spa3-VLM (identity adapter) from a Qwen2.5-VL checkpoint and a Spa3R Lightning / reference checkpoint.
+):
+    """A fresh Spa3-VLM (identity adapter) from a Qwen2.5-VL or Qwen3-VL checkpoint and a Spa3R Lightning /
+    reference checkpoint. The base follows the Qwen checkpoint's ``model_type``; every Qwen tensor must load
+    (only the Spa3R encoder and the adapter are new).
 
     Args:
         spa3r_checkpoint: ``.ckpt`` (Lightning, ``model.`` prefixes) / ``.pt`` / ``.safetensors`` in reference names.
         spa3r_config: the Spa3R config (reduced to the encoder); default: read off the checkpoint.
     """
     register_auto_classes()
+    qwen_config = AutoConfig.from_pretrained(str(qwen_name_or_path))
+    if qwen_config.model_type not in ("qwen2_5_vl", "qwen3_vl"):
+        raise ValueError(
+            f"{qwen_name_or_path} is a {qwen_config.model_type!r} checkpoint; expected Qwen2.5-VL ('qwen2_5_vl') or "
+            "Qwen3-VL ('qwen3_vl')"
+        )
+    model_class = SPA3_VLM_CLASSES[qwen_config.model_type]
     state = load_reference_checkpoint(spa3r_checkpoint)
     encoder_config = encoder_only_spa3r_config(spa3r_config) if spa3r_config is not None else spa3r_encoder_config_from_reference(state)
     report = ConversionReport()
     encoder_state = spa3r_encoder_state_from_reference(state, encoder_config, report)
-    qwen_config = AutoConfig.from_pretrained(str(qwen_name_or_path))
-    config = Spa3VLMConfig.from_qwen(
+    config = model_class.config_class.from_qwen(
         qwen_config, spa3r_config=encoder_config, spa3r_name_or_path=str(spa3r_checkpoint), **(adapter_kwargs or {})
     )
-    model = Spa3VLMForConditionalGeneration.from_pretrained(str(qwen_name_or_path), config=config, **from_pretrained_kwargs)
+    model, info = model_class.from_pretrained(
+        str(qwen_name_or_path), config=config, output_loading_info=True, **from_pretrained_kwargs
+    )
+    new = ("spa3r.", "geometry_", "geom_cross_attention.", "ln.")
+    qwen_missing = sorted(k for k in info["missing_keys"] if not k.startswith(new))
+    if qwen_missing or info["unexpected_keys"] or info["mismatched_keys"]:
+        raise ValueError(
+            f"{qwen_name_or_path} does not load whole into {model_class.__name__}: missing {qwen_missing[:8]}, "
+            f"unexpected {sorted(info['unexpected_keys'])[:8]}, mismatched {list(info['mismatched_keys'])[:8]}"
+        )
     dtype = model.spa3r.projection.weight.dtype
     model.load_spa3r_state_dict({k: v.to(dtype) for k, v in encoder_state.items()})
     if out_dir is not None:

@@ -17,7 +17,8 @@ Protocol (the reference's lmms-eval run, see ``docs/evaluation.md``):
 
 Both model kinds go through the same :class:`Spa3VLMProcessor` (its Qwen half for plain Qwen2.5-VL: the
 geometry tensors are dropped), so a Spa3-VLM and its Qwen2.5-VL baseline see identical pixels. The model class
-comes from the checkpoint's ``config.json`` ``model_type`` (``spa3_vlm`` or ``qwen2_5_vl``).
+comes from the checkpoint's ``config.json`` ``model_type`` (``spa3_vlm``, ``spa3_vlm_qwen3``, ``qwen2_5_vl`` or
+``qwen3_vl``).
 
 The lmms-eval plugin (:mod:`spa3_vlm.evaluation.lmms_eval_plugin`) answers through :class:`VSIBenchGenerator`
 too, so both paths produce the same text for the same frames and prompt.
@@ -88,7 +89,9 @@ LMMS_EVAL_MIN_PIXELS = 256 * 28 * 28
 LMMS_EVAL_MAX_PIXELS = 1605632
 VSIBENCH_HUB_ID = "nyu-visionx/VSI-Bench"
 DATASETS = ("vsibench", "synthrooms-qa")
-MODEL_TYPES = ("spa3_vlm", "qwen2_5_vl")
+# Spa3-VLM on each base, and the plain bases (evaluated without geometry inputs).
+SPA3_MODEL_TYPES = ("spa3_vlm", "spa3_vlm_qwen3")
+MODEL_TYPES = (*SPA3_MODEL_TYPES, "qwen2_5_vl", "qwen3_vl")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 REQUIRED_FIELDS = ("id", "question_type", "question", "ground_truth")
 
@@ -125,22 +128,26 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
 
 def model_class_for(config) -> type:
     """The model class for a checkpoint config, chosen by its ``model_type`` (never by the path's name)."""
-    from transformers import Qwen2_5_VLForConditionalGeneration
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration
 
-    from ..modeling_spa3_vlm import Spa3VLMForConditionalGeneration
+    from ..modeling_spa3_vlm import SPA3_VLM_CLASSES
 
     model_type = getattr(config, "model_type", None)
-    classes = {"spa3_vlm": Spa3VLMForConditionalGeneration, "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration}
+    classes = {
+        **{name: SPA3_VLM_CLASSES[name] for name in SPA3_MODEL_TYPES},
+        "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
+        "qwen3_vl": Qwen3VLForConditionalGeneration,
+    }
     if model_type not in classes:
         raise ValueError(
             f"cannot evaluate a checkpoint with model_type {model_type!r}; expected one of {list(MODEL_TYPES)} "
-            "(Spa3-VLM or Qwen2.5-VL)"
+            "(Spa3-VLM, Qwen2.5-VL or Qwen3-VL)"
         )
     return classes[model_type]
 
 
 def load_model(model_name_or_path: str, *, device: torch.device, dtype: torch.dtype, attn_implementation=None):
-    """A Spa3-VLM or Qwen2.5-VL checkpoint on ``device`` in ``dtype``, in eval mode."""
+    """A Spa3-VLM, Qwen2.5-VL or Qwen3-VL checkpoint on ``device`` in ``dtype``, in eval mode."""
     from transformers import AutoConfig
 
     import spa3_vlm  # noqa: F401  (registers model_type "spa3_vlm" with AutoConfig)
@@ -203,7 +210,7 @@ class VSIBenchGenerator:
     """Greedy answers of a Spa3-VLM / Qwen2.5-VL to ``(frames, prompt)`` requests, in batches.
 
     Args:
-        model: a ``Spa3VLMForConditionalGeneration`` or ``Qwen2_5_VLForConditionalGeneration`` (eval mode).
+        model: a Spa3-VLM (either base) or a plain Qwen2.5-VL / Qwen3-VL model (eval mode).
         processor: a ``Spa3VLMProcessor``; its tokenizer is switched to left padding (batched generation).
         max_new_tokens: answer length limit (VSI-Bench: 16).
         system_message: the chat's system turn.
@@ -232,7 +239,7 @@ class VSIBenchGenerator:
             )
         self.model = model
         self.processor = processor
-        self.takes_geometry = model_type == "spa3_vlm"
+        self.takes_geometry = model_type in SPA3_MODEL_TYPES
         self.max_new_tokens = max_new_tokens
         self.system_message = system_message
         processor.tokenizer.padding_side = "left"
@@ -922,7 +929,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m spa3_vlm.eval",
         description="Evaluate Spa3-VLM or Qwen2.5-VL on VSI-Bench or SynthRooms-QA (resumable), then score.",
     )
-    parser.add_argument("--model", help="model folder or hub id (model_type spa3_vlm or qwen2_5_vl)")
+    parser.add_argument(
+        "--model", help="model folder or hub id (model_type spa3_vlm, spa3_vlm_qwen3, qwen2_5_vl or qwen3_vl)"
+    )
     parser.add_argument("--processor", help="processor folder or hub id (default: --model)")
     parser.add_argument("--dataset", required=True, choices=DATASETS)
     parser.add_argument(

@@ -407,20 +407,20 @@ def load_spa3_vlm(
     """The model to tune. Returns ``(model, notes)`` (``notes``: what was loaded from where, for logs/cards).
 
     * ``model_name_or_path`` a Spa3-VLM checkpoint: loaded (``spatial_branch=False`` drops Spa3R and adapter);
-    * ``model_name_or_path`` a Qwen2.5-VL checkpoint: Qwen weights + Spa3R + a fresh identity adapter
-      (``from_qwen_pretrained``), or plain Qwen2.5-VL in the Spa3-VLM class with ``spatial_branch=False``;
+    * ``model_name_or_path`` a Qwen2.5-VL or Qwen3-VL checkpoint: Qwen weights + Spa3R + a fresh identity adapter
+      (``from_qwen_pretrained``), or the plain base in the Spa3-VLM class with ``spatial_branch=False``;
     * otherwise a randomly initialised model from ``config_name`` (a folder/hub id with a Spa3-VLM config.json,
-      e.g. ``hub_configs/spa3-vlm-tiny``).
+      e.g. ``hub_configs/spa3-vlm-tiny`` or ``hub_configs/spa3-vlm-qwen3-tiny``).
 
+    The base VLM follows the checkpoint or config (``SPA3_VLM_CLASSES``).
     ``spa3r_name_or_path``: pretrained Spa3R weights for the encoder. The model's ``spa3r_config`` becomes that
     checkpoint's encoder path (:func:`encoder_only_spa3r_config`), so weights and architecture always agree;
     differences from the config's original ``spa3r_config`` are reported in ``notes["spa3r_config_changes"]``.
     """
     from transformers import AutoConfig
 
-    from ..configuration_spa3_vlm import Spa3VLMConfig
     from ..configuration_spa3r import Spa3RConfig
-    from ..modeling_spa3_vlm import Spa3VLMForConditionalGeneration
+    from ..modeling_spa3_vlm import SPA3_VLM_CLASSES
 
     if not isinstance(spatial_branch, bool):
         raise ValueError(f"spatial_branch must be True or False, got {spatial_branch!r}")
@@ -440,36 +440,39 @@ def load_spa3_vlm(
             config.spa3r_name_or_path = spa3r_name_or_path
         return config
 
+    def model_class(source: str):
+        model_type = AutoConfig.from_pretrained(source).model_type
+        if model_type not in SPA3_VLM_CLASSES:
+            raise ValueError(
+                f"{source} is a {model_type!r} checkpoint; expected a Spa3-VLM ('spa3_vlm', 'spa3_vlm_qwen3') or a "
+                "Qwen2.5-VL / Qwen3-VL ('qwen2_5_vl', 'qwen3_vl') one"
+            )
+        return SPA3_VLM_CLASSES[model_type], model_type
+
     if model_name_or_path is not None:
         notes["base_model"] = model_name_or_path
-        model_type = AutoConfig.from_pretrained(model_name_or_path).model_type
-        if model_type == Spa3VLMConfig.model_type:
-            config = with_encoder(Spa3VLMConfig.from_pretrained(model_name_or_path, spatial_branch=spatial_branch))
-            model = Spa3VLMForConditionalGeneration.from_pretrained(
-                model_name_or_path, config=config, **from_pretrained_kwargs
-            )
-        elif model_type == "qwen2_5_vl":
+        cls, model_type = model_class(model_name_or_path)
+        config_class = cls.config_class
+        if model_type == config_class.model_type:
+            config = with_encoder(config_class.from_pretrained(model_name_or_path, spatial_branch=spatial_branch))
+        else:
             # As from_qwen_pretrained, with the encoder config already reduced by encoder_only_spa3r_config.
-            config = Spa3VLMConfig.from_qwen(
+            config = config_class.from_qwen(
                 AutoConfig.from_pretrained(model_name_or_path),
                 spa3r_config=spa3r_config,
                 encoder_only=False,
                 spatial_branch=spatial_branch,
                 spa3r_name_or_path=spa3r_name_or_path,
             )
-            model = Spa3VLMForConditionalGeneration.from_pretrained(
-                model_name_or_path, config=config, **from_pretrained_kwargs
-            )
-        else:
-            raise ValueError(
-                f"{model_name_or_path} is a {model_type!r} checkpoint; expected a Spa3-VLM ('spa3_vlm') or a Qwen2.5-VL "
-                "('qwen2_5_vl') checkpoint"
-            )
+        model = cls.from_pretrained(model_name_or_path, config=config, **from_pretrained_kwargs)
     else:
         notes["base_model"] = None
         notes["config_name"] = config_name
-        config = with_encoder(Spa3VLMConfig.from_pretrained(config_name, spatial_branch=spatial_branch))
-        model = Spa3VLMForConditionalGeneration(config)
+        cls, model_type = model_class(config_name)
+        if model_type != cls.config_class.model_type:
+            raise ValueError(f"config_name {config_name} is a plain {model_type!r} config: give a Spa3-VLM config")
+        config = with_encoder(cls.config_class.from_pretrained(config_name, spatial_branch=spatial_branch))
+        model = cls(config)
     if spa3r_name_or_path is not None:
         load_spa3r_encoder(model, spa3r_name_or_path)
     return model, notes
