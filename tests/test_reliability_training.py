@@ -210,6 +210,8 @@ def test_main_job_refuses_bad_flags_in_one_line_before_any_work(tmp_path, capsys
         (["--dataset", "no/such/folder"], "--dataset must be synthrooms_qa, vsi590k or a save_to_disk folder"),
         (["--num_train_scenes", "0"], "--num_train_scenes must be >= 1, got 0"),
         (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size must be >= 1, got 0"),
+        (["--num_frames", "0"], "--num_frames must be >= 1, got 0"),
+        (["--video_min_frames", "5", "--video_max_frames", "4"], "--video_max_frames (4) must be >= --video_min_frames (5)"),
     ],
 )
 def test_sft_refuses_bad_flags_in_one_line_before_any_work(tmp_path, capsys, flags, message):

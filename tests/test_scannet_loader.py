@@ -22,6 +22,7 @@ from spa3_vlm.data.scannet import (
     clear_index_cache,
     load_scannet_scenes,
     natural_sort_key,
+    pretraining_image_processor,
     resized_intrinsics,
 )
 from spa3_vlm.processing_spa3r import Spa3RImageProcessor
@@ -130,10 +131,11 @@ def test_scannet_scenes_order_and_sizes(scannet_root):
     row = scenes[0]
     assert [Path(p).name for p in row["image_paths"]] == [f"{n}.jpg" for n in range(12)]  # 10 after 9
     assert len(row["images"]) == 12 and len(row["extrinsics"]) == 12 and len(row["intrinsics"]) == 12
-    # 64x48 -> width 518, height round(48 * 518 / 64 / 14) * 14 = round(27.75) * 14 = 392
+    # The reference's pre-training transform: 64x48 -> 518 x int(48 * 518 / 64) = 518x388, rows centre-cropped
+    # down to whole patches: 378 (27 rows; the VLM pipeline's rounding would give 392)
     image = row["images"][10]
-    assert image.mode == "RGB" and image.size == (518, 392)
-    assert scenes[1]["images"][-1].size == (518, 392)
+    assert image.mode == "RGB" and image.size == (518, 378)
+    assert scenes[1]["images"][-1].size == (518, 378)
     assert scenes[-1]["scene_id"] == "scene0001_00"
     with pytest.raises(IndexError, match="scene index 2 out of range for 2 scenes"):
         scenes[2]
@@ -143,7 +145,7 @@ def test_scannet_scenes_order_and_sizes(scannet_root):
 
 def test_frames_match_the_processor_output(scannet_root):
     row = ScanNetScenes(scannet_root)[0]
-    expected = Spa3RImageProcessor().resize_frame(PIL.Image.open(scannet_root / "scene0000_00" / "color" / "3.jpg"))
+    expected = pretraining_image_processor().resize_frame(PIL.Image.open(scannet_root / "scene0000_00" / "color" / "3.jpg"))
     np.testing.assert_array_equal(np.asarray(row["images"][3]), np.asarray(expected))
 
 
@@ -151,10 +153,10 @@ def test_target_width_and_tall_images_are_cropped(tmp_path):
     root = tmp_path / "scannet"
     make_scannet_scene(root, "scene0000_00", 3, size=(48, 64))
     row = ScanNetScenes(root, target_width=252)[0]
-    # 48x64 -> 252 x round(64 * 252 / 48 / 14) * 14 = 336 (no crop below max_height 518)
+    # 48x64 -> 252 x int(64 * 252 / 48) = 252x336, already whole patches
     assert row["images"][0].size == (252, 336)
-    row = ScanNetScenes(root)[0]  # 518 x 686 -> centre crop to 518 rows
-    assert row["images"][0].size == (518, 518)
+    row = ScanNetScenes(root)[0]  # 518 x int(690.67) = 690 -> 686 rows (under the 1036-row cap)
+    assert row["images"][0].size == (518, 686)
 
 
 def test_natural_sort_key():
@@ -199,7 +201,7 @@ def test_psfm_sample_decodes_only_the_sampled_views(scannet_root, opened_images)
     views = sample["pixel_values"].shape[0]
     assert views in (2, 3) and len(opened_images) == views
     assert sample["scene_id"] == "scene0000_00"
-    assert sample["pixel_values"].shape == (views, 3, 392, 518) and sample["pixel_values"].dtype == torch.float32
+    assert sample["pixel_values"].shape == (views, 3, 378, 518) and sample["pixel_values"].dtype == torch.float32
     assert sample["extrinsics"].shape == (views, 4, 4) and sample["intrinsics"].shape == (views, 3, 3)
     torch.testing.assert_close(sample["extrinsics"][0], torch.eye(4), atol=1e-6, rtol=0)
     # Relative extrinsics of the decoded frames, frame numbers read back from the opened file names.
@@ -208,7 +210,7 @@ def test_psfm_sample_decodes_only_the_sampled_views(scannet_root, opened_images)
     w2c = [np.linalg.inv(frame_c2w(n)) for n in frames]
     expected = np.stack([m @ np.linalg.inv(w2c[0]) for m in w2c])
     np.testing.assert_allclose(sample["extrinsics"].numpy(), expected, atol=1e-5)
-    expected_k = np.diag([518 / 64, 392 / 48, 1.0]) @ SCANNET_K
+    expected_k = np.array([[518 / 64, 0, 0], [0, 388 / 48, -5.0], [0, 0, 1]]) @ SCANNET_K  # 5 rows cropped on top
     np.testing.assert_allclose(sample["intrinsics"][1].numpy(), expected_k, rtol=1e-6)
 
 
@@ -272,6 +274,31 @@ def test_intrinsics_scaling_hand_computed():
     np.testing.assert_allclose(resized_intrinsics(tall, (48, 64), processor), expected_tall, rtol=1e-12)
 
 
+def test_the_pretraining_transform_is_the_references_resize_and_crop():
+    """The reference's PSFM transform (torchvision v2: resize to width 518, height int(518 h / w), bilinear with
+    antialiasing on the uint8 image, then CenterCrop to whole patches), recomputed with torch's antialiased
+    interpolation (the kernel torchvision calls): same size, pixels within one grey level (PIL rounds its own way)."""
+    rng = np.random.default_rng(0)
+    for width, height in ((640, 480), (1752, 1168), (500, 375)):
+        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        ours = np.asarray(pretraining_image_processor().resize_frame(PIL.Image.fromarray(pixels))).astype(int)
+        new_height = int(518 * height / width)
+        out_height = new_height // 14 * 14
+        top = int(round((new_height - out_height) / 2.0))
+        resized = torch.nn.functional.interpolate(
+            torch.from_numpy(pixels).permute(2, 0, 1)[None], size=(new_height, 518), mode="bilinear", antialias=True
+        )[0, :, top : top + out_height]
+        reference = resized.permute(1, 2, 0).numpy().astype(int)
+        assert ours.shape == reference.shape == (out_height, 518, 3)
+        assert np.abs(ours - reference).max() <= 1 and (ours != reference).mean() < 0.02
+    assert [pretraining_image_processor().crop_box(w, h) for w, h in ((640, 480), (1752, 1168))] == [
+        (0, 5, 518, 383), (0, 4, 518, 340),  # 388 -> 378 rows; 345 -> 336 rows (round(4.5) = 4, as torchvision)
+    ]
+    k = np.array([[50.0, 0.0, 32.0], [0.0, 40.0, 24.0], [0.0, 0.0, 1.0]])
+    expected = np.array([[50 * 518 / 64, 0.0, 32 * 518 / 64], [0.0, 40 * 388 / 48, 24 * 388 / 48 - 5], [0.0, 0.0, 1.0]])
+    np.testing.assert_allclose(resized_intrinsics(k, (64, 48), pretraining_image_processor()), expected, rtol=1e-12)
+
+
 def project(k: np.ndarray, point: np.ndarray) -> np.ndarray:
     uvw = k @ point
     return uvw[:2] / uvw[2]
@@ -307,9 +334,10 @@ def test_projection_lands_on_the_same_image_content(tmp_path, size):
     centroid = [np.average(cols + 0.5, weights=weights), np.average(rows + 0.5, weights=weights)]
     projected = project(row["intrinsics"][0], point)
     np.testing.assert_allclose(projected, centroid, atol=0.35)
-    if size == (64, 48):  # no crop: the same relative location in the old and new image
-        new_w, new_h = row["images"][0].size
-        np.testing.assert_allclose(projected / [new_w, new_h], [u / width, v / height], rtol=1e-12)
+    # Undo the crop: the same relative location in the old image and the resized one.
+    new_w, new_h = pretraining_image_processor().output_size(width, height)
+    left, top = pretraining_image_processor().crop_box(width, height)[:2]
+    np.testing.assert_allclose((projected + [left, top]) / [new_w, new_h], [u / width, v / height], rtol=1e-12)
 
 
 def test_scannetpp_layout_and_opengl_cameras(tmp_path):
@@ -320,11 +348,11 @@ def test_scannetpp_layout_and_opengl_cameras(tmp_path):
     row = scenes[0]
     names = [Path(p).name for p in row["image_paths"]]
     assert names == ["DSC00009.JPG", "DSC00010.JPG", "DSC00011.JPG", "DSC00100.JPG"]
-    assert row["images"][0].size == (518, 350)  # 72x48 -> round(48 * 518 / 72 / 14) * 14 = 350
+    assert row["images"][0].size == (518, 336)  # 72x48 -> 518 x int(345.33) = 345 -> 336 rows, 4 cropped on top
     flip = np.diag([1.0, -1.0, -1.0, 1.0])
     for position, number in enumerate([9, 10, 11, 100]):  # frame 100 is one of the json's test_frames
         np.testing.assert_allclose(row["extrinsics"][position], np.linalg.inv(frame_c2w(number) @ flip), atol=1e-12)
-    k = np.array([[NS_FLX * 518 / 72, 0, NS_CX * 518 / 72], [0, NS_FLY * 350 / 48, NS_CY * 350 / 48], [0, 0, 1]])
+    k = np.array([[NS_FLX * 518 / 72, 0, NS_CX * 518 / 72], [0, NS_FLY * 345 / 48, NS_CY * 345 / 48 - 4], [0, 0, 1]])
     np.testing.assert_allclose(row["intrinsics"][2], k, rtol=1e-12)
 
     val = ScanNetScenes(root, layout="scannetpp", split="val")
@@ -357,7 +385,7 @@ def test_concat_scenes_and_per_source_intervals(scannet_root, tmp_path):
         PSFMDataset(scannetpp, num_views=(2, 3), interval=RECOMMENDED_INTERVALS["scannetpp"]),
     ])
     assert len(train_set) == 3
-    assert train_set[2]["pixel_values"].shape[-2:] == (350, 518)
+    assert train_set[2]["pixel_values"].shape[-2:] == (336, 518)
 
 
 # --------------------------------------------------------------------------------------------------

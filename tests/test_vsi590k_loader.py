@@ -15,13 +15,13 @@ VIDEO_FRAMES = 12
 DIR_FRAMES = 10
 
 
-def _write_mp4(path, num_frames):
-    """Frame k is a flat grey of level 20 k (mpeg4 keeps flat frames within a few levels)."""
+def _write_mp4(path, num_frames, rate=4):
+    """Frame k is a flat grey of level 20 k (mpeg4 keeps flat frames within a few levels), ``rate`` frames/s."""
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=4)
+        stream = container.add_stream("mpeg4", rate=rate)
         stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
         for k in range(num_frames):
-            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 20 * k, np.uint8), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 20 * k % 256, np.uint8), format="rgb24")
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
@@ -184,5 +184,35 @@ def test_malformed_annotations(media, tmp_path):
 
 def test_unreadable_video_names_the_record(media, tmp_path):
     (media / "videos" / "corrupt.mp4").write_bytes(b"this is not a video")
+    # With the reference's frame rule the duration is read while the records are checked, before any decoding.
     message = _error(media, tmp_path, {**GOOD[0], "id": "corrupt", "video": "videos/corrupt.mp4"})
-    assert message.startswith("record 'corrupt': cannot read frames of") and "corrupt.mp4" in message
+    assert message.startswith("record 'corrupt' (#1): cannot read") and "corrupt.mp4" in message
+    path = _write(tmp_path / "fixed.jsonl", [GOOD[1], {**GOOD[0], "id": "corrupt", "video": "videos/corrupt.mp4"}])
+    with pytest.raises(ValueError) as info:  # a fixed frame count reads the video only when decoding it
+        load_vsi590k(path, media, num_frames=4, cache_dir=str(tmp_path / "cache2"))
+    assert str(info.value).startswith("record 'corrupt': cannot read frames of") and "corrupt.mp4" in str(info.value)
+
+
+def test_frame_counts_follow_the_reference_rule_by_default(media, tmp_path):
+    """clamp(round(duration / 2 s), 4, 8) (reference SFT settings): a 12-frame 4-fps video lasts 3 s -> 2 -> 4 frames;
+    a 10-frame directory counts as 1 fps -> 10 s -> 5 frames; a 40-frame 2-fps video -> 20 s -> 10 -> 8 frames;
+    an image list under <video> is capped at 8."""
+    _write_mp4(media / "videos" / "long.mp4", 40, rate=2)
+    records = [
+        GOOD[0], GOOD[1], {**GOOD[0], "id": "long", "video": "videos/long.mp4"},
+        {"id": "list", "images": [f"frames/scene1/frame_{k}.png" for k in range(1, DIR_FRAMES + 1)],
+         "conversations": _turns("<video>\nHow many chair(s) are in this room?", "3"), "question_type": "object_counting"},
+    ]  # fmt: skip
+    dataset = load_vsi590k(_write(tmp_path / "ann.jsonl", records), media, cache_dir=str(tmp_path / "cache"))
+    assert [len(images) for images in dataset["images"]] == [4, 5, 8, 8]
+    # linspace(0, 11, 4) -> frames 0, 3, 7, 11; linspace(0, 9, 5) -> frame_1, 3, 5, 7, 10
+    assert [float(np.asarray(im).mean()) for im in dataset[0]["images"]] == pytest.approx([0, 60, 140, 220], abs=6)
+    assert [int(np.asarray(im)[0, 0, 0]) for im in dataset[1]["images"]] == [10, 30, 50, 70, 100]
+    assert [c["type"] for c in dataset[1]["messages"][0]["content"]] == ["image"] * 5 + ["text"]
+    # The rule's bounds are settings; a fixed count overrides the rule.
+    wider = load_vsi590k(_write(tmp_path / "b.jsonl", records[:2]), media, min_frames=6, max_frames=6, cache_dir=str(tmp_path / "c"))
+    assert [len(images) for images in wider["images"]] == [6, 6]
+    fixed = load_vsi590k(_write(tmp_path / "c.jsonl", records), media, num_frames=3, cache_dir=str(tmp_path / "d"))
+    assert [len(images) for images in fixed["images"]] == [3, 3, 3, 3]
+    with pytest.raises(ValueError, match=r"max_frames \(3\) must be >= min_frames \(4\)"):
+        load_vsi590k(_write(tmp_path / "d.jsonl", records), media, max_frames=3)

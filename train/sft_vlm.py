@@ -110,7 +110,12 @@ class DataArguments:
     )
     annotation_path: Optional[str] = field(default=None, metadata={"help": "VSI-590K annotations (.json / .jsonl)."})
     media_root: Optional[str] = field(default=None, metadata={"help": "VSI-590K media folder."})
-    num_frames: int = field(default=8, metadata={"help": "VSI-590K frames per video."})
+    num_frames: Optional[int] = field(
+        default=None,
+        metadata={"help": "VSI-590K frames per video; default: the reference's clamp(round(duration / 2 s), 4, 8)."},
+    )
+    video_min_frames: int = field(default=4, metadata={"help": "VSI-590K: fewest frames per video (reference: 4)."})
+    video_max_frames: int = field(default=8, metadata={"help": "VSI-590K: most frames per video (reference: 8)."})
     num_train_scenes: int = field(default=32, metadata={"help": "SynthRooms-QA training scenes."})
     num_eval_scenes: int = field(default=8, metadata={"help": "SynthRooms-QA held-out scenes (0: no evaluation)."})
     frames_per_scene: int = field(default=8, metadata={"help": "SynthRooms frames per scene video."})
@@ -157,8 +162,12 @@ def flag_problems(model: ModelArguments, data: DataArguments, training) -> list[
                 problems.append(f"--dataset vsi590k needs --{name}, an existing path; got {getattr(data, name)!r}")
     elif data.dataset != "synthrooms_qa" and not os.path.isdir(data.dataset):
         problems.append(f"--dataset must be synthrooms_qa, vsi590k or a save_to_disk folder, got {data.dataset!r}")
-    problems += at_least(data, ["num_frames", "num_train_scenes", "frames_per_scene", "image_height", "image_width",
+    problems += at_least(data, ["video_min_frames", "num_train_scenes", "frames_per_scene", "image_height", "image_width",
                                 "questions_per_scene", "eval_max_new_tokens"], 1)
+    if data.num_frames is not None and data.num_frames < 1:
+        problems.append(f"--num_frames must be >= 1, got {data.num_frames}")
+    if data.video_max_frames < data.video_min_frames:
+        problems.append(f"--video_max_frames ({data.video_max_frames}) must be >= --video_min_frames ({data.video_min_frames})")
     problems += at_least(data, ["num_eval_scenes", "cpu_threads"], 0)
     if data.max_train_samples is not None and data.max_train_samples < 1:
         problems.append(f"--max_train_samples must be >= 1, got {data.max_train_samples}")
@@ -189,7 +198,10 @@ def build_datasets(data: DataArguments, seed: int):
 
         if not data.annotation_path or not data.media_root:
             raise ValueError("--dataset vsi590k needs --annotation_path and --media_root")
-        train = load_vsi590k(data.annotation_path, data.media_root, data.num_frames, cache_dir=data.data_cache_dir)
+        train = load_vsi590k(
+            data.annotation_path, data.media_root, data.num_frames, min_frames=data.video_min_frames,
+            max_frames=data.video_max_frames, cache_dir=data.data_cache_dir,
+        )  # fmt: skip
         held_out, names = None, ["nyu-visionx/VSI-590K"]
     elif os.path.isdir(data.dataset):
         train = datasets.load_from_disk(data.dataset)

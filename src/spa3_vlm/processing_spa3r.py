@@ -147,6 +147,9 @@ def _split_frames(obj: Any) -> list:
     raise TypeError(f"Expected an image or a list of images; got {_describe(obj)}.")
 
 
+RESIZE_MODES = ("round", "crop")
+
+
 class Spa3RImageProcessor(BaseImageProcessor):
     """Resize/crop images for the VGGT/Spa3R geometry branch; outputs ``[V,3,H,W]`` float32 in [0, 1].
 
@@ -157,6 +160,11 @@ class Spa3RImageProcessor(BaseImageProcessor):
         resample: PIL resampling filter (int or name); bicubic as in the reference.
         resize_to_first: if True, frames of a sample whose output size differs from the first frame's are
             resized (aspect ratio not kept) to that size; if False (default) such a sample raises.
+        resize_mode: ``"round"`` (the reference's VLM pipeline, VGGT's loader: height rounded to whole patches,
+            ``resample``, rows centre-cropped to ``max_height``; 640x480 -> 518x392) or ``"crop"`` (the reference's
+            PSFM pre-training transform: height ``int(target_width * h / w)``, bilinear with antialiasing, then both
+            sides centre-cropped down to whole patches as torchvision's ``CenterCrop``; 640x480 -> 518x388 -> 518x378;
+            ``resample`` is not used).
     """
 
     model_input_names = ["geometry_pixel_values"]
@@ -168,6 +176,7 @@ class Spa3RImageProcessor(BaseImageProcessor):
         patch_size: int = 14,
         resample: int | str = PIL.Image.Resampling.BICUBIC,
         resize_to_first: bool = False,
+        resize_mode: str = "round",
         **kwargs,
     ):
         # Where a saved file's code lives is not a setting: `save_pretrained` writes `auto_map` again when it applies.
@@ -188,12 +197,29 @@ class Spa3RImageProcessor(BaseImageProcessor):
         self.patch_size = patch_size
         self.resample = int(resample)
         self.resize_to_first = bool(resize_to_first)
+        if resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize_mode must be one of {RESIZE_MODES}; got {resize_mode!r}.")
+        self.resize_mode = resize_mode
 
     def output_size(self, width: int, height: int) -> tuple[int, int]:
-        """(width, height) of the resized image before cropping, and the final height after cropping."""
+        """(width, height) of a ``width x height`` image after resizing, before cropping."""
+        if self.resize_mode == "crop":
+            return self.target_width, max(int(self.target_width * height / width), self.patch_size)
         resized_height = round(height * (self.target_width / width) / self.patch_size) * self.patch_size
         # The reference would produce an empty image for extreme panoramas; keep at least one patch row.
         return self.target_width, max(resized_height, self.patch_size)
+
+    def crop_box(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """``(left, top, right, bottom)`` of the output inside the resized ``width x height`` input."""
+        new_width, new_height = self.output_size(width, height)
+        if self.resize_mode == "crop":
+            out_width = new_width // self.patch_size * self.patch_size
+            out_height = min(new_height // self.patch_size * self.patch_size, self.max_height)
+            # torchvision's CenterCrop offsets: int(round(...)), Python's round-half-to-even included.
+            left, top = int(round((new_width - out_width) / 2.0)), int(round((new_height - out_height) / 2.0))
+            return left, top, left + out_width, top + out_height
+        top = (new_height - self.max_height) // 2 if new_height > self.max_height else 0
+        return 0, top, new_width, top + min(new_height, self.max_height)
 
     def resize_frame(self, image: Any) -> PIL.Image.Image:
         """One image -> RGB PIL image of width ``target_width`` and height <= ``max_height`` (uint8)."""
@@ -201,12 +227,15 @@ class Spa3RImageProcessor(BaseImageProcessor):
         width, height = image.size
         if width < 1 or height < 1:
             raise ValueError(f"Image has an empty size {width}x{height}.")
-        new_width, new_height = self.output_size(width, height)
-        image = image.resize((new_width, new_height), resample=self.resample)
-        if new_height > self.max_height:
-            top = (new_height - self.max_height) // 2
-            image = image.crop((0, top, new_width, top + self.max_height))
-        return image
+        new_size = self.output_size(width, height)
+        if self.resize_mode == "crop":
+            # PIL's bilinear filter widens with the downscale factor: the antialiased bilinear resize of
+            # torchvision / torch.nn.functional.interpolate(antialias=True), which ports it.
+            image = image.resize(new_size, resample=PIL.Image.Resampling.BILINEAR, reducing_gap=None)
+        else:
+            image = image.resize(new_size, resample=self.resample)
+        box = self.crop_box(width, height)
+        return image if box == (0, 0, *new_size) else image.crop(box)
 
     def resize_sample(self, frames: Any) -> list[PIL.Image.Image]:
         """The frames of one sample -> same-size resized PIL images (see ``resize_to_first``)."""

@@ -18,7 +18,14 @@ from .processing_spa3_vlm import list_image_files, sample_frame_indices
 from .processing_spa3r import to_pil_rgb
 
 
-__all__ = ["count_video_frames", "list_image_files", "load_video_frames", "sample_frame_indices"]
+__all__ = [
+    "count_video_frames",
+    "list_image_files",
+    "load_video_frames",
+    "reference_frame_count",
+    "sample_frame_indices",
+    "video_duration_seconds",
+]
 
 
 def _open(path: str):
@@ -60,6 +67,31 @@ def _decode_indices(path: str, indices: list[int]) -> list[PIL.Image.Image]:
         except av.error.FFmpegError as err:
             raise ValueError(f"Cannot decode video file {path} (frame {position + 1}): {err}") from err
     return frames
+
+
+def video_duration_seconds(path: str | os.PathLike) -> float:
+    """A video file's frame count over its average frame rate; a frame directory counts as 1 fps (the reference's
+    convention for frame folders)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return float(len(list_image_files(path)))
+    with _open(path) as container:
+        rate = container.streams.video[0].average_rate or container.streams.video[0].guessed_rate
+    if not rate or float(rate) <= 0:
+        raise ValueError(f"Video file {path} has no frame rate to compute its duration from.")
+    return count_video_frames(path) / float(rate)
+
+
+def reference_frame_count(
+    duration_seconds: float, seconds_per_frame: float = 2.0, min_frames: int = 4, max_frames: int = 8
+) -> int:
+    """Frames the reference's SFT samples from a video: ``clamp(round(duration / 2 s), 4, 8)`` with its settings
+    (``base_interval`` 2, ``video_min_frames`` 4, ``video_max_frames`` 8; Python's rounding, halves to even)."""
+    if not 1 <= min_frames <= max_frames:
+        raise ValueError(f"need 1 <= min_frames <= max_frames, got {min_frames} and {max_frames}")
+    if not seconds_per_frame > 0:
+        raise ValueError(f"seconds_per_frame must be > 0, got {seconds_per_frame}")
+    return min(max(round(duration_seconds / seconds_per_frame), min_frames), max_frames)
 
 
 def load_video_frames(path: str | os.PathLike, num_frames: int) -> list[PIL.Image.Image]:

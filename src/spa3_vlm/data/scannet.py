@@ -4,7 +4,8 @@
 
 - ``scene_id`` (str), ``image_paths`` (tuple of V file paths, frame order),
 - ``images``: a lazy sequence of V frames; item ``i`` decodes frame ``i`` only and returns it preprocessed by
-  :class:`~spa3_vlm.processing_spa3r.Spa3RImageProcessor` (RGB PIL image, width 518, height a multiple of 14),
+  :func:`pretraining_image_processor` (the reference's pre-training transform: RGB PIL image, width 518, height
+  cropped to a multiple of 14; 640x480 -> 518x378),
 - ``extrinsics``: lazy V world-to-camera ``[4, 4]`` float64 (OpenCV axes: x right, y down, z forward), or None,
 - ``intrinsics``: lazy V ``[3, 3]`` float64 pixel intrinsics *of the preprocessed image*, or None.
 
@@ -69,6 +70,7 @@ __all__ = [
     "clear_index_cache",
     "load_scannet_scenes",
     "natural_sort_key",
+    "pretraining_image_processor",
     "resized_intrinsics",
 ]
 
@@ -109,21 +111,33 @@ def camera_to_world_to_extrinsics(camera_to_world: np.ndarray, opengl: bool = Fa
     return extrinsics
 
 
+def pretraining_image_processor(target_width: int = 518, patch_size: int = 14) -> Spa3RImageProcessor:
+    """The reference's PSFM pre-training transform (``BaseFrameDataset``): width ``target_width``, height
+    ``int(target_width * h / w)`` with an antialiased bilinear resize, both sides centre-cropped down to whole
+    patches (ScanNet's 4:3 -> 518x378, 27 patch rows; ScanNet++'s 3:2 -> 518x336). The VLM pipeline rounds instead
+    (518x392); see ``Spa3RImageProcessor.resize_mode``. Heights are capped at twice the width (the reference has
+    no cap; these sources are landscape)."""
+    cap = 2 * target_width // patch_size * patch_size
+    return Spa3RImageProcessor(target_width=target_width, max_height=cap, patch_size=patch_size, resize_mode="crop")
+
+
 def resized_intrinsics(
     intrinsics: np.ndarray, image_size: tuple[int, int], processor: Spa3RImageProcessor
 ) -> np.ndarray:
     """Pixel intrinsics ``[3, 3]`` of an image of ``image_size`` (W, H) -> those of ``processor.resize_frame``'s output.
 
-    The processor scales x by ``target_width / W`` and y by ``resized_height / H`` (the height is rounded to
-    whole patches, so the two scales differ slightly), then centre-crops rows to ``max_height``.
+    The processor scales x by ``new_width / W`` and y by ``new_height / H`` (the two differ slightly: the new height
+    is rounded or truncated to whole pixels or patches), then crops (:meth:`Spa3RImageProcessor.crop_box`).
     """
     width, height = image_size
     matrix = np.asarray(intrinsics, dtype=np.float64)
     if matrix.shape != (3, 3):
         raise ValueError(f"expected intrinsics of shape (3, 3), got {matrix.shape}")
     new_width, new_height = processor.output_size(width, height)
-    top = (new_height - processor.max_height) // 2 if new_height > processor.max_height else 0
-    affine = np.array([[new_width / width, 0.0, 0.0], [0.0, new_height / height, -float(top)], [0.0, 0.0, 1.0]])
+    left, top, _, _ = processor.crop_box(width, height)
+    affine = np.array(
+        [[new_width / width, 0.0, -float(left)], [0.0, new_height / height, -float(top)], [0.0, 0.0, 1.0]]
+    )
     return affine @ matrix
 
 
@@ -417,7 +431,7 @@ class ScanNetScenes(Sequence):
         split: ScanNet++: ``"train"`` (default) or ``"val"`` (``splits/nvs_sem_<split>.txt``). ScanNet: None (every
             ``scene*`` folder, as the reference), ``"train"``/``"val"`` (``<root>/scannetv2_<split>.txt``, the
             benchmark lists; keep VSI-Bench's ScanNet val scenes out of pre-training) or a path to a list file.
-        target_width: output width of the frames (height follows the aspect ratio, in whole 14-px patches).
+        target_width: output width of the frames (height follows the aspect ratio, cropped to whole 14-px patches).
         load_poses: ``"auto"`` (cameras if every scene has them, none if no scene has them, error if mixed),
             True (every scene must have cameras) or False (rows carry ``extrinsics = intrinsics = None``).
         skip_bad_scenes: drop scenes failing index-time checks (no frames, unreadable listing or first frame,
@@ -425,7 +439,8 @@ class ScanNetScenes(Sequence):
         skip_bad_frames: drop frames whose pose is missing or non-finite (reads every pose while indexing; use
             ``cache_dir`` to do it once); logged and kept in ``skipped_frames``.
         cache_dir: optional folder for a JSON copy of the index (never the dataset root).
-        image_processor: the geometry preprocessing; default ``Spa3RImageProcessor(target_width=target_width)``.
+        image_processor: the geometry preprocessing; default :func:`pretraining_image_processor` (the reference's
+            PSFM transform: 640x480 frames become 518x378).
         rebuild_index: ignore the in-memory and ``cache_dir`` indices and scan the folders again.
 
     Frames of one scene must all have frame 0's size; this is checked as frames are decoded (the index only
@@ -457,7 +472,7 @@ class ScanNetScenes(Sequence):
         if layout == "scannetpp" and split is None:
             split = "train"
         if image_processor is None:
-            image_processor = Spa3RImageProcessor(target_width=target_width)
+            image_processor = pretraining_image_processor(target_width)
         elif image_processor.target_width != target_width:
             raise ValueError(
                 f"target_width={target_width} disagrees with image_processor.target_width="

@@ -12,8 +12,9 @@ An annotation file is a JSON list (``.json``) or one JSON object per line (``.js
 
 Media paths are relative to ``media_root`` (absolute paths are used as they are). As in the reference
 (``LazySupervisedDataset``): the single ``<video>`` placeholder of the human turns becomes N ``image``
-entries, N = the sampled frames (``spa3_vlm.video.load_video_frames(path, num_frames)``: uniform
-``linspace`` indices over a video file or a naturally sorted frame directory); an image list under one
+entries, N = the sampled frames (``spa3_vlm.video.load_video_frames(path, N)``: uniform
+``linspace`` indices over a video file or a naturally sorted frame directory), with N by the reference's rule
+``clamp(round(duration / 2 s), 4, 8)`` unless ``num_frames`` fixes it (:class:`FrameRule`); an image list under one
 ``<video>`` placeholder is subsampled the same way, and ``<image>`` placeholders take one image each.
 ``"<image>\\n"`` counts as ``"<image>"``. A record with media but no placeholder gets its images at the
 start of its first human turn (TRL's convention). Roles: human -> user, gpt -> assistant, system -> system.
@@ -105,6 +106,7 @@ class _Plan:
     expand_video: bool  # one <video> placeholder (or none) stands for all the frames
     turns: list[tuple[str, list]] = field(default_factory=list)  # role, content with ("slot", k) markers
     signature: list = field(default_factory=list)  # (path, size, mtime) of every media file, for the cache
+    num_frames: int = 0  # frames to sample from a video (file or directory)
 
 
 def _resolve(media_root: str, path: Any, where: str) -> str:
@@ -131,7 +133,7 @@ def _split_placeholders(text: str) -> list:
     return pieces
 
 
-def _plan_record(record: dict, index: int, media_root: str, num_frames: int) -> _Plan:
+def _plan_record(record: dict, index: int, media_root: str, frames: "FrameRule") -> _Plan:
     from ..processing_spa3_vlm import list_image_files, sample_frame_indices
 
     record_id = str(record["id"])
@@ -176,7 +178,7 @@ def _plan_record(record: dict, index: int, media_root: str, num_frames: int) -> 
         raise ValueError(f"{where}: has both 'video' and 'images'; expected one of them")
     placeholders = [p for value in user_texts for p in _PLACEHOLDER.findall(value)]
     num_video, num_image = placeholders.count("<video>"), placeholders.count("<image>")
-    signature = []
+    signature, num_frames = [], 0
     if has_video:
         media = record["video"]
         path = _resolve(media_root, media, where)
@@ -196,6 +198,10 @@ def _plan_record(record: dict, index: int, media_root: str, num_frames: int) -> 
                 f"got {num_video} <video> and {num_image} <image>"
             )
         kind, paths, expand = "video", [path], True
+        try:
+            num_frames = frames.for_video(path)
+        except (ValueError, OSError) as error:
+            raise ValueError(f"{where}: cannot read {path}: {error}") from None
     elif has_images:
         media = record.get("images", record.get("image"))
         listed = [media] if isinstance(media, str) else media
@@ -206,7 +212,7 @@ def _plan_record(record: dict, index: int, media_root: str, num_frames: int) -> 
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"{where}: image file not found: {path}")
         if num_video == 1 and num_image == 0:
-            paths, expand = [paths[i] for i in sample_frame_indices(len(paths), num_frames)], True
+            paths, expand = [paths[i] for i in sample_frame_indices(len(paths), frames.image_list_cap)], True
         elif num_video == 0 and num_image in (0, len(paths)):
             expand = num_image == 0
         else:
@@ -241,7 +247,7 @@ def _plan_record(record: dict, index: int, media_root: str, num_frames: int) -> 
             else:
                 content.append({"type": "text", "text": piece})
         content_turns.append((role, content))
-    return _Plan(record_id, question_type, media, kind, paths, expand, content_turns, signature)
+    return _Plan(record_id, question_type, media, kind, paths, expand, content_turns, signature, num_frames)
 
 
 def _fill(plan: _Plan, images: list) -> list[dict]:
@@ -259,7 +265,7 @@ def _fill(plan: _Plan, images: list) -> list[dict]:
     return messages
 
 
-def _rows(plans: list[_Plan], num_frames: int):
+def _rows(plans: list[_Plan]):
     import PIL.Image
 
     from ..video import load_video_frames
@@ -268,7 +274,7 @@ def _rows(plans: list[_Plan], num_frames: int):
         where = f"record {plan.record_id!r}"
         if plan.kind == "video":
             try:
-                images = load_video_frames(plan.paths[0], num_frames)
+                images = load_video_frames(plan.paths[0], plan.num_frames)
             except (ValueError, OSError) as error:
                 raise ValueError(f"{where}: cannot read frames of {plan.paths[0]}: {error}") from error
         else:
@@ -307,11 +313,48 @@ def vsi590k_features():
     )
 
 
+@dataclass(frozen=True)
+class FrameRule:
+    """How many frames a record's video gives: ``num_frames`` fixed, or (``None``) the reference's rule
+    ``clamp(round(duration / seconds_per_frame), min_frames, max_frames)`` (a frame directory counts as 1 fps).
+    An image list under one ``<video>`` placeholder is subsampled to at most ``num_frames`` / ``max_frames``."""
+
+    num_frames: Optional[int] = None
+    min_frames: int = 4
+    max_frames: int = 8
+    seconds_per_frame: float = 2.0
+
+    def __post_init__(self):
+        for name in ("min_frames", "max_frames") + (("num_frames",) if self.num_frames is not None else ()):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.max_frames < self.min_frames:
+            raise ValueError(f"max_frames ({self.max_frames}) must be >= min_frames ({self.min_frames})")
+        if isinstance(self.seconds_per_frame, bool) or not self.seconds_per_frame > 0:
+            raise ValueError(f"seconds_per_frame must be > 0, got {self.seconds_per_frame!r}")
+
+    @property
+    def image_list_cap(self) -> int:
+        return self.num_frames if self.num_frames is not None else self.max_frames
+
+    def for_video(self, path: str) -> int:
+        from ..video import reference_frame_count, video_duration_seconds
+
+        if self.num_frames is not None:
+            return self.num_frames
+        duration = video_duration_seconds(path)
+        return reference_frame_count(duration, self.seconds_per_frame, self.min_frames, self.max_frames)
+
+
 def load_vsi590k(
     annotation_path: str | os.PathLike,
     media_root: str | os.PathLike,
-    num_frames: int = 8,
+    num_frames: Optional[int] = None,
     *,
+    min_frames: int = 4,
+    max_frames: int = 8,
+    seconds_per_frame: float = 2.0,
     cache_dir: Optional[str] = None,
 ):
     """VSI-590K-format annotations as a ``datasets.Dataset`` of TRL ``messages`` + ``images`` (module doc).
@@ -319,9 +362,12 @@ def load_vsi590k(
     Args:
         annotation_path: a ``.json`` list or ``.jsonl`` file of records.
         media_root: directory the records' ``video`` / ``images`` paths are relative to.
-        num_frames: frames sampled per video (uniformly); also the cap for an image list under ``<video>``.
+        num_frames: frames sampled per video (uniformly); ``None`` (default) follows the reference:
+            ``clamp(round(duration / seconds_per_frame), min_frames, max_frames)`` = ``clamp(round(duration / 2 s),
+            4, 8)``, a frame directory counting as 1 fps. Also the cap (else ``max_frames``) for an image list under
+            ``<video>``.
         cache_dir: where ``datasets`` writes the Arrow cache (default under ``HF_HOME``). The cache key covers
-            the annotation file's content, the media files' sizes and modification times and ``num_frames``.
+            the annotation file's content, the media files' sizes and modification times and the frame rule.
 
     Raises:
         FileNotFoundError: the annotation file or a record's media is missing (names the record and path).
@@ -330,25 +376,25 @@ def load_vsi590k(
     """
     import datasets
 
-    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
-        raise ValueError(f"num_frames must be a positive int, got {num_frames!r}")
+    frames = FrameRule(num_frames, min_frames, max_frames, seconds_per_frame)
     media_root = os.path.abspath(os.fspath(media_root))
     if not os.path.isdir(media_root):
         raise FileNotFoundError(f"media_root is not a directory: {media_root}")
     records = read_vsi590k_annotations(annotation_path)
     if not records:
         raise ValueError(f"{os.fspath(annotation_path)} holds no records")
-    plans = [_plan_record(record, index, media_root, num_frames) for index, record in enumerate(records)]
+    plans = [_plan_record(record, index, media_root, frames) for index, record in enumerate(records)]
 
     digest = hashlib.sha256()
     with open(annotation_path, "rb") as handle:
         digest.update(handle.read())
-    digest.update(json.dumps([VSI590K_FORMAT_VERSION, media_root, num_frames, [p.signature for p in plans]]).encode())
+    rule = [frames.num_frames, frames.min_frames, frames.max_frames, frames.seconds_per_frame]
+    digest.update(json.dumps([VSI590K_FORMAT_VERSION, media_root, rule, [p.signature for p in plans]]).encode())
     try:
         return datasets.Dataset.from_generator(
             _rows,
             features=vsi590k_features(),
-            gen_kwargs={"plans": plans, "num_frames": num_frames},
+            gen_kwargs={"plans": plans},
             cache_dir=cache_dir,
             fingerprint=f"vsi590k-{digest.hexdigest()[:32]}",
         )
