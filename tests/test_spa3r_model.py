@@ -516,3 +516,54 @@ def test_plucker_ray_encoding_extends_the_camera_frame_rays(tiny_config):
     assert torch.allclose(*same, atol=1e-6)
     with pytest.raises(ValueError, match="ray_encoding must be one of"):
         Spa3RConfig(ray_encoding="world")
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients(tiny_config):
+    """`activation_checkpointing_enable()` (transformers' API) recomputes every Transformer block in the backward pass:
+    the blocks run twice, and loss and gradients are those of the plain pass, for Spa3R and for VGGT training."""
+    from spa3_vlm.modeling_common import Block
+    from spa3_vlm.training.geometry_teacher import VGGTForGeometryTraining
+
+    config = Spa3RConfig.from_dict({**tiny_config.to_dict(), "pose_source": "dataset", "semantic_teacher_config": None})
+    torch.manual_seed(0)
+    spa3r = Spa3RForFieldPrediction(config).train()
+    extrinsics = torch.eye(4).repeat(1, 3, 1, 1)
+    extrinsics[0, 1:, 0, 3] = torch.tensor([0.4, -0.3])
+    intrinsics = torch.tensor([[60.0, 0, 42], [0, 60, 28], [0, 0, 1]]).repeat(1, 3, 1, 1)
+    spa3r_inputs = dict(pixel_values=images(batch=1, views=3), extrinsics=extrinsics, intrinsics=intrinsics,
+                        view_mask=torch.tensor([[False, True, False]]))  # fmt: skip
+
+    vggt_config = AutoConfig.from_pretrained("hub_configs/vggt-tiny-synthrooms")
+    torch.manual_seed(0)
+    vggt = VGGTForGeometryTraining(vggt_config).train()
+    vggt_inputs = dict(
+        pixel_values=images(batch=1, views=2, height=84, width=112), depth=1 + torch.rand(1, 2, 84, 112),
+        extrinsics=torch.eye(4).repeat(1, 2, 1, 1), intrinsics=torch.tensor([[80.0, 0, 56], [0, 80, 42], [0, 0, 1]]).repeat(1, 2, 1, 1),
+    )  # fmt: skip
+
+    for model, inputs in ((spa3r, spa3r_inputs), (vggt, vggt_inputs)):
+        calls = []
+        # Count the trained blocks' attention calls: a recomputed block calls its attention again (the block's own hooks
+        # stay outside the checkpoint, by transformers' design). Frozen blocks (Spa3R's VGGT, under no_grad) are not
+        # checkpointed: they keep no activations for a backward pass.
+        trained = [m for m in model.modules() if isinstance(m, Block) and any(p.requires_grad for p in m.parameters())]
+        hooks = [m.attn.register_forward_pre_hook(lambda *a: calls.append(1)) for m in trained]
+
+        def step():
+            model.zero_grad(set_to_none=True)
+            calls.clear()
+            loss = model(**inputs).loss
+            loss.backward()
+            grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+            return loss.detach(), grads, len(calls)
+
+        plain_loss, plain_grads, plain_calls = step()
+        model.activation_checkpointing_enable()
+        loss, grads, checkpointed_calls = step()
+        model.activation_checkpointing_disable()
+        for hook in hooks:
+            hook.remove()
+        assert plain_calls > 0 and checkpointed_calls == 2 * plain_calls, type(model).__name__
+        assert torch.equal(loss, plain_loss) and grads.keys() == plain_grads.keys() and len(grads) > 10
+        for name, grad in grads.items():
+            torch.testing.assert_close(grad, plain_grads[name], rtol=1e-5, atol=1e-7, msg=name)

@@ -16,6 +16,7 @@ from typing import Optional, Protocol
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 
 class Mlp(nn.Module):
@@ -161,11 +162,13 @@ class Attention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(batch, out.shape[2], dim))
 
 
-class Block(nn.Module):
+class Block(GradientCheckpointingLayer):
     """Pre-norm Transformer block: ``x + ls1(attn(norm1(x))) ; x + ls2(mlp(norm2(x)))``.
 
     With ``query_rows`` (a contiguous slice) only those rows are computed and returned: what a last
     block needs when the rows after it are discarded anyway (they still act as keys and values).
+    ``model.activation_checkpointing_enable()`` recomputes each block in the backward pass instead of keeping
+    its activations (transformers' ``GradientCheckpointingLayer``; off by default and in eval mode).
     """
 
     def __init__(

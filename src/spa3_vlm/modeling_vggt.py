@@ -329,6 +329,7 @@ class VGGTPreTrainedModel(RefuseMostlyMissingWeights, PreTrainedModel):
     main_input_name = "pixel_values"
     _no_split_modules = ["Block"]
     _supports_sdpa = True
+    supports_gradient_checkpointing = True
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
