@@ -377,3 +377,44 @@ def test_readme_main_job_baselines_are_what_the_code_computes_for_seed_0(tmp_pat
     for (head, metric), (context_mean, nearest) in quoted.items():
         assert results[head]["context_mean"][metric] == pytest.approx(context_mean, abs=5.1e-5), (head, metric)
         assert results[head]["nearest_view"][metric] == pytest.approx(nearest, abs=5.1e-5), (head, metric)
+
+
+def test_checkpoints_can_leave_out_the_frozen_teachers_and_still_resume_exactly(tmp_path):
+    """With checkpoint_teachers=False the Trainer's checkpoints hold the trained parts only (the teachers come from
+    their sources again when a run resumes), resuming reaches the uninterrupted weights bit for bit, save_model still
+    writes the whole model, and a checkpoint missing a trained tensor is refused by name."""
+    from safetensors.torch import load_file, save_file
+
+    from spa3_vlm.training.psfm import frozen_teacher_keys
+    from spa3_vlm.training.teachers import load_pretrained_teachers
+
+    def trainer(output, steps):
+        run = psfm_trainer(output, steps)
+        run.model.config.semantic_teacher_name_or_path = None  # psfm_trainer builds no semantic teacher
+        load_pretrained_teachers(run.model, root=REPO)  # the shipped tiny VGGT named by the config
+        run.checkpoint_teachers = False
+        return run
+
+    straight = trainer(tmp_path / "straight", 4)
+    straight.train()
+    teachers = frozen_teacher_keys(straight.model)
+    assert teachers and all(k.startswith("spa3r.backbone.") for k in teachers)
+    saved = load_file(tmp_path / "straight" / "checkpoint-2" / "model.safetensors")
+    assert not teachers & set(saved) and set(saved) == set(straight.model.state_dict()) - teachers
+    straight.save_model(str(tmp_path / "release"))
+    assert teachers <= set(load_file(tmp_path / "release" / "model.safetensors"))  # self-contained release
+
+    import shutil
+
+    shutil.copytree(tmp_path / "straight" / "checkpoint-2", tmp_path / "resumed" / "checkpoint-2")  # as if killed
+    resumed = trainer(tmp_path / "resumed", 4)
+    resumed.train(resume_from_checkpoint=True)
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+    weights = tmp_path / "resumed" / "checkpoint-2" / "model.safetensors"
+    state = load_file(weights)
+    dropped = sorted(k for k in state if k.startswith("spa3r.encoder."))[0]
+    save_file({k: v for k, v in state.items() if k != dropped}, weights, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=rf"the checkpoint does not fit this model: missing \['{re.escape(dropped)}'\]"):
+        trainer(tmp_path / "resumed", 4).train(resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoint-2"))

@@ -230,6 +230,8 @@ def main(argv=None) -> dict:
         data_collator=collator,
         muon=optim_args.muon,
         muon_momentum=optim_args.muon_momentum,
+        # Teachers loaded from their sources are loaded again on resume: checkpoints need not carry them.
+        checkpoint_teachers=not (model_args.load_teacher_weights and model_args.model_name_or_path is None),
     )
     train_resuming(trainer)  # picks up an interrupted run automatically
     trainer.save_model(training_args.output_dir)  # config + safetensors + model code: AutoModel loads it

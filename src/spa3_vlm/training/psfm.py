@@ -13,6 +13,7 @@ from typing import Optional
 
 import torch
 from transformers import Trainer
+from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 logger = logging.getLogger(__name__)
@@ -115,6 +116,19 @@ def train_resuming(trainer: Trainer):
     return trainer.train(resume_from_checkpoint=resume)
 
 
+# The frozen teachers inside Spa3RForFieldPrediction: state-dict prefix -> the config field naming their source.
+TEACHER_SOURCES = {"spa3r.backbone.": "vggt_name_or_path", "semantic_teacher.": "semantic_teacher_name_or_path"}
+
+
+def frozen_teacher_keys(model) -> set[str]:
+    """State-dict keys of the frozen teachers whose source the config names (Spa3R's VGGT backbone, the semantic
+    teacher): what a checkpoint can leave out, as a resumed run loads them from there again
+    (``PSFMTrainer(checkpoint_teachers=False)``)."""
+    config = getattr(model, "config", None)
+    prefixes = tuple(prefix for prefix, field in TEACHER_SOURCES.items() if getattr(config, field, None))
+    return {key for key in model.state_dict() if prefixes and key.startswith(prefixes)}
+
+
 def field_model_inputs(model, batch: dict) -> dict:
     """The entries of a PSFM batch that ``model`` reads. Batches carry the dataset cameras for every model (the field
     evaluation's nearest-view baseline needs them); a model that takes its cameras from the backbone
@@ -131,14 +145,22 @@ class PSFMTrainer(Trainer):
     - resumes only from checkpoints it can read back whole (:func:`checkpoint_problem`):
       ``train(resume_from_checkpoint=True)`` takes the newest, removes newer ones that a kill cut short while saving,
       and refuses (naming the file) a newer one that lost or damaged a file after it was saved;
+    - with ``checkpoint_teachers=False``, writes checkpoints without the frozen teachers (VGGT-1B and DINOv3 are
+      ~1.5 B parameters the run never changes; the model that built the trainer loaded them from their sources and
+      a resume builds it the same way), while ``save_model`` still writes the whole, self-contained model; resuming
+      checks that only teacher tensors are missing;
     - excludes biases, norms, register tokens and query embeddings from weight decay;
     - with ``muon=True``, trains the Transformer blocks' weight matrices with Muon and the rest with AdamW
       (:class:`~spa3_vlm.training.optim.MuonWithAdamW`; AdamW takes ``--adam_beta1/2``, ``--adam_epsilon``).
     """
 
-    def __init__(self, *args, muon: bool = False, muon_momentum: float = 0.95, **kwargs):
+    def __init__(
+        self, *args, muon: bool = False, muon_momentum: float = 0.95, checkpoint_teachers: bool = True, **kwargs
+    ):
         self.muon = muon
         self.muon_momentum = muon_momentum
+        self.checkpoint_teachers = checkpoint_teachers
+        self._saving_checkpoint = False
         super().__init__(*args, **kwargs)
         self._loss_sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
         self._loss_counts = 0
@@ -158,6 +180,48 @@ class PSFMTrainer(Trainer):
             self._loss_sums.clear()
             self._loss_counts = 0
         super().log(logs, start_time)
+
+    # ---------------------------------------------------------------------------------------- checkpoints
+
+    def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
+        # The Trainer's own checkpoint saves pass _internal_call=True; a user's save_model writes the whole model.
+        self._saving_checkpoint = _internal_call
+        try:
+            super().save_model(output_dir, _internal_call=_internal_call)
+        finally:
+            self._saving_checkpoint = False
+
+    def _save(self, output_dir: Optional[str] = None, state_dict: Optional[dict] = None) -> None:
+        if not self._saving_checkpoint:
+            return super()._save(output_dir, state_dict=state_dict)
+        # Checkpoints keep the model's own tensor names (save_original_format=False): the Trainer resumes with a plain
+        # load_state_dict, which does not undo transformers' renaming to a Hub layout (DINOv3 renames its layers), so
+        # a renamed checkpoint silently resumed nothing (it only logged missing and unexpected keys).
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        if state_dict is None:
+            state_dict = model.state_dict()
+            if not self.checkpoint_teachers:
+                teachers = frozen_teacher_keys(model)
+                state_dict = {k: v for k, v in state_dict.items() if k not in teachers}
+        model.save_pretrained(output_dir, state_dict=state_dict, save_original_format=False)
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    def _issue_warnings_after_load(self, load_result) -> None:
+        """Resuming: a checkpoint without the frozen teachers is expected (they were loaded from their sources when
+        the model was built); any other missing or unexpected tensor is an error, not a log line."""
+        teachers = frozen_teacher_keys(self.model)
+        missing = sorted(set(load_result.missing_keys) - teachers)
+        if missing or load_result.unexpected_keys:
+            raise ValueError(
+                f"the checkpoint does not fit this model: missing {missing[:8]}, unexpected "
+                f"{sorted(load_result.unexpected_keys)[:8]}"
+            )
+        if load_result.missing_keys:
+            logger.info("resumed without the frozen teachers' %d tensors (kept from their sources)", len(load_result.missing_keys))
 
     def create_optimizer(self, model=None):
         if not self.muon:

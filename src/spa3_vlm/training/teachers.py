@@ -75,6 +75,12 @@ def load_pretrained_teachers(model, root: Optional[str] = None) -> ConversionRep
     if config.semantic_teacher_name_or_path:
         from transformers import AutoConfig, AutoModel
 
+        if config.semantic_teacher_config is None:
+            raise ValueError(
+                f"semantic_teacher_name_or_path is {config.semantic_teacher_name_or_path!r} but semantic_teacher_config "
+                "is None: the model has no semantic teacher to load it into (set both, or neither)"
+            )
+
         path = resolve_teacher_path(config.semantic_teacher_name_or_path, root)
         if os.path.isdir(path):
             expected = AutoConfig.for_model(**config.semantic_teacher_config)
