@@ -311,8 +311,9 @@ def test_two_cpu_processes_train_with_accelerate(tmp_path):
 
 
 def test_reference_recipe_json_gives_the_reference_optimizer_and_schedule():
-    """hub_configs/spa3r-base/pretrain_scannet.json: the reference's AdamW and per-step cosine to 2e-4 over 80k
-    steps without warm-up (CosineAnnealingLR), clipping 1.0, 4-12 ScanNet views 2-6 frames apart."""
+    """hub_configs/spa3r-base/pretrain_reference.json: the reference's AdamW and per-step cosine to 2e-4 over 80k
+    steps without warm-up (CosineAnnealingLR), clipping 1.0, 4-12 views of ScanNet (2-6 frames apart) and ScanNet++
+    (20-60 frames apart) mixed."""
     sys.path.insert(0, os.path.join(REPO, "train"))
     try:
         import pretrain_psfm
@@ -321,14 +322,16 @@ def test_reference_recipe_json_gives_the_reference_optimizer_and_schedule():
     from transformers import HfArgumentParser
     from transformers.optimization import get_scheduler
 
-    with open(os.path.join(REPO, "hub_configs", "spa3r-base", "pretrain_scannet.json")) as handle:
+    with open(os.path.join(REPO, "hub_configs", "spa3r-base", "pretrain_reference.json")) as handle:
         recipe = json.load(handle)
     assert recipe["bf16"] is True  # GPU recipe; parsed here on CPU without it
     recipe["bf16"] = False
     parser = HfArgumentParser((pretrain_psfm.ModelArguments, pretrain_psfm.DataArguments, pretrain_psfm.OptimizerArguments, TrainingArguments))
     model_args, data_args, optim_args, args = parser.parse_dict(recipe)
     assert model_args.config_name == "hub_configs/spa3r-base" and not optim_args.muon
-    assert (data_args.dataset, data_args.min_views, data_args.max_views, data_args.min_interval, data_args.max_interval) == ("scannet", 4, 12, 2, 6)
+    assert (data_args.dataset, data_args.min_views, data_args.max_views) == ("scannet,scannetpp", 4, 12)
+    assert pretrain_psfm.dataset_sources(data_args) == ["scannet", "scannetpp"] and len(pretrain_psfm.data_roots(data_args)) == 2
+    assert [pretrain_psfm.source_interval(data_args, s) for s in ("scannet", "scannetpp")] == [(2, 6), (20, 60)]
     assert args.optim == "adamw_torch" and (args.learning_rate, args.weight_decay, args.adam_beta1, args.adam_beta2) == (2e-3, 1e-4, 0.9, 0.999)
     assert args.max_grad_norm == 1.0 and args.warmup_steps == 0 and args.max_steps == 80000
 

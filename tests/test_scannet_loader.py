@@ -531,3 +531,76 @@ def test_training_script_skips_bad_scenes_only_when_asked(scannet_root, caplog):
         scenes = pretrain_psfm.build_scenes(lenient, "train", 0)
     assert scenes.scene_ids == ["scene0000_00", "scene0001_00"]
     assert "skipped 1 of 3 scenes that failed validation" in caplog.text
+
+
+def test_the_reference_recipe_mixes_scannet_and_scannetpp_and_trains(tmp_path):
+    """hub_configs/spa3r-base/pretrain_reference.json with the data roots pointed at tiny ScanNet and ScanNet++
+    folders: one PSFMDataset per source with the reference's frame steps (2-6 and 20-60), joined; batches mix
+    518x378 and 518x336 frames, centre-cropped to the smaller as the reference's collate does; the Trainer built from
+    the recipe's arguments takes a step."""
+    import json
+    import sys
+
+    from transformers import AutoConfig, HfArgumentParser, TrainingArguments
+
+    from spa3_vlm import Spa3RForFieldPrediction
+    from spa3_vlm.data.psfm import PSFMCollator
+    from spa3_vlm.training.psfm import PSFMTrainer
+
+    repo = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(repo / "train"))
+    try:
+        import pretrain_psfm
+    finally:
+        sys.path.pop(0)
+    scannet = tmp_path / "scannet"
+    make_scannet_scene(scannet, "scene0000_00", 16)
+    scannetpp = make_scannetpp(tmp_path / "scannetpp", {"a1": list(range(0, 400, 5))}, {}, with_cameras=("a1",))
+    recipe = json.loads((repo / "hub_configs" / "spa3r-base" / "pretrain_reference.json").read_text())
+    recipe.update(data_root=f"{scannet},{scannetpp}", bf16=False, output_dir=str(tmp_path / "run"), use_cpu=True,
+                  max_steps=1, min_views=2, max_views=3, dataloader_num_workers=0)  # fmt: skip
+    parser = HfArgumentParser((pretrain_psfm.ModelArguments, pretrain_psfm.DataArguments, pretrain_psfm.OptimizerArguments, TrainingArguments))
+    _, data_args, _, training_args = parser.parse_dict(recipe)
+    assert pretrain_psfm.flag_problems(data_args, pretrain_psfm.OptimizerArguments(), training_args) == []
+
+    train_set = pretrain_psfm.build_train_dataset(data_args, seed=0)
+    assert isinstance(train_set, torch.utils.data.ConcatDataset)
+    assert [d.interval for d in train_set.datasets] == [(2, 6), (20, 60)]
+    sizes = {tuple(train_set[i]["pixel_values"].shape[-2:]) for i in range(len(train_set))}
+    assert sizes == {(378, 518), (336, 518)}  # ScanNet 64x48 frames, ScanNet++ 72x48 frames
+    batch = PSFMCollator(14)([train_set[0], train_set[len(train_set) - 1]])
+    assert batch["pixel_values"].shape[-2:] == (336, 518)
+
+    config = AutoConfig.from_pretrained(repo / "hub_configs" / "spa3r-tiny-synthrooms", semantic_teacher_config=None,
+                                        semantic_teacher_name_or_path=None, target_heads={"geo": 128}, use_depth_probe=False,
+                                        loss_weights=None, smooth_l1_beta=None, depth_probe_target="backbone")  # fmt: skip
+    trainer = PSFMTrainer(model=Spa3RForFieldPrediction(config), args=training_args, train_dataset=train_set,
+                          data_collator=PSFMCollator(14, seed=0))  # fmt: skip
+    trainer.train()
+    assert trainer.state.global_step == 1 and type(trainer.optimizer.optimizer) is torch.optim.AdamW
+    assert trainer.lr_scheduler.lr_lambdas  # the recipe's cosine_with_min_lr
+
+
+@pytest.mark.parametrize(
+    "dataset, data_root, message",
+    [
+        ("scannet,imagenet", "a,b", "--dataset must be synthrooms, scannet, scannetpp or a comma-separated mix"),
+        ("synthrooms,scannet", "a", "--dataset mixes real sources only"),
+        ("scannet,scannet", "a,b", "--dataset must be synthrooms, scannet, scannetpp or a comma-separated mix"),
+        ("scannet,scannetpp", "ONE", "needs --data_root, an existing folder per source"),
+    ],
+)
+def test_a_bad_data_mix_is_refused_before_any_work(tmp_path, dataset, data_root, message):
+    import sys
+
+    from transformers import TrainingArguments
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
+    try:
+        import pretrain_psfm
+    finally:
+        sys.path.pop(0)
+    (tmp_path / "ONE").mkdir()
+    data = pretrain_psfm.DataArguments(dataset=dataset, data_root=str(tmp_path / data_root) if data_root == "ONE" else data_root)
+    problems = pretrain_psfm.flag_problems(data, pretrain_psfm.OptimizerArguments(), TrainingArguments(output_dir=str(tmp_path)))
+    assert any(message in problem for problem in problems), problems

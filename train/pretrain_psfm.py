@@ -7,8 +7,8 @@ the learned field on held-out scenes against two baselines, writes PCA figures a
 
     python train/pretrain_psfm.py --output_dir runs/spa3r-tiny
     python train/pretrain_psfm.py --config_overrides '{"pose_source": "backbone"}'   # the teacher's own cameras
-    python train/pretrain_psfm.py hub_configs/spa3r-base/pretrain_scannet.json        # the reference recipe (edit data_root)
-    accelerate launch --num_processes 8 train/pretrain_psfm.py --dataset scannet --data_root /data/scannet ...
+    python train/pretrain_psfm.py hub_configs/spa3r-base/pretrain_reference.json      # the reference recipe (edit data_root)
+    accelerate launch --num_processes 8 train/pretrain_psfm.py --dataset scannet,scannetpp --data_root /data/scannet,/data/scannetpp ...
 
 Every ``TrainingArguments`` flag works (``--max_steps``, ``--learning_rate``, ``--resume_from_checkpoint``, ...).
 """
@@ -66,8 +66,13 @@ class OptimizerArguments:
 
 @dataclass
 class DataArguments:
-    dataset: str = field(default="synthrooms", metadata={"help": "synthrooms | scannet | scannetpp"})
-    data_root: Optional[str] = field(default=None, metadata={"help": "Root folder of a real dataset."})
+    dataset: str = field(
+        default="synthrooms",
+        metadata={"help": "synthrooms | scannet | scannetpp, or a mix of real sources: scannet,scannetpp (the paper's)."},
+    )
+    data_root: Optional[str] = field(
+        default=None, metadata={"help": "Root folder of a real dataset; for a mix, one per source, comma-separated."}
+    )
     skip_bad_scenes: bool = field(
         default=False, metadata={"help": "Real data: drop (and log) scenes that fail validation instead of raising."}
     )
@@ -82,8 +87,15 @@ class DataArguments:
     image_width: int = field(default=112, metadata={"help": "SynthRooms image width (multiple of 14)."})
     min_views: int = field(default=4, metadata={"help": "Fewest views per sample."})
     max_views: int = field(default=6, metadata={"help": "Most views per sample (the paper: 4-12)."})
-    min_interval: int = field(default=1, metadata={"help": "Smallest frame step between sampled views."})
-    max_interval: int = field(default=2, metadata={"help": "Largest frame step (ScanNet: 2-6, ScanNet++: 20-60)."})
+    min_interval: Optional[int] = field(
+        default=None,
+        metadata={"help": "Smallest frame step between sampled views, for every source; default per source: SynthRooms 1, "
+                  "ScanNet 2, ScanNet++ 20 (the reference's)."},
+    )
+    max_interval: Optional[int] = field(
+        default=None,
+        metadata={"help": "Largest frame step, for every source; default per source: SynthRooms 2, ScanNet 6, ScanNet++ 60."},
+    )
     samples_per_scene: int = field(default=8, metadata={"help": "View sets drawn per scene and epoch."})
     data_seed_offset: int = field(default=0, metadata={"help": "Shifts SynthRooms scene seeds (other scenes)."})
     figure_path: Optional[str] = field(default=None, metadata={"help": "PCA figure path (default: output_dir/field_pca.png)."})
@@ -102,22 +114,59 @@ def flag_problems(data: DataArguments, optim: OptimizerArguments, training: Trai
     problems = training_flag_problems(training)
     if not 0 <= optim.muon_momentum < 1:
         problems.append(f"--muon_momentum must be in [0, 1), got {optim.muon_momentum}")
-    if data.dataset not in ("synthrooms", "scannet", "scannetpp"):
-        problems.append(f"--dataset must be synthrooms, scannet or scannetpp, got {data.dataset!r}")
-    elif data.dataset != "synthrooms" and not (data.data_root and os.path.isdir(data.data_root)):
-        problems.append(f"--dataset {data.dataset} needs --data_root, an existing folder; got {data.data_root!r}")
+    sources, roots = dataset_sources(data), data_roots(data)
+    unknown = [source for source in sources if source not in SOURCES]
+    if unknown or not sources or len(set(sources)) != len(sources):
+        problems.append(
+            f"--dataset must be synthrooms, scannet, scannetpp or a comma-separated mix of the real ones (each once), "
+            f"got {data.dataset!r}"
+        )
+    elif "synthrooms" in sources and len(sources) > 1:
+        problems.append(f"--dataset mixes real sources only (SynthRooms renders its own scenes), got {data.dataset!r}")
+    elif sources != ["synthrooms"]:
+        if len(roots) != len(sources) or not all(os.path.isdir(root) for root in roots):
+            problems.append(
+                f"--dataset {data.dataset} needs --data_root, an existing folder per source (comma-separated, same "
+                f"order); got {data.data_root!r}"
+            )
     problems += at_least(data, ["num_train_scenes", "frames_per_scene", "image_height", "image_width", "min_views",
-                                "min_interval", "samples_per_scene", "render_processes"], 1)
+                                "samples_per_scene", "render_processes"], 1)
     problems += at_least(data, ["num_eval_scenes", "cpu_threads"], 0)
     if data.max_views < data.min_views:
         problems.append(f"--max_views ({data.max_views}) must be >= --min_views ({data.min_views})")
-    if data.max_interval < data.min_interval:
-        problems.append(f"--max_interval ({data.max_interval}) must be >= --min_interval ({data.min_interval})")
+    if (data.min_interval is None) != (data.max_interval is None):
+        problems.append("--min_interval and --max_interval go together (or neither: each source's recommended steps)")
+    elif data.min_interval is not None:
+        if data.min_interval < 1:
+            problems.append(f"--min_interval must be >= 1, got {data.min_interval}")
+        if data.max_interval < data.min_interval:
+            problems.append(f"--max_interval ({data.max_interval}) must be >= --min_interval ({data.min_interval})")
     return problems
 
 
-def build_scenes(data: DataArguments, split: str, seed: int):
-    if data.dataset == "synthrooms":
+SOURCES = ("synthrooms", "scannet", "scannetpp")
+# Frame steps between sampled views when --min/max_interval are not given: the reference's for real data.
+DEFAULT_INTERVALS = {"synthrooms": (1, 2), "scannet": (2, 6), "scannetpp": (20, 60)}
+
+
+def dataset_sources(data: DataArguments) -> list[str]:
+    return [source.strip() for source in data.dataset.split(",") if source.strip()]
+
+
+def data_roots(data: DataArguments) -> list[str]:
+    return [root.strip() for root in (data.data_root or "").split(",") if root.strip()]
+
+
+def source_interval(data: DataArguments, source: str) -> tuple[int, int]:
+    if data.min_interval is not None:
+        return data.min_interval, data.max_interval
+    return DEFAULT_INTERVALS[source]
+
+
+def build_scenes(data: DataArguments, split: str, seed: int, source: Optional[str] = None, root: Optional[str] = None):
+    """The scenes of one source (default: the only one ``--dataset`` names)."""
+    source = source or dataset_sources(data)[0]
+    if source == "synthrooms":
         from spa3_vlm.data.synthrooms import load_synthrooms
 
         count = data.num_train_scenes if split == "train" else data.num_eval_scenes
@@ -129,20 +178,40 @@ def build_scenes(data: DataArguments, split: str, seed: int):
             split=split,
             num_proc=data.render_processes,
         )
-    if data.dataset in ("scannet", "scannetpp"):
+    if source in ("scannet", "scannetpp"):
         from spa3_vlm.data.scannet import ScanNetScenes
 
-        if data.data_root is None:
-            raise ValueError(f"--dataset {data.dataset} needs --data_root")
+        root = root or (data_roots(data) or [None])[0]
+        if root is None:
+            raise ValueError(f"--dataset {source} needs --data_root")
         return ScanNetScenes(
-            data.data_root,
-            layout=data.dataset,
-            split=None if data.dataset == "scannet" else split,
+            root,
+            layout=source,
+            split=None if source == "scannet" else split,
             skip_bad_scenes=data.skip_bad_scenes,
             skip_bad_frames=data.skip_bad_frames,
             cache_dir=data.index_cache_dir,
         )
-    raise ValueError(f"--dataset must be synthrooms, scannet or scannetpp, got {data.dataset!r}")
+    raise ValueError(f"--dataset must be synthrooms, scannet or scannetpp, got {source!r}")
+
+
+def build_train_dataset(data: DataArguments, seed: int):
+    """One ``PSFMDataset`` per source, each with its own frame steps, joined as the reference joins ScanNet and
+    ScanNet++ (``ConcatDataset``; the collator centre-crops a batch to its smallest frames, as the reference's)."""
+    sources = dataset_sources(data)
+    roots = data_roots(data) if sources != ["synthrooms"] else [None]
+    datasets = [
+        PSFMDataset(
+            build_scenes(data, "train", seed, source, root),
+            (data.min_views, data.max_views),
+            source_interval(data, source),
+            data.samples_per_scene,
+            seed,
+            cache_scenes=source == "synthrooms",
+        )
+        for source, root in zip(sources, roots)
+    ]
+    return datasets[0] if len(datasets) == 1 else torch.utils.data.ConcatDataset(datasets)
 
 
 def build_model(model_args: ModelArguments) -> Spa3RForFieldPrediction:
@@ -211,16 +280,7 @@ def main(argv=None) -> dict:
     if model.config.use_depth_probe:
         wanted.add(model.config.depth_probe_target)
     heads = [name for name in ("rgb", "metric_depth") if name in wanted]
-    views = (data_args.min_views, data_args.max_views)
-    interval = (data_args.min_interval, data_args.max_interval)
-    train_dataset = PSFMDataset(
-        build_scenes(data_args, "train", training_args.seed),
-        views,
-        interval,
-        data_args.samples_per_scene,
-        training_args.seed,
-        cache_scenes=data_args.dataset == "synthrooms",
-    )
+    train_dataset = build_train_dataset(data_args, training_args.seed)
     collator = PSFMCollator(model.config.patch_size, model.config.mask_ratio, tuple(heads), training_args.seed)
 
     trainer = PSFMTrainer(
@@ -246,7 +306,7 @@ def evaluate_held_out(model, data_args: DataArguments, collator: PSFMCollator, t
     """Field scores on held-out scenes (model vs both baselines) and the PCA figure."""
     scenes = build_scenes(data_args, "test", training_args.seed)
     # Fixed 6-view samples, half of them unseen (view 0 always seen), the same for every run.
-    dataset = PSFMDataset(scenes, (6, 6), (data_args.min_interval, data_args.max_interval), 2, seed=12345)
+    dataset = PSFMDataset(scenes, (6, 6), source_interval(data_args, dataset_sources(data_args)[0]), 2, seed=12345)
     eval_collator = PSFMCollator(collator.patch_size, 0.5, collator.field_targets, seed=12345)
     batches = [eval_collator([dataset[i] for i in range(start, min(start + 4, len(dataset)))]) for start in range(0, len(dataset), 4)]
     results = evaluate_field(model, batches)
