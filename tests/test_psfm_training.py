@@ -1,6 +1,7 @@
 """PSFM pre-training: view sampling, collation, resumable Trainer runs, multi-process runs, the main job."""
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -332,6 +333,7 @@ def test_reference_recipe_json_gives_the_reference_optimizer_and_schedule():
     assert (data_args.dataset, data_args.min_views, data_args.max_views) == ("scannet,scannetpp", 4, 12)
     assert pretrain_psfm.dataset_sources(data_args) == ["scannet", "scannetpp"] and len(pretrain_psfm.data_roots(data_args)) == 2
     assert [pretrain_psfm.source_interval(data_args, s) for s in ("scannet", "scannetpp")] == [(2, 6), (20, 60)]
+    assert data_args.images_per_batch == 24  # per GPU: 6 samples of 4 views ... 2 of 12, one view count per batch
     assert args.optim == "adamw_torch" and (args.learning_rate, args.weight_decay, args.adam_beta1, args.adam_beta2) == (2e-3, 1e-4, 0.9, 0.999)
     assert args.max_grad_norm == 1.0 and args.warmup_steps == 0 and args.max_steps == 80000
 
@@ -421,3 +423,42 @@ def test_checkpoints_can_leave_out_the_frozen_teachers_and_still_resume_exactly(
     save_file({k: v for k, v in state.items() if k != dropped}, weights, metadata={"format": "pt"})
     with pytest.raises(ValueError, match=rf"the checkpoint does not fit this model: missing \['{re.escape(dropped)}'\]"):
         trainer(tmp_path / "resumed", 4).train(resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoint-2"))
+
+
+def test_the_view_budget_batch_sampler_is_the_references_and_resumes_exactly(tmp_path):
+    """ViewBudgetBatchSampler: one view count per batch, images_per_batch // V samples, uniform view counts (not
+    biased low), deterministic per epoch; through PSFMTrainer every batch has that many views and a resumed run
+    reaches the uninterrupted weights bit for bit."""
+    import shutil
+    from collections import Counter
+
+    from spa3_vlm.data.psfm import ViewBudgetBatchSampler
+
+    sampler = ViewBudgetBatchSampler(100, num_views=(4, 12), images_per_batch=24, seed=0)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == math.ceil(100 / (sum(max(1, 24 // v) for v in range(4, 13)) / 9))
+    for batch in batches:
+        views = {v for _, v in batch}
+        assert len(views) == 1 and len(batch) == 24 // views.pop()
+    seen = Counter(index for batch in batches for index, _ in batch)
+    assert set(seen) <= set(range(100)) and len(seen) >= 90  # one pass over a shuffled order, refilled at the end
+    draws = Counter(batch[0][1] for epoch in range(40) for batch in (sampler.set_epoch(epoch) or list(sampler)))
+    assert set(draws) == set(range(4, 13)) and max(draws.values()) < 2 * min(draws.values())
+    sampler.set_epoch(3)
+    assert list(sampler) == list(sampler) and list(sampler) != batches
+
+    def trainer(output):
+        run = psfm_trainer(output, 4)
+        run.images_per_batch = 6  # views 2-4: 3 samples of 2 views, 2 of 3, or 1 of 4
+        return run
+
+    straight = trainer(tmp_path / "straight")
+    loader = straight.get_train_dataloader()
+    for batch in loader:
+        assert batch["pixel_values"].shape[0] == 6 // batch["pixel_values"].shape[1]
+    straight.train()
+    shutil.copytree(tmp_path / "straight" / "checkpoint-2", tmp_path / "resumed" / "checkpoint-2")
+    resumed = trainer(tmp_path / "resumed")
+    resumed.train(resume_from_checkpoint=True)
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name

@@ -565,6 +565,7 @@ def test_the_reference_recipe_mixes_scannet_and_scannetpp_and_trains(tmp_path):
 
     train_set = pretrain_psfm.build_train_dataset(data_args, seed=0)
     assert isinstance(train_set, torch.utils.data.ConcatDataset)
+    assert train_set[(len(train_set) - 1, 2)]["pixel_values"].shape[0] == 2  # the sampler's (index, views) form
     assert [d.interval for d in train_set.datasets] == [(2, 6), (20, 60)]
     sizes = {tuple(train_set[i]["pixel_values"].shape[-2:]) for i in range(len(train_set))}
     assert sizes == {(378, 518), (336, 518)}  # ScanNet 64x48 frames, ScanNet++ 72x48 frames
@@ -575,7 +576,9 @@ def test_the_reference_recipe_mixes_scannet_and_scannetpp_and_trains(tmp_path):
                                         semantic_teacher_name_or_path=None, target_heads={"geo": 128}, use_depth_probe=False,
                                         loss_weights=None, smooth_l1_beta=None, depth_probe_target="backbone")  # fmt: skip
     trainer = PSFMTrainer(model=Spa3RForFieldPrediction(config), args=training_args, train_dataset=train_set,
-                          data_collator=PSFMCollator(14, seed=0))  # fmt: skip
+                          data_collator=PSFMCollator(14, seed=0), images_per_batch=data_args.images_per_batch)  # fmt: skip
+    for batch in trainer.get_train_dataloader():  # 16 samples (2 scenes x 8 view sets): 24 // V of them per batch
+        assert batch["pixel_values"].shape[0] == 24 // batch["pixel_values"].shape[1]
     trainer.train()
     assert trainer.state.global_step == 1 and type(trainer.optimizer.optimizer) is torch.optim.AdamW
     assert trainer.lr_scheduler.lr_lambdas  # the recipe's cosine_with_min_lr

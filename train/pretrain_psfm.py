@@ -26,7 +26,7 @@ import torch
 from transformers import AutoConfig, HfArgumentParser, TrainingArguments, set_seed
 
 from spa3_vlm import Spa3RForFieldPrediction
-from spa3_vlm.data.psfm import PSFMCollator, PSFMDataset
+from spa3_vlm.data.psfm import ConcatPSFMDataset, PSFMCollator, PSFMDataset
 from spa3_vlm.training.field_eval import evaluate_field, field_pca_figure, format_field_table
 from spa3_vlm.training.flags import at_least, training_flag_problems
 from spa3_vlm.training.psfm import PSFMTrainer, field_model_inputs, train_resuming
@@ -97,6 +97,11 @@ class DataArguments:
         metadata={"help": "Largest frame step, for every source; default per source: SynthRooms 2, ScanNet 6, ScanNet++ 60."},
     )
     samples_per_scene: int = field(default=8, metadata={"help": "View sets drawn per scene and epoch."})
+    images_per_batch: Optional[int] = field(
+        default=None,
+        metadata={"help": "Per-device image budget: each batch draws one view count V and holds images_per_batch // V "
+                  "samples (the reference: 24). Default: per_device_train_batch_size samples, view counts per sample."},
+    )
     data_seed_offset: int = field(default=0, metadata={"help": "Shifts SynthRooms scene seeds (other scenes)."})
     figure_path: Optional[str] = field(default=None, metadata={"help": "PCA figure path (default: output_dir/field_pca.png)."})
     render_processes: int = field(default=2, metadata={"help": "SynthRooms: processes that render the scenes (once, cached)."})
@@ -134,6 +139,8 @@ def flag_problems(data: DataArguments, optim: OptimizerArguments, training: Trai
     problems += at_least(data, ["num_eval_scenes", "cpu_threads"], 0)
     if data.max_views < data.min_views:
         problems.append(f"--max_views ({data.max_views}) must be >= --min_views ({data.min_views})")
+    if data.images_per_batch is not None and data.images_per_batch < 1:
+        problems.append(f"--images_per_batch must be >= 1, got {data.images_per_batch}")
     if (data.min_interval is None) != (data.max_interval is None):
         problems.append("--min_interval and --max_interval go together (or neither: each source's recommended steps)")
     elif data.min_interval is not None:
@@ -197,7 +204,7 @@ def build_scenes(data: DataArguments, split: str, seed: int, source: Optional[st
 
 def build_train_dataset(data: DataArguments, seed: int):
     """One ``PSFMDataset`` per source, each with its own frame steps, joined as the reference joins ScanNet and
-    ScanNet++ (``ConcatDataset``; the collator centre-crops a batch to its smallest frames, as the reference's)."""
+    ScanNet++ (a ``ConcatDataset``; the collator centre-crops a batch to its smallest frames, as the reference's)."""
     sources = dataset_sources(data)
     roots = data_roots(data) if sources != ["synthrooms"] else [None]
     datasets = [
@@ -211,7 +218,7 @@ def build_train_dataset(data: DataArguments, seed: int):
         )
         for source, root in zip(sources, roots)
     ]
-    return datasets[0] if len(datasets) == 1 else torch.utils.data.ConcatDataset(datasets)
+    return datasets[0] if len(datasets) == 1 else ConcatPSFMDataset(datasets)
 
 
 def build_model(model_args: ModelArguments) -> Spa3RForFieldPrediction:
@@ -292,6 +299,7 @@ def main(argv=None) -> dict:
         muon_momentum=optim_args.muon_momentum,
         # Teachers loaded from their sources are loaded again on resume: checkpoints need not carry them.
         checkpoint_teachers=not (model_args.load_teacher_weights and model_args.model_name_or_path is None),
+        images_per_batch=data_args.images_per_batch,
     )
     train_resuming(trainer)  # picks up an interrupted run automatically
     trainer.save_model(training_args.output_dir)  # config + safetensors + model code: AutoModel loads it

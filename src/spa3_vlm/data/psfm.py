@@ -10,6 +10,9 @@ order, and a resumed run draws exactly the same views and masks as an uninterrup
 
 from __future__ import annotations
 
+import bisect
+import math
+
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -113,13 +116,18 @@ class PSFMDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.scenes) * self.samples_per_scene
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index) -> dict:
+        """``index``, or ``(index, num_views)`` as :class:`ViewBudgetBatchSampler` yields (the view count of the whole
+        batch, instead of one drawn for this sample)."""
+        index, batch_views = index if isinstance(index, tuple) else (index, None)
         if not 0 <= index < len(self):
             raise IndexError(f"sample index {index} out of range for {len(self)} samples")
         row = self._scene(index % len(self.scenes))
         scene = str(row.get("scene_id", index % len(self.scenes)))
         rng = np.random.default_rng([self.seed, index])
         num_views = int(rng.integers(self.num_views[0], self.num_views[1] + 1))
+        if batch_views is not None:
+            num_views = int(batch_views)
         frames = sample_strided_frames(len(row["images"]), num_views, self.interval, rng, scene)
         images = [_to_float_image(row["images"][i]) for i in frames]
         sizes = {tuple(image.shape[1:]) for image in images}
@@ -137,6 +145,64 @@ class PSFMDataset(torch.utils.data.Dataset):
         if "depths" in row and row["depths"] is not None:
             sample["depth"] = torch.stack([torch.as_tensor(np.asarray(row["depths"][i], dtype=np.float32)) for i in frames])
         return sample
+
+
+class ConcatPSFMDataset(torch.utils.data.ConcatDataset):
+    """``ConcatDataset`` of :class:`PSFMDataset` s (e.g. ScanNet and ScanNet++, each with its own frame steps) that
+    also takes the ``(index, num_views)`` form, as the reference's does."""
+
+    def __getitem__(self, index):
+        if not isinstance(index, tuple):
+            return super().__getitem__(index)
+        index, views = index
+        if not 0 <= index < len(self):
+            raise IndexError(f"sample index {index} out of range for {len(self)} samples")
+        part = bisect.bisect_right(self.cumulative_sizes, index)
+        start = self.cumulative_sizes[part - 1] if part > 0 else 0
+        return self.datasets[part][(index - start, views)]
+
+
+class ViewBudgetBatchSampler(torch.utils.data.Sampler):
+    """The reference's ``DynamicBatchSampler``: every batch draws one view count ``V`` from ``num_views`` and holds
+    ``max(1, images_per_batch // V)`` samples of ``V`` views each (24 images: 6 samples of 4 views ... 2 of 12), so
+    the view counts are not biased low (a per-sample draw cut to the batch minimum is). Yields lists of
+    ``(index, V)`` for :class:`PSFMDataset`.
+
+    Deterministic in ``(seed, epoch)`` (``set_epoch``, called by the Trainer), so a resumed run skips exactly the
+    batches it trained. An epoch has a fixed number of batches, ``ceil(num_samples / mean batch size)``; samples
+    come from a shuffled order that is refilled when used up (the reference stops when its sampler runs out, so its
+    epoch length varies; the Trainer plans steps from a fixed length).
+    """
+
+    def __init__(self, num_samples: int, num_views: tuple[int, int] = (4, 12), images_per_batch: int = 24, seed: int = 0):
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        self.num_views = _check_range("num_views", num_views, 1)
+        if images_per_batch < 1:
+            raise ValueError(f"images_per_batch must be >= 1, got {images_per_batch}")
+        self.num_samples, self.images_per_batch, self.seed, self.epoch = num_samples, images_per_batch, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def batch_size(self, views: int) -> int:
+        return max(1, self.images_per_batch // views)
+
+    def __len__(self) -> int:
+        low, high = self.num_views
+        mean_batch = sum(self.batch_size(v) for v in range(low, high + 1)) / (high - low + 1)
+        return math.ceil(self.num_samples / mean_batch)
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order: list[int] = []
+        for _ in range(len(self)):
+            views = int(rng.integers(self.num_views[0], self.num_views[1] + 1))
+            size = min(self.batch_size(views), self.num_samples)
+            while len(order) < size:
+                order += rng.permutation(self.num_samples).tolist()
+            batch, order = order[:size], order[size:]
+            yield [(index, views) for index in batch]
 
 
 def _center_crop(tensor: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, int, int]:

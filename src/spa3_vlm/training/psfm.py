@@ -129,6 +129,15 @@ def frozen_teacher_keys(model) -> set[str]:
     return {key for key in model.state_dict() if prefixes and key.startswith(prefixes)}
 
 
+def _dataset_view_range(dataset) -> tuple[int, int]:
+    """The view-count range of a ``PSFMDataset`` (or of a ``ConcatDataset`` of them, which must agree)."""
+    parts = getattr(dataset, "datasets", [dataset])
+    ranges = {tuple(part.num_views) for part in parts if hasattr(part, "num_views")}
+    if len(ranges) != 1:
+        raise ValueError(f"images_per_batch needs PSFMDataset(s) with one num_views range, got {sorted(ranges)}")
+    return ranges.pop()
+
+
 def field_model_inputs(model, batch: dict) -> dict:
     """The entries of a PSFM batch that ``model`` reads. Batches carry the dataset cameras for every model (the field
     evaluation's nearest-view baseline needs them); a model that takes its cameras from the backbone
@@ -155,11 +164,18 @@ class PSFMTrainer(Trainer):
     """
 
     def __init__(
-        self, *args, muon: bool = False, muon_momentum: float = 0.95, checkpoint_teachers: bool = True, **kwargs
+        self,
+        *args,
+        muon: bool = False,
+        muon_momentum: float = 0.95,
+        checkpoint_teachers: bool = True,
+        images_per_batch: Optional[int] = None,
+        **kwargs,
     ):
         self.muon = muon
         self.muon_momentum = muon_momentum
         self.checkpoint_teachers = checkpoint_teachers
+        self.images_per_batch = images_per_batch
         self._saving_checkpoint = False
         super().__init__(*args, **kwargs)
         self._loss_sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
@@ -180,6 +196,34 @@ class PSFMTrainer(Trainer):
             self._loss_sums.clear()
             self._loss_counts = 0
         super().log(logs, start_time)
+
+    def get_train_dataloader(self):
+        """With ``images_per_batch``, batches come from :class:`~spa3_vlm.data.psfm.ViewBudgetBatchSampler` (one view
+        count per batch, as many samples as the image budget allows; ``per_device_train_batch_size`` is not used);
+        otherwise the Trainer's own loader."""
+        if self.images_per_batch is None:
+            return super().get_train_dataloader()
+        from functools import partial
+
+        from torch.utils.data import DataLoader
+        from transformers.trainer_utils import seed_worker
+
+        from ..data.psfm import ViewBudgetBatchSampler
+
+        dataset = self.train_dataset
+        num_views = _dataset_view_range(dataset)
+        sampler = ViewBudgetBatchSampler(len(dataset), num_views, self.images_per_batch, seed=self.args.seed)
+        loader = DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+            persistent_workers=self.args.dataloader_persistent_workers,
+            prefetch_factor=self.args.dataloader_prefetch_factor,
+            worker_init_fn=partial(seed_worker, num_workers=self.args.dataloader_num_workers, rank=self.args.process_index),
+        )
+        return self.accelerator.prepare(loader)
 
     # ---------------------------------------------------------------------------------------- checkpoints
 
