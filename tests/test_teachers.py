@@ -289,3 +289,35 @@ def test_teacher_scripts_train_export_a_loadable_teacher_and_resume(tmp_path, ki
     retrained = model_class.from_pretrained(export)
     changed = any(not torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), retrained.state_dict().values()))
     assert changed
+
+
+def test_a_geometry_fine_tune_starts_from_a_teacher_and_runs_only_the_heads_it_trains(tmp_path):
+    """`--init_from` starts from a saved teacher (one step at a negligible learning rate leaves the shipped weights),
+    and heads whose loss weighs 0 are not run: a camera fine-tune computes no depth or point maps."""
+    from spa3_vlm.training.geometry_teacher import VGGTForGeometryTraining
+
+    shipped = VGGTModel.from_pretrained("hub_configs/vggt-tiny-synthrooms")
+    model = VGGTForGeometryTraining(shipped.config, loss_weights={"depth": 0, "points": 0})
+    runs = {"depth": 0, "points": 0}
+    model.vggt.depth_head.register_forward_hook(lambda *a: runs.__setitem__("depth", runs["depth"] + 1))
+    model.vggt.point_head.register_forward_hook(lambda *a: runs.__setitem__("points", runs["points"] + 1))
+    inputs = dict(
+        pixel_values=torch.rand(1, 2, 3, 84, 112), depth=1 + torch.rand(1, 2, 84, 112), extrinsics=torch.eye(4).repeat(1, 2, 1, 1),
+        intrinsics=torch.tensor([[80.0, 0, 56], [0, 80, 42], [0, 0, 1]]).repeat(1, 2, 1, 1),
+    )  # fmt: skip
+    assert sorted(model(**inputs).losses) == ["camera", "readout"] and runs == {"depth": 0, "points": 0}
+
+    script = import_train_script("train_geometry_teacher")
+    results = script.main([
+        "--output_dir", str(tmp_path / "run"), "--export_dir", str(tmp_path / "teacher"), *TINY_TEACHER_RUN,
+        "--image_height", "84", "--image_width", "112", "--max_interval", "1", "--max_steps", "1",
+        "--init_from", "hub_configs/vggt-tiny-synthrooms", "--depth_loss_weight", "0", "--point_loss_weight", "0",
+        "--learning_rate", "1e-9", "--muon", "false",
+    ])  # fmt: skip
+    tuned = VGGTModel.from_pretrained(tmp_path / "teacher")
+    for name, value in shipped.state_dict().items():  # a random start would be far off
+        torch.testing.assert_close(tuned.state_dict()[name], value, atol=1e-6, rtol=0, msg=name)
+    state = json.loads((tmp_path / "run" / "checkpoint-1" / "trainer_state.json").read_text())
+    logged = [entry for entry in state["log_history"] if "loss/camera" in entry]
+    assert logged and "loss/depth" not in logged[0] and "loss/points" not in logged[0]
+    assert {"camera", "depth"} <= set(results)  # the held-out report still scores depth

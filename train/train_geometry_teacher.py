@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 from transformers import AutoConfig, HfArgumentParser, TrainingArguments, set_seed
@@ -52,6 +53,9 @@ class TeacherArguments(TeacherDataArguments):
     point_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the point-map loss."})
     readout_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the token read-out loss (0: off)."})
     muon: bool = field(default=True, metadata={"help": "Muon for the aggregator blocks' matrices, AdamW for the rest."})
+    init_from: Optional[str] = field(
+        default=None, metadata={"help": "Start from this VGGTModel folder (a fine-tune) instead of a random init."}
+    )
 
 
 def main(argv=None) -> dict:
@@ -95,6 +99,12 @@ def main(argv=None) -> dict:
         },
         camera_loss_type=args.camera_loss_type,
     )
+    if args.init_from:
+        from spa3_vlm import VGGTModel
+
+        start = VGGTModel.from_pretrained(args.init_from)
+        model.vggt.load_state_dict(start.state_dict(), strict=True)
+        logger.info("fine-tuning from %s", args.init_from)
     logger.info("VGGT teacher: %.2fM parameters", sum(p.numel() for p in model.vggt.parameters()) / 1e6)
     scenes = teacher_scenes(args, training_args.seed, "train")
     views, interval = (args.min_views, args.max_views), (args.min_interval, args.max_interval)

@@ -159,9 +159,10 @@ class VGGTForGeometryTraining(VGGTPreTrainedModel):
         image_size = tuple(pixel_values.shape[-2:])
         output = self.vggt(
             pixel_values,
-            compute_cameras=True,
-            compute_depth=True,
-            compute_points=True,
+            # A head whose loss weighs 0 is not run (the DPT heads cost more than the aggregator at this size).
+            compute_cameras=self.loss_weights["camera"] > 0,
+            compute_depth=self.loss_weights["depth"] > 0,
+            compute_points=self.loss_weights["points"] > 0,
             output_all_layers=False,
         )
         points = world_points_from_depth(depth.float(), extrinsics.float(), intrinsics.float())
