@@ -123,7 +123,7 @@ def test_geometry_objective_learns_and_exports_a_loadable_teacher(tmp_path):
     results = evaluate_geometry_teacher(model.vggt, geometry_batches(rows, views=3))
     folder = tmp_path / "teacher"
     save_teacher(model.vggt, str(folder), "geometry", format_geometry_report(results), results, "python train/x.py", 30)
-    assert sorted(os.listdir(folder)) == ["README.md", "config.json", "eval.json", "model.safetensors"]  # no code
+    assert sorted(os.listdir(folder)) == ["README.md", "config.json", "eval.json", "model.safetensors", "training_stages.json"]  # no code
     assert "auto_map" not in json.loads((folder / "config.json").read_text())
     card = (folder / "README.md").read_text()
     assert "python train/x.py" in card and "| teacher |" in card and "identity pose" in card
@@ -321,3 +321,9 @@ def test_a_geometry_fine_tune_starts_from_a_teacher_and_runs_only_the_heads_it_t
     logged = [entry for entry in state["log_history"] if "loss/camera" in entry]
     assert logged and "loss/depth" not in logged[0] and "loss/points" not in logged[0]
     assert {"camera", "depth"} <= set(results)  # the held-out report still scores depth
+    # The card and training_stages.json list both stages: the shipped teacher's command, then this fine-tune.
+    stages = json.loads((tmp_path / "teacher" / "training_stages.json").read_text())
+    assert [s["steps"] for s in stages] == [6000, 1] and "--export_dir hub_configs/vggt-tiny-synthrooms" in stages[0]["command"]
+    assert "--init_from hub_configs/vggt-tiny-synthrooms" in stages[1]["command"]
+    card = (tmp_path / "teacher" / "README.md").read_text()
+    assert "In 2 stages" in card and "1. `python train/train_geometry_teacher.py --export_dir hub_configs/vggt-tiny-synthrooms" in card

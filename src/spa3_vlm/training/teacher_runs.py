@@ -10,7 +10,7 @@ import torch
 
 from ..data.synthrooms import load_synthrooms
 from .flags import at_least, training_flag_problems
-from .teacher_export import save_teacher
+from .teacher_export import save_teacher, training_stages
 
 __all__ = [
     "TeacherDataArguments",
@@ -89,6 +89,11 @@ def export_teacher_run(
     print("\n" + report)
     folder = args.export_dir or os.path.join(training_args.output_dir, "teacher")
     command = f"python train/train_{kind}_teacher.py " + " ".join(argv)
-    save_teacher(teacher, folder, kind=kind, report=report, results=results, command=command.strip(), steps=steps)
+    init_from = getattr(args, "init_from", None)
+    earlier = training_stages(init_from) if init_from else ()
+    save_teacher(
+        teacher, folder, kind=kind, report=report, results=results, command=command.strip(), steps=steps,
+        earlier_stages=earlier,
+    )  # fmt: skip
     print(f"{kind} teacher saved to {folder}")
     return folder
