@@ -1,6 +1,14 @@
-"""Shared tiny-model helpers for the Spa3-VLM tests (tokenizer-free ids, hand-built multimodal batches)."""
+"""Shared tiny-model helpers for the Spa3-VLM tests (tokenizer-free ids, hand-built multimodal batches, the remote-code
+load check)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
 
 import torch
+from safetensors.torch import load_file
 
 # The tiny hub tokenizer uses the same layout: 0 pad, 2 eos, 3/4 vision start/end, 5 image, 6 video.
 PAD, BOS, EOS, VSTART, VEND, IMAGE, VIDEO = 0, 1, 2, 3, 4, 5, 6
@@ -80,3 +88,50 @@ def make_batch(images_per_sample, seed=0, text_lengths=None, frames_per_sample=N
 def qwen_inputs(batch):
     """The batch without the Spa3-VLM-only inputs, for a plain Qwen2.5-VL model."""
     return {k: v for k, v in batch.items() if k not in ("geometry_pixel_values", "spatial_latents")}
+
+
+REMOTE_SCRIPT = textwrap.dedent(
+    """
+    import importlib.util, json, sys
+    from pathlib import Path
+    # The package is installed (editable) in this interpreter: hide it, as on a machine that only has the Hub folder.
+    sys.path[:] = [p for p in sys.path if not (Path(p or ".") / "spa3_vlm").is_dir()]
+    assert importlib.util.find_spec("spa3_vlm") is None
+    try:
+        import spa3_vlm  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("spa3_vlm is importable")
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForImageTextToText
+    folder = Path(sys.argv[1])
+    model = AutoModelForImageTextToText.from_pretrained(folder / "model", trust_remote_code=True).eval()
+    batch = torch.load(folder / "batch.pt", weights_only=True)
+    with torch.no_grad():
+        logits = model(**batch).logits
+    # The remote class on a plain Qwen checkpoint: the adapter starts as the identity there too.
+    fresh = type(model).from_pretrained(folder / "qwen", config=model.config)
+    save_file({"logits": logits.contiguous(), "adaptor_last": fresh.geometry_adaptor[-1].weight.contiguous()}, folder / "remote.safetensors")
+    print(json.dumps({"module": type(model).__module__, "frozen": not any(p.requires_grad for p in fresh.spa3r.parameters())}))
+    """
+)
+
+
+def assert_remote_code_load(folder, expected_logits) -> None:
+    """In a process without spa3_vlm (``python -I``, the package hidden), ``folder/model`` loads with
+    ``trust_remote_code=True`` and gives ``expected_logits`` on ``folder/batch.pt``; the remote class on the plain base
+    checkpoint ``folder/qwen`` starts with a zero adaptor and a frozen encoder."""
+    script = folder / "load_remote.py"
+    script.write_text(REMOTE_SCRIPT)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-I", str(script), str(folder)], cwd=folder, env=env, capture_output=True, text=True, timeout=180
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = json.loads(result.stdout.strip().splitlines()[-1])
+    assert info["module"].startswith("transformers_modules.") and info["frozen"]
+    remote = load_file(folder / "remote.safetensors")
+    assert torch.equal(remote["logits"], expected_logits)
+    assert torch.count_nonzero(remote["adaptor_last"]) == 0

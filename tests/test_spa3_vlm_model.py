@@ -3,9 +3,6 @@
 import json
 import math
 import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -25,6 +22,7 @@ from spa3_vlm.modeling_spa3_vlm import (
     assign_images_to_samples,
 )
 from spa3_vlm_testing import (
+    assert_remote_code_load,
     BOS,
     GEOMETRY_HW,
     IMAGE,
@@ -425,35 +423,6 @@ def test_bad_inputs_raise_clear_errors(model, change, message):
 
 # ---------------------------------------------------------------------------------------------- hub round trip
 
-REMOTE_SCRIPT = textwrap.dedent(
-    """
-    import importlib.util, json, sys
-    from pathlib import Path
-    # The package is installed (editable) in this interpreter: hide it, as on a machine that only has the Hub folder.
-    sys.path[:] = [p for p in sys.path if not (Path(p or ".") / "spa3_vlm").is_dir()]
-    assert importlib.util.find_spec("spa3_vlm") is None
-    try:
-        import spa3_vlm  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        raise SystemExit("spa3_vlm is importable")
-    import torch
-    from safetensors.torch import load_file, save_file
-    from transformers import AutoModelForImageTextToText
-    folder = Path(sys.argv[1])
-    model = AutoModelForImageTextToText.from_pretrained(folder / "model", trust_remote_code=True).eval()
-    batch = torch.load(folder / "batch.pt", weights_only=True)
-    with torch.no_grad():
-        logits = model(**batch).logits
-    # The remote class on a plain Qwen checkpoint: the adapter starts as the identity there too.
-    fresh = type(model).from_pretrained(folder / "qwen", config=model.config)
-    save_file({"logits": logits.contiguous(), "adaptor_last": fresh.geometry_adaptor[-1].weight.contiguous()}, folder / "remote.safetensors")
-    print(json.dumps({"module": type(model).__module__, "frozen": not any(p.requires_grad for p in fresh.spa3r.parameters())}))
-    """
-)
-
-
 def test_save_pretrained_and_remote_code_load_in_a_clean_process(tmp_path, model):
     model.save_pretrained(tmp_path / "model")
     files = set(os.listdir(tmp_path / "model"))
@@ -474,18 +443,7 @@ def test_save_pretrained_and_remote_code_load_in_a_clean_process(tmp_path, model
         assert type(in_process) is Spa3VLMForConditionalGeneration
         assert torch.equal(in_process(**batch).logits, expected)
 
-    script = tmp_path / "load_remote.py"
-    script.write_text(REMOTE_SCRIPT)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    result = subprocess.run(
-        [sys.executable, "-I", str(script), str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    info = json.loads(result.stdout.strip().splitlines()[-1])
-    assert info["module"].startswith("transformers_modules.") and info["frozen"]
-    remote = load_file(tmp_path / "remote.safetensors")
-    assert torch.equal(remote["logits"], expected)
-    assert torch.count_nonzero(remote["adaptor_last"]) == 0
+    assert_remote_code_load(tmp_path, expected)
 
 
 # ---------------------------------------------------------------------------------------------- with the processor

@@ -2,9 +2,6 @@
 interleaved mRoPE untouched (tiny random Qwen3-VL, offline)."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,8 +10,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText, Qwen3VLConfig,
 
 from spa3_vlm import Spa3RConfig, Spa3VLMConfig, Spa3VLMQwen3Config, Spa3VLMQwen3ForConditionalGeneration
 from spa3_vlm.configuration_spa3_vlm import encoder_only_spa3r_config
-from spa3_vlm_testing import PAD, make_batch, qwen3_values, qwen_inputs, qwen_values
-from test_spa3_vlm_model import REMOTE_SCRIPT
+from spa3_vlm_testing import PAD, assert_remote_code_load, make_batch, qwen3_values, qwen_inputs, qwen_values
 
 PATCH = 16
 
@@ -188,18 +184,7 @@ def test_save_pretrained_and_remote_code_load_in_a_clean_process(tmp_path, model
         assert type(in_process) is Spa3VLMQwen3ForConditionalGeneration
         assert torch.equal(in_process(**batch).logits, expected)
 
-    script = tmp_path / "load_remote.py"
-    script.write_text(REMOTE_SCRIPT)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    result = subprocess.run(
-        [sys.executable, "-I", str(script), str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    info = json.loads(result.stdout.strip().splitlines()[-1])
-    assert info["module"].startswith("transformers_modules.") and info["frozen"]
-    remote = load_file(tmp_path / "remote.safetensors")
-    assert torch.equal(remote["logits"], expected)
-    assert torch.count_nonzero(remote["adaptor_last"]) == 0
+    assert_remote_code_load(tmp_path, expected)
 
 
 # ---------------------------------------------------------------------------------------------- training and use
