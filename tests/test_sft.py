@@ -362,3 +362,35 @@ def test_model_card_lists_results_in_paper_order():
     assert card.data.base_model == "Qwen/Qwen2.5-VL-3B-Instruct" and card.data.library_name == "transformers"
     assert "| overall | object_counting | route_planning |" in card.text
     assert "| 50.0 | 75.0 (n=8) | 25.0 (n=4) |" in card.text
+
+
+def test_the_reference_sft_recipe_parses_and_trains_on_tiny_data(tmp_path, spa3r_folder):
+    """hub_configs/spa3-vlm-3b/sft_reference.json is the reference's SFT run (Qwen2.5-VL-3B, VSI-590K, AdamW 1e-5, wd
+    0.01, 3% warm-up, cosine, batch 1 x 8 accumulation, one epoch, bf16, activation checkpointing, ZeRO-2, LLM and
+    adapter trained, vision tower and merger frozen); with its model, data and GPU settings pointed at tiny local
+    ones, the same file trains a step."""
+    repo = Path(__file__).resolve().parents[1]
+    recipe = json.loads((repo / "hub_configs" / "spa3-vlm-3b" / "sft_reference.json").read_text())
+    from transformers import HfArgumentParser
+    from trl import SFTConfig
+
+    model_args, data_args, args = HfArgumentParser((sft_vlm.ModelArguments, sft_vlm.DataArguments, SFTConfig)).parse_dict(
+        {**recipe, "bf16": False, "deepspeed": None}
+    )
+    assert (args.learning_rate, args.weight_decay, args.warmup_steps, args.lr_scheduler_type.value) == (1e-5, 0.01, 0.03, "cosine")
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps, args.num_train_epochs) == (1, 8, 1)
+    assert args.max_grad_norm == 1.0 and args.activation_checkpointing and args.max_length == 16384
+    assert recipe["bf16"] is True and json.loads((repo / recipe["deepspeed"]).read_text())["zero_optimization"]["stage"] == 2
+    assert (model_args.model_name_or_path, data_args.dataset) == ("Qwen/Qwen2.5-VL-3B-Instruct", "vsi590k")
+    assert model_args.tune_llm and not model_args.tune_vision and not model_args.tune_merger and data_args.num_frames is None
+
+    tiny = {
+        **recipe, "model_name_or_path": None, "config_name": str(repo / "hub_configs" / "spa3-vlm-tiny"),
+        "spa3r_name_or_path": str(spa3r_folder), "dataset": "synthrooms_qa", "annotation_path": None, "media_root": None,
+        "num_train_scenes": 2, "frames_per_scene": 4, "questions_per_scene": 4, "data_cache_dir": str(tmp_path / "data"),
+        "output_dir": str(tmp_path / "run"), "bf16": False, "deepspeed": None, "max_steps": 1,
+        "gradient_accumulation_steps": 1, "dataloader_num_workers": 0, "disable_tqdm": True,
+    }  # fmt: skip
+    (tmp_path / "recipe.json").write_text(json.dumps(tiny))
+    run = sft_vlm.main([str(tmp_path / "recipe.json")])
+    assert run["trainer"].state.global_step == 1 and run["trainer"].args.activation_checkpointing

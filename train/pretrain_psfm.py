@@ -272,6 +272,8 @@ def main(argv=None) -> dict:
     if problems:
         parser.error("; ".join(problems))  # one line and exit status 2: a user mistake, not a crash
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    # A recipe file sets every flag itself, pinning included: pinned memory only helps copies to an accelerator.
+    training_args.dataloader_pin_memory = training_args.dataloader_pin_memory and torch.accelerator.is_available()
     if data_args.cpu_threads > 0 and not torch.cuda.is_available():
         torch.set_num_threads(data_args.cpu_threads)
     set_seed(training_args.seed)

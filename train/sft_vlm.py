@@ -7,12 +7,12 @@ loadable model folder (+ processor files, model card) to --output_dir:
     python train/sft_vlm.py --output_dir runs/spa3-vlm-tiny-sft --spa3r_name_or_path runs/spa3r-tiny
     python train/sft_vlm.py --use_lora --merge_lora ...           # LoRA on the LLM, merged into a full model
     python train/sft_vlm.py --use_lora ...                          # LoRA kept as a PEFT adapter (+ base_model/)
-    python train/sft_vlm.py recipe.json                             # every flag from a JSON file
+    python train/sft_vlm.py hub_configs/spa3-vlm-3b/sft_reference.json   # the reference recipe (GPUs; edit the paths)
     accelerate launch --num_processes 8 train/sft_vlm.py --deepspeed train/zero2.json --bf16 true \
         --model_name_or_path Qwen/Qwen2.5-VL-3B-Instruct --spa3r_name_or_path <spa3r folder> \
         --dataset vsi590k --annotation_path vsi590k.jsonl --media_root media/ \
         --per_device_train_batch_size 1 --gradient_accumulation_steps 8 --num_train_epochs 1 \
-        --learning_rate 1e-5 --weight_decay 0.01 --warmup_ratio 0.03 --lr_scheduler_type cosine \
+        --learning_rate 1e-5 --weight_decay 0.01 --warmup_steps 0.03 --lr_scheduler_type cosine \
         --activation_checkpointing --max_steps -1 --num_eval_scenes 0 --cache_latents false
 
 Trainable groups as in the reference: the LLM and the adapter train, the vision tower (with its merger) and
@@ -267,6 +267,8 @@ def main(argv=None) -> dict:
     if problems:
         parser.error("; ".join(problems))  # one line and exit status 2: a user mistake, not a crash
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    # A recipe file sets every flag itself, pinning included: pinned memory only helps copies to an accelerator.
+    training_args.dataloader_pin_memory = training_args.dataloader_pin_memory and torch.accelerator.is_available()
     if data_args.cpu_threads > 0 and not torch.cuda.is_available():
         torch.set_num_threads(data_args.cpu_threads)
     set_seed(training_args.seed)
