@@ -40,9 +40,14 @@ def fake_scenes(num_scenes=3, frames=8, size=(28, 42), seed=0):
 def psfm_trainer(output_dir, max_steps, callbacks=(), muon=False):
     """A PSFMTrainer on the tiny SynthRooms config (no semantic teacher), three fake scenes, saving every 2 steps."""
     torch.manual_seed(0)
-    config = AutoConfig.from_pretrained(TINY)
-    config.semantic_teacher_config = None
-    config.target_heads = {"geo": 128, "rgb": 3, "metric_depth": 1}
+    base = AutoConfig.from_pretrained(TINY)
+    without_sem = {  # a valid config (it is saved with the checkpoints): no semantic teacher, no sem losses
+        "semantic_teacher_config": None, "semantic_teacher_name_or_path": None, "target_heads": {"geo": 128, "rgb": 3, "metric_depth": 1},
+        "loss_weights": {k: v for k, v in (base.loss_weights or {}).items() if not k.startswith("sem")},
+        "smooth_l1_beta": {k: v for k, v in (base.smooth_l1_beta or {}).items() if k not in ("sem", "depth_probe")},
+        "use_depth_probe": False, "depth_probe_target": "backbone",  # its target, metric_depth, is a head here
+    }  # fmt: skip
+    config = type(base).from_dict({**base.to_dict(), **without_sem})
     model = Spa3RForFieldPrediction(config)
     args = TrainingArguments(
         output_dir=str(output_dir), max_steps=max_steps, per_device_train_batch_size=2, learning_rate=1e-3,

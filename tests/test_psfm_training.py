@@ -395,7 +395,6 @@ def test_checkpoints_can_leave_out_the_frozen_teachers_and_still_resume_exactly(
 
     def trainer(output, steps):
         run = psfm_trainer(output, steps)
-        run.model.config.semantic_teacher_name_or_path = None  # psfm_trainer builds no semantic teacher
         load_pretrained_teachers(run.model, root=REPO)  # the shipped tiny VGGT named by the config
         run.checkpoint_teachers = False
         return run
@@ -408,6 +407,16 @@ def test_checkpoints_can_leave_out_the_frozen_teachers_and_still_resume_exactly(
     assert not teachers & set(saved) and set(saved) == set(straight.model.state_dict()) - teachers
     straight.save_model(str(tmp_path / "release"))
     assert teachers <= set(load_file(tmp_path / "release" / "model.safetensors"))  # self-contained release
+    # Such a checkpoint is no model folder on its own: from_pretrained says so, load_training_checkpoint completes it.
+    from spa3_vlm.training.psfm import load_training_checkpoint
+
+    checkpoint = str(tmp_path / "straight" / "checkpoint-4")
+    with pytest.raises(ValueError, match=r"is a training checkpoint without the frozen teachers .*load_training_checkpoint"):
+        Spa3RForFieldPrediction.from_pretrained(checkpoint)
+    loaded = load_training_checkpoint(checkpoint, root=REPO).state_dict()
+    assert loaded.keys() == straight.model.state_dict().keys()
+    for name, value in straight.model.state_dict().items():
+        assert torch.equal(value, loaded[name]), name
 
     import shutil
 

@@ -227,9 +227,13 @@ class RefuseMostlyMissingWeights:
     when the checkpoint holds fewer than half of the model's tensors (a folder saved by another model class, e.g. a
     Spa3R folder given to ``VGGTModel``), where transformers would only log a table of missing keys."""
 
+    # State-dict prefixes that training checkpoints may leave out (frozen teachers loaded from their own sources).
+    _omitted_in_training_checkpoints: tuple[str, ...] = ()
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         wants_info = kwargs.pop("output_loading_info", False)
+        allow_omitted = kwargs.pop("allow_omitted_teachers", False)
         try:
             model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
         except Exception as err:
@@ -244,6 +248,15 @@ class RefuseMostlyMissingWeights:
                 "interrupted download or save?): fetch or save it again."
             ) from None
         missing, total = sorted(info["missing_keys"]), len(model.state_dict())
+        omitted = [k for k in missing if cls._omitted_in_training_checkpoints and k.startswith(cls._omitted_in_training_checkpoints)]
+        if omitted and not allow_omitted and len(omitted) == len(missing):
+            raise ValueError(
+                f"{pretrained_model_name_or_path} is a training checkpoint without the frozen teachers ({len(omitted)} "
+                f"tensors under {list(cls._omitted_in_training_checkpoints)}): load it with "
+                "spa3_vlm.training.psfm.load_training_checkpoint, which takes them from the sources its config names"
+            )
+        if allow_omitted:
+            missing = [k for k in missing if k not in set(omitted)]
         if total and 2 * len(missing) > total:
             raise ValueError(
                 f"{pretrained_model_name_or_path} holds almost none of {cls.__name__}'s weights ({len(missing)} of "

@@ -441,6 +441,9 @@ def semantic_teacher_inputs(pixel_values: torch.Tensor, image_size: int) -> torc
 class Spa3RForFieldPrediction(Spa3RPreTrainedModel):
     """Spa3R with the camera-conditioned field decoder, heads and PSFM losses."""
 
+    # PSFM training checkpoints may leave the frozen teachers out (``PSFMTrainer(checkpoint_teachers=False)``).
+    _omitted_in_training_checkpoints = ("spa3r.backbone.", "semantic_teacher.")
+
     def __init__(self, config: Spa3RConfig):
         super().__init__(config)
         dim = config.hidden_size

@@ -129,6 +129,23 @@ def frozen_teacher_keys(model) -> set[str]:
     return {key for key in model.state_dict() if prefixes and key.startswith(prefixes)}
 
 
+def load_training_checkpoint(folder: str, root: Optional[str] = None):
+    """A ``Spa3RForFieldPrediction`` from a training checkpoint, also one without the frozen teachers
+    (``PSFMTrainer(checkpoint_teachers=False)``): the trained parts from ``folder``, the teachers from the sources its
+    config names (relative folders also under ``root``, e.g. the repository for ``hub_configs/...``)."""
+    from ..modeling_spa3r import Spa3RForFieldPrediction
+    from .teachers import load_pretrained_teachers
+
+    model, info = Spa3RForFieldPrediction.from_pretrained(folder, allow_omitted_teachers=True, output_loading_info=True)
+    teachers = frozen_teacher_keys(model)
+    missing = set(info["missing_keys"])
+    if missing - teachers:
+        raise ValueError(f"{folder} lacks trained tensors: {sorted(missing - teachers)[:8]}")
+    if missing:
+        load_pretrained_teachers(model, root=root)
+    return model
+
+
 def _dataset_view_range(dataset) -> tuple[int, int]:
     """The view-count range of a ``PSFMDataset`` (or of a ``ConcatDataset`` of them, which must agree)."""
     parts = getattr(dataset, "datasets", [dataset])
