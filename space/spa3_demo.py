@@ -108,8 +108,13 @@ def _adapter_base(folder: Path) -> Optional[str]:
     return (adapter or {}).get("base_model_name_or_path")
 
 
-# A model box's kind -> the config model_types it accepts (Spa3-VLM on either base VLM).
-MODEL_KINDS = {"spa3_vlm": ("spa3_vlm", "spa3_vlm_qwen3"), "spa3r": ("spa3r",)}
+def _accepted_model_types(kind: str) -> tuple[str, ...]:
+    """A model box's kind -> the config model_types it accepts (Spa3-VLM on either base VLM)."""
+    if kind == "spa3_vlm":
+        from spa3_vlm.modeling_spa3_vlm import SPA3_VLM_MODEL_TYPES
+
+        return SPA3_VLM_MODEL_TYPES
+    return (kind,)
 
 
 def _is_saved_model(folder: Path, model_type: str) -> bool:
@@ -121,7 +126,7 @@ def _is_saved_model(folder: Path, model_type: str) -> bool:
     base = _adapter_base(folder)
     if not config.is_file() and base and Path(base).is_dir():
         config = Path(base) / "config.json"
-    return config.is_file() and (_read_json(config) or {}).get("model_type") in MODEL_KINDS.get(model_type, (model_type,))
+    return config.is_file() and (_read_json(config) or {}).get("model_type") in _accepted_model_types(model_type)
 
 
 def local_model_folders(model_type: str) -> list[str]:
@@ -253,7 +258,7 @@ def _hub_snapshot(repo_id: str, model_type: str) -> str:
     except EntryNotFoundError:
         config = None  # a PEFT adapter has adapter_config.json instead
     found = (config or {}).get("model_type", model_type)
-    if found not in MODEL_KINDS.get(model_type, (model_type,)):
+    if found not in _accepted_model_types(model_type):
         raise ValueError(f"{repo_id} (Hub) holds a {found!r} model, not a {model_type!r} one.")
     return snapshot_download(repo_id, allow_patterns=list(HUB_FILES))
 

@@ -135,3 +135,52 @@ def assert_remote_code_load(folder, expected_logits) -> None:
     remote = load_file(folder / "remote.safetensors")
     assert torch.equal(remote["logits"], expected_logits)
     assert torch.count_nonzero(remote["adaptor_last"]) == 0
+
+
+def assert_each_sample_reads_only_its_own_latents(model, batch) -> None:
+    """New geometry for sample 1 changes sample 1's logits and leaves the others' exactly as they were."""
+    other = [g.clone() if g is not None else None for g in batch["geometry_pixel_values"]]
+    other[1] = torch.rand_like(other[1])
+    with torch.no_grad():
+        logits = model(**batch).logits
+        changed = model(**dict(batch, geometry_pixel_values=other)).logits
+    valid = batch["attention_mask"].bool()
+    for sample in range(len(other)):
+        if sample != 1:
+            assert torch.allclose(changed[sample][valid[sample]], logits[sample][valid[sample]], atol=1e-6), sample
+    assert (changed[1][valid[1]] - logits[1][valid[1]]).abs().max() > 1e-3
+
+
+def assert_batched_equals_one_sample_at_a_time(model, images_per_sample, batch) -> None:
+    """Each sample's logits in the left-padded batch equal those of the sample run alone (its images, its frames)."""
+    with torch.no_grad():
+        logits = model(**batch).logits
+        grids = batch["image_grid_thw"].prod(-1).tolist()
+        patch_start = image_index = 0
+        for sample, sample_images in enumerate(images_per_sample):
+            count = len(sample_images)
+            patches = sum(grids[image_index : image_index + count])
+            row = batch["attention_mask"][sample].bool()
+            alone = model(
+                input_ids=batch["input_ids"][sample][row][None],
+                attention_mask=torch.ones(1, int(row.sum()), dtype=torch.long),
+                mm_token_type_ids=batch["mm_token_type_ids"][sample][row][None],
+                pixel_values=batch["pixel_values"][patch_start : patch_start + patches],
+                image_grid_thw=batch["image_grid_thw"][image_index : image_index + count],
+                geometry_pixel_values=[batch["geometry_pixel_values"][sample]],
+            ).logits[0]
+            assert (alone - logits[sample][row]).abs().max() < 1e-4, sample
+            patch_start += patches
+            image_index += count
+
+
+def greedy_without_cache(model, batch, steps: int) -> torch.Tensor:
+    """Greedy decoding that recomputes everything (images and adapter) at every step, without a KV cache."""
+    sequence, mask = batch["input_ids"], batch["attention_mask"]
+    with torch.no_grad():
+        for _ in range(steps):
+            step = dict(batch, input_ids=sequence, attention_mask=mask, mm_token_type_ids=(sequence == IMAGE).int())
+            logits = model(**step, use_cache=False).logits
+            sequence = torch.cat([sequence, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+    return sequence

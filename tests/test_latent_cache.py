@@ -16,7 +16,6 @@ from PIL import Image
 
 from spa3_vlm import Spa3VLMConfig, Spa3VLMForConditionalGeneration
 from spa3_vlm.data.latent_cache import add_spatial_latents, encoder_digest, frames_key
-from spa3_vlm.processing_spa3_vlm import Spa3VLMProcessor
 from spa3_vlm.training.sft import Spa3VLMSFTCollator, Spa3VLMSFTTrainer, configure_trainable
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,11 +55,6 @@ def dataset():
         for i, scene in enumerate([0, 1, 0, 2, 1, 0])
     ]  # fmt: skip
     return Dataset.from_list(rows, features=FEATURES)
-
-
-@pytest.fixture(scope="module")
-def processor():
-    return Spa3VLMProcessor.from_pretrained(TINY)
 
 
 @pytest.fixture(scope="module")

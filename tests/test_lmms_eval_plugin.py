@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from eval_testing import read_jsonl, save_tiny_spa3_vlm, write_fake_vsibench
+from eval_testing import read_jsonl, save_tiny_spa3_vlm
 
 PLUGIN = "spa3_vlm.evaluation.lmms_eval_plugin"
 PLUGIN_MODULE = f"{PLUGIN}.models.spa3_vlm"
@@ -140,11 +140,6 @@ def check_simple_model_class(cls, lmms_base):
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     return save_tiny_spa3_vlm(tmp_path_factory.mktemp("plugin") / "model")
-
-
-@pytest.fixture(scope="module")
-def vsibench_dir(tmp_path_factory):
-    return write_fake_vsibench(tmp_path_factory.mktemp("vsibench"))
 
 
 # ---------------------------------------------------------------------------------------------- registration

@@ -35,11 +35,6 @@ VIDEO_BLOCK = "<|vision_start|><|video_pad|><|vision_end|>"
 
 
 @pytest.fixture(scope="module")
-def processor() -> Spa3VLMProcessor:
-    return Spa3VLMProcessor.from_pretrained(TINY_DIR)
-
-
-@pytest.fixture(scope="module")
 def full_size_processor(processor) -> Spa3VLMProcessor:
     """Reference sizes (518-wide geometry frames, 16..576 x 28^2 pixel budget) with the tiny tokenizer."""
     return Spa3VLMProcessor(tokenizer=processor.tokenizer)

@@ -8,6 +8,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from spa3_vlm_testing import (
+    BOS,
+    GEOMETRY_HW,
+    IMAGE,
+    PAD,
+    VEND,
+    VIDEO,
+    VSTART,
+    assert_batched_equals_one_sample_at_a_time,
+    assert_each_sample_reads_only_its_own_latents,
+    assert_remote_code_load,
+    greedy_without_cache,
+    make_batch,
+    qwen_inputs,
+    qwen_values,
+)
 from transformers import (
     AutoModelForImageTextToText,
     Qwen2_5_VLConfig,
@@ -20,19 +36,6 @@ from spa3_vlm.modeling_spa3_vlm import (
     VIDEO_INPUT_ERROR,
     Spa3VLMForConditionalGeneration,
     assign_images_to_samples,
-)
-from spa3_vlm_testing import (
-    assert_remote_code_load,
-    BOS,
-    GEOMETRY_HW,
-    IMAGE,
-    PAD,
-    VEND,
-    VIDEO,
-    VSTART,
-    make_batch,
-    qwen_inputs,
-    qwen_values,
 )
 
 
@@ -249,42 +252,12 @@ def test_adapter_matches_the_spec_formula(model):
 
 
 def test_each_sample_reads_only_its_own_latents(model):
-    batch = make_batch([[(4, 4), (4, 6)], [(6, 4)], [(4, 4)]], text_lengths=[0, 4, 2])
-    other = [g.clone() for g in batch["geometry_pixel_values"]]
-    other[1] = torch.rand_like(other[1])  # change only sample 1's geometry
-    with torch.no_grad():
-        logits = model(**batch).logits
-        changed = model(**dict(batch, geometry_pixel_values=other)).logits
-    valid = batch["attention_mask"].bool()
-    assert torch.allclose(changed[0][valid[0]], logits[0][valid[0]], atol=1e-6)
-    assert torch.allclose(changed[2][valid[2]], logits[2][valid[2]], atol=1e-6)
-    assert (changed[1][valid[1]] - logits[1][valid[1]]).abs().max() > 1e-3
+    assert_each_sample_reads_only_its_own_latents(model, make_batch([[(4, 4), (4, 6)], [(6, 4)], [(4, 4)]], text_lengths=[0, 4, 2]))
 
 
 def test_batched_equals_one_sample_at_a_time(model):
     images = [[(4, 4), (4, 6)], [(6, 4)], [(4, 4)]]
-    batch = make_batch(images, text_lengths=[0, 4, 2])
-    with torch.no_grad():
-        logits = model(**batch).logits
-        grids = batch["image_grid_thw"].prod(-1).tolist()
-        patch_start = 0
-        image_index = 0
-        for sample, sample_images in enumerate(images):
-            count = len(sample_images)
-            patches = sum(grids[image_index : image_index + count])
-            row = batch["attention_mask"][sample].bool()
-            single = dict(
-                input_ids=batch["input_ids"][sample][row][None],
-                attention_mask=torch.ones(1, int(row.sum()), dtype=torch.long),
-                mm_token_type_ids=batch["mm_token_type_ids"][sample][row][None],
-                pixel_values=batch["pixel_values"][patch_start : patch_start + patches],
-                image_grid_thw=batch["image_grid_thw"][image_index : image_index + count],
-                geometry_pixel_values=[batch["geometry_pixel_values"][sample]],
-            )
-            alone = model(**single).logits[0]
-            assert (alone - logits[sample][row]).abs().max() < 1e-4, sample
-            patch_start += patches
-            image_index += count
+    assert_batched_equals_one_sample_at_a_time(model, images, make_batch(images, text_lengths=[0, 4, 2]))
 
 
 def test_text_only_samples_and_frames_in_lists(model):
@@ -337,14 +310,7 @@ def test_generate_uses_kv_cache_and_adapts_only_on_prefill(model):
     handle.remove()
     assert len(calls) == 1  # one encoder run (both samples share a geometry shape) on the prefill step
     assert generated.shape == (2, batch["input_ids"].shape[1] + 5)
-    # Greedy decoding without a cache, recomputing everything (images and adapter) at every step.
-    sequence, mask = batch["input_ids"], batch["attention_mask"]
-    with torch.no_grad():
-        for _ in range(5):
-            logits = model(**dict(batch, input_ids=sequence, attention_mask=mask, mm_token_type_ids=(sequence == IMAGE).int()), use_cache=False).logits
-            sequence = torch.cat([sequence, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-    assert torch.equal(generated, sequence)
+    assert torch.equal(generated, greedy_without_cache(model, batch, 5))
     with torch.no_grad():
         beams = model.generate(**batch, max_new_tokens=3, num_beams=2, do_sample=False, pad_token_id=PAD)
     assert beams.shape == (2, batch["input_ids"].shape[1] + 3)

@@ -6,11 +6,31 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoConfig, AutoModelForImageTextToText, Qwen3VLConfig, Qwen3VLForConditionalGeneration
+from spa3_vlm_testing import (
+    PAD,
+    assert_batched_equals_one_sample_at_a_time,
+    assert_each_sample_reads_only_its_own_latents,
+    assert_remote_code_load,
+    greedy_without_cache,
+    make_batch,
+    qwen3_values,
+    qwen_inputs,
+    qwen_values,
+)
+from transformers import (
+    AutoConfig,
+    AutoModelForImageTextToText,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+)
 
-from spa3_vlm import Spa3RConfig, Spa3VLMConfig, Spa3VLMQwen3Config, Spa3VLMQwen3ForConditionalGeneration
+from spa3_vlm import (
+    Spa3RConfig,
+    Spa3VLMConfig,
+    Spa3VLMQwen3Config,
+    Spa3VLMQwen3ForConditionalGeneration,
+)
 from spa3_vlm.configuration_spa3_vlm import encoder_only_spa3r_config
-from spa3_vlm_testing import PAD, assert_remote_code_load, make_batch, qwen3_values, qwen_inputs, qwen_values
 
 PATCH = 16
 
@@ -103,34 +123,8 @@ def test_from_qwen_pretrained_on_a_saved_qwen3_vl_is_exact(tmp_path, qwen3, spa3
 def test_each_sample_reads_only_its_own_latents_and_batching_changes_nothing(model):
     images = [[(4, 4), (4, 6)], [(6, 4)], [(4, 4)]]
     batch = batch_of(images, text_lengths=[0, 4, 2])
-    other = [g.clone() for g in batch["geometry_pixel_values"]]
-    other[1] = torch.rand_like(other[1])
-    with torch.no_grad():
-        logits = model(**batch).logits
-        changed = model(**dict(batch, geometry_pixel_values=other)).logits
-    valid = batch["attention_mask"].bool()
-    assert torch.allclose(changed[0][valid[0]], logits[0][valid[0]], atol=1e-6)
-    assert torch.allclose(changed[2][valid[2]], logits[2][valid[2]], atol=1e-6)
-    assert (changed[1][valid[1]] - logits[1][valid[1]]).abs().max() > 1e-3
-
-    grids = batch["image_grid_thw"].prod(-1).tolist()
-    patch_start = image_index = 0
-    with torch.no_grad():
-        for sample, sample_images in enumerate(images):
-            count = len(sample_images)
-            patches = sum(grids[image_index : image_index + count])
-            row = batch["attention_mask"][sample].bool()
-            alone = model(
-                input_ids=batch["input_ids"][sample][row][None],
-                attention_mask=torch.ones(1, int(row.sum()), dtype=torch.long),
-                mm_token_type_ids=batch["mm_token_type_ids"][sample][row][None],
-                pixel_values=batch["pixel_values"][patch_start : patch_start + patches],
-                image_grid_thw=batch["image_grid_thw"][image_index : image_index + count],
-                geometry_pixel_values=[batch["geometry_pixel_values"][sample]],
-            ).logits[0]
-            assert (alone - logits[sample][row]).abs().max() < 1e-4, sample
-            patch_start += patches
-            image_index += count
+    assert_each_sample_reads_only_its_own_latents(model, batch)
+    assert_batched_equals_one_sample_at_a_time(model, images, batch)
 
 
 def test_generate_adapts_on_prefill_and_matches_greedy_recomputation(model):
@@ -141,14 +135,7 @@ def test_generate_adapts_on_prefill_and_matches_greedy_recomputation(model):
         generated = model.generate(**batch, max_new_tokens=4, do_sample=False, pad_token_id=PAD)
     handle.remove()
     assert len(calls) == 1
-    sequence, mask = batch["input_ids"], batch["attention_mask"]
-    with torch.no_grad():
-        for _ in range(4):
-            step = dict(batch, input_ids=sequence, attention_mask=mask, mm_token_type_ids=(sequence == 5).int())
-            logits = model(**step, use_cache=False).logits
-            sequence = torch.cat([sequence, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-    assert torch.equal(generated, sequence)
+    assert torch.equal(generated, greedy_without_cache(model, batch, 4))
 
 
 def test_spatial_latents_replace_the_encoder(model):

@@ -71,5 +71,6 @@ class ValidatesKwargsMixin:
             )
         result = super().from_dict(config_dict, **kwargs)
         config = result[0] if isinstance(result, tuple) else result
-        cls(**config.to_dict())
+        if any(key != "return_unused_kwargs" and hasattr(config, key) for key in kwargs):
+            cls(**config.to_dict())  # only kwargs set after __init__ escape its checks
         return result

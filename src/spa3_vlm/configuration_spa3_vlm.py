@@ -68,8 +68,9 @@ def encoder_only_spa3r_config(config: Spa3RConfig | dict) -> Spa3RConfig:
 
 
 class Spa3VLMConfigMixin(ValidatesKwargsMixin):
-    """The Spa3-VLM additions to a base VLM config, shared by every base (their fields are declared per class,
-    as transformers' dataclass configs need)."""
+    """The Spa3-VLM additions to a base VLM config, shared by every base. Their fields are declared in each config
+    class: declared here, plain fields still work but ``spa3r_config`` is not turned into a ``Spa3RConfig``
+    (transformers builds sub-configs from the config class's own annotations)."""
 
     def __post_init__(self, **kwargs):
         if not isinstance(self.spatial_branch, bool):

@@ -207,19 +207,31 @@ def patch_grid_positions(height: int, width: int, device=None, offset: int = 0) 
     return grid + offset
 
 
-def check_finite_tensor(name: str, value, shape_hint: str) -> None:
-    """Raise a ``ValueError`` unless ``value`` is a floating-point tensor without NaN or infinite entries.
+def check_finite_tensors(values: dict, shape_hint: str) -> None:
+    """Raise a ``ValueError`` unless every ``name -> value`` is a floating-point tensor without NaN or infinite
+    entries; the values are read back with one host synchronisation for all of them.
 
     Args:
-        name: what the caller calls it (``"latents"``, ``"field_targets['rgb']"``).
+        values: what the caller calls each tensor (``"latents"``, ``"field_targets['rgb']"``) -> the tensor.
         shape_hint: the expected layout, for the message (``"[B, Q, C]"``).
     """
-    if not isinstance(value, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor {shape_hint}, got {type(value).__name__}")
-    if not value.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor {shape_hint}, got dtype {value.dtype}")
-    if not torch.isfinite(value).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
+    for name, value in values.items():
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor {shape_hint}, got {type(value).__name__}")
+        if not value.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor {shape_hint}, got dtype {value.dtype}")
+    if not values:
+        return
+    device = next(iter(values.values())).device
+    finite = torch.stack([torch.isfinite(value).all().to(device) for value in values.values()])
+    for name, ok in zip(values, finite.tolist()):
+        if not ok:
+            raise ValueError(f"{name} contains NaN or infinite values")
+
+
+def check_finite_tensor(name: str, value, shape_hint: str) -> None:
+    """:func:`check_finite_tensors` for one tensor."""
+    check_finite_tensors({name: value}, shape_hint)
 
 
 class RefuseMostlyMissingWeights:

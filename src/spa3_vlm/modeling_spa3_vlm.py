@@ -419,6 +419,47 @@ class Spa3VLMMixin:
 
     # ------------------------------------------------------------------------------------------ forward
 
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.LongTensor] = None,
+        cache=None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        labels: Optional[torch.LongTensor] = None,
+        pixel_values: Optional[torch.Tensor] = None,
+        pixel_values_videos: Optional[torch.Tensor] = None,
+        image_grid_thw: Optional[torch.LongTensor] = None,
+        mm_token_type_ids: Optional[torch.IntTensor] = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        mm_encoder_outputs: Optional[dict] = None,
+        geometry_pixel_values: Optional[Any] = None,
+        spatial_latents: Optional[torch.Tensor] = None,
+        **kwargs,
+    ):
+        """The base VLM's forward with the visual tokens adapted per sample. Inputs only one base has
+        (``video_grid_thw``, Qwen2.5-VL's ``use_cache`` and ``second_per_grid_ts``) pass through ``kwargs``; the
+        named ones are those ``generate`` looks for in the signature."""
+        encoder_outputs = self._adapted_encoder_outputs(
+            pixel_values, pixel_values_videos, image_grid_thw, mm_encoder_outputs, input_ids, inputs_embeds,
+            geometry_pixel_values, spatial_latents, kwargs,
+        )  # fmt: skip
+        return super().forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            pixel_values=None,
+            pixel_values_videos=pixel_values_videos,
+            image_grid_thw=image_grid_thw,
+            mm_token_type_ids=mm_token_type_ids,
+            logits_to_keep=logits_to_keep,
+            mm_encoder_outputs=encoder_outputs or None,
+            **kwargs,
+        )
+
     def _adapted_encoder_outputs(
         self,
         pixel_values,
@@ -447,7 +488,9 @@ class Spa3VLMMixin:
                 raise ValueError("pixel_values needs image_grid_thw ([num_images, 3] = t, h, w patches per image)")
             # Qwen's vision tower turns a NaN patch into NaN logits for the whole sequence, without a word.
             check_finite_tensor("pixel_values", pixel_values, "(Qwen flattened patches, from the processor)")
-            encoder_kwargs = {k: v for k, v in encoder_kwargs.items() if k != "return_dict"}
+            # The text model's inputs that travel in kwargs are not the vision tower's.
+            text_only = ("return_dict", "video_grid_thw", "use_cache", "second_per_grid_ts")
+            encoder_kwargs = {k: v for k, v in encoder_kwargs.items() if k not in text_only}
             encoder_outputs["image"] = self.model.get_image_features(
                 pixel_values, image_grid_thw, return_dict=True, **encoder_kwargs
             )
@@ -474,51 +517,6 @@ class Spa3VLMForConditionalGeneration(Spa3VLMMixin, Qwen2_5_VLForConditionalGene
     config: Spa3VLMConfig
     _no_split_modules = ["Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock", "Block"]
 
-    def forward(
-        self,
-        input_ids: Optional[torch.LongTensor] = None,
-        attention_mask: Optional[torch.Tensor] = None,
-        position_ids: Optional[torch.LongTensor] = None,
-        cache=None,
-        inputs_embeds: Optional[torch.Tensor] = None,
-        labels: Optional[torch.LongTensor] = None,
-        use_cache: Optional[bool] = None,
-        pixel_values: Optional[torch.Tensor] = None,
-        pixel_values_videos: Optional[torch.Tensor] = None,
-        image_grid_thw: Optional[torch.LongTensor] = None,
-        video_grid_thw: Optional[torch.LongTensor] = None,
-        mm_token_type_ids: Optional[torch.IntTensor] = None,
-        second_per_grid_ts: Optional[torch.Tensor] = None,
-        logits_to_keep: int | torch.Tensor = 0,
-        mm_encoder_outputs: Optional[dict] = None,
-        geometry_pixel_values: Optional[Any] = None,
-        spatial_latents: Optional[torch.Tensor] = None,
-        **kwargs,
-    ):
-        """Qwen2.5-VL's forward with the visual tokens adapted per sample (see :class:`Spa3VLMMixin`)."""
-        encoder_outputs = self._adapted_encoder_outputs(
-            pixel_values, pixel_values_videos, image_grid_thw, mm_encoder_outputs, input_ids, inputs_embeds,
-            geometry_pixel_values, spatial_latents, kwargs,
-        )  # fmt: skip
-        return super().forward(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=cache,
-            inputs_embeds=inputs_embeds,
-            labels=labels,
-            use_cache=use_cache,
-            pixel_values=None,
-            pixel_values_videos=pixel_values_videos,
-            image_grid_thw=image_grid_thw,
-            video_grid_thw=video_grid_thw,
-            mm_token_type_ids=mm_token_type_ids,
-            second_per_grid_ts=second_per_grid_ts,
-            logits_to_keep=logits_to_keep,
-            mm_encoder_outputs=encoder_outputs or None,
-            **kwargs,
-        )
-
 
 class Spa3VLMQwen3ForConditionalGeneration(Spa3VLMMixin, Qwen3VLForConditionalGeneration):
     """Spa3-VLM on Qwen3-VL. The adapter sits where it does on Qwen2.5-VL: on the merged visual tokens, after the
@@ -529,60 +527,21 @@ class Spa3VLMQwen3ForConditionalGeneration(Spa3VLMMixin, Qwen3VLForConditionalGe
     config: Spa3VLMQwen3Config
     _no_split_modules = ["Qwen3VLTextDecoderLayer", "Qwen3VLVisionBlock", "Block"]
 
-    def forward(
-        self,
-        input_ids: Optional[torch.LongTensor] = None,
-        attention_mask: Optional[torch.Tensor] = None,
-        position_ids: Optional[torch.LongTensor] = None,
-        cache=None,
-        inputs_embeds: Optional[torch.Tensor] = None,
-        labels: Optional[torch.LongTensor] = None,
-        pixel_values: Optional[torch.Tensor] = None,
-        pixel_values_videos: Optional[torch.Tensor] = None,
-        image_grid_thw: Optional[torch.LongTensor] = None,
-        video_grid_thw: Optional[torch.LongTensor] = None,
-        mm_token_type_ids: Optional[torch.IntTensor] = None,
-        logits_to_keep: int | torch.Tensor = 0,
-        mm_encoder_outputs: Optional[dict] = None,
-        geometry_pixel_values: Optional[Any] = None,
-        spatial_latents: Optional[torch.Tensor] = None,
-        **kwargs,
-    ):
-        """Qwen3-VL's forward with the visual tokens adapted per sample (see :class:`Spa3VLMMixin`)."""
-        encoder_outputs = self._adapted_encoder_outputs(
-            pixel_values, pixel_values_videos, image_grid_thw, mm_encoder_outputs, input_ids, inputs_embeds,
-            geometry_pixel_values, spatial_latents, kwargs,
-        )  # fmt: skip
-        return super().forward(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=cache,
-            inputs_embeds=inputs_embeds,
-            labels=labels,
-            pixel_values=None,
-            pixel_values_videos=pixel_values_videos,
-            image_grid_thw=image_grid_thw,
-            video_grid_thw=video_grid_thw,
-            mm_token_type_ids=mm_token_type_ids,
-            logits_to_keep=logits_to_keep,
-            mm_encoder_outputs=encoder_outputs or None,
-            **kwargs,
-        )
-
 
 # Spa3-VLM class by config model_type: its own, or its base VLM's (whose checkpoints it loads with a fresh adapter).
 SPA3_VLM_CLASSES = {
-    "spa3_vlm": Spa3VLMForConditionalGeneration,
-    "qwen2_5_vl": Spa3VLMForConditionalGeneration,
-    "spa3_vlm_qwen3": Spa3VLMQwen3ForConditionalGeneration,
-    "qwen3_vl": Spa3VLMQwen3ForConditionalGeneration,
+    model_type: cls
+    for cls in (Spa3VLMForConditionalGeneration, Spa3VLMQwen3ForConditionalGeneration)
+    for model_type in (cls.config_class.model_type, *cls.config_class.loads_model_types)
 }
+# The model_types of Spa3-VLM configs, one per base.
+SPA3_VLM_MODEL_TYPES = (Spa3VLMConfig.model_type, Spa3VLMQwen3Config.model_type)
 
 
 __all__ = [
     "GeometryCrossAttention",
     "SPA3_VLM_CLASSES",
+    "SPA3_VLM_MODEL_TYPES",
     "Spa3VLMForConditionalGeneration",
     "Spa3VLMMixin",
     "Spa3VLMQwen3ForConditionalGeneration",

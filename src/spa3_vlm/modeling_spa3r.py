@@ -28,6 +28,7 @@ from .modeling_common import (
     RefuseMostlyMissingWeights,
     RotaryEmbedding2D,
     check_finite_tensor,
+    check_finite_tensors,
     patch_grid_positions,
 )
 from .modeling_geometry import ProjectiveRoPE, camera_rays, plucker_rays, to_homogeneous
@@ -252,6 +253,26 @@ class Spa3RModel(Spa3RPreTrainedModel):
         Returns:
             ``[B, num_queries, hidden]``.
         """
+        check_finite_tensors(
+            {"context_tokens": context_tokens, **{f"context input {k!r}": v for k, v in (context_inputs or {}).items()}},
+            "[B, Vc, N, C]",
+        )
+        prope = self.config.encoder_camera_encoding == "prope"
+        if prope and extrinsics is not None and intrinsics is not None and context_tokens.dim() == 4:
+            check_cameras(extrinsics, intrinsics, *context_tokens.shape[:2])
+        return self._encode_tokens(context_tokens, patch_grid, extrinsics, intrinsics, image_size, context_inputs)
+
+    def _encode_tokens(
+        self,
+        context_tokens: torch.Tensor,
+        patch_grid: tuple[int, int],
+        extrinsics: Optional[torch.Tensor],
+        intrinsics: Optional[torch.Tensor],
+        image_size: Optional[tuple[int, int]],
+        context_inputs: Optional[dict[str, torch.Tensor]],
+    ) -> torch.Tensor:
+        """:meth:`encode_tokens` for inputs whose values are already checked (shapes are checked here): no host
+        synchronisation on the training path, where the tokens come from the frozen backbone."""
         if context_tokens.dim() != 4:
             raise ValueError(f"context_tokens must be [B, Vc, N, C_backbone], got shape {tuple(context_tokens.shape)}")
         batch, views, num_patches, channels = context_tokens.shape
@@ -262,7 +283,6 @@ class Spa3RModel(Spa3RPreTrainedModel):
             raise ValueError(f"context_tokens have {channels} channels, expected backbone_hidden_size={self.config.backbone_hidden_size}")
         if num_patches != grid_h * grid_w:
             raise ValueError(f"context_tokens have {num_patches} tokens per view, but patch_grid {patch_grid} has {grid_h * grid_w}")
-        check_finite_tensor("context_tokens", context_tokens, "[B, Vc, N, C_backbone]")
         num_queries = self.config.num_queries
         tokens = self.projection(context_tokens.to(self.projection.weight.dtype))
         if context_inputs and self.context_input_projections is None:
@@ -277,7 +297,6 @@ class Spa3RModel(Spa3RPreTrainedModel):
                     "encoder_camera_encoding='prope' needs the context views' extrinsics and intrinsics "
                     "(Spa3RModel.forward takes them from the backbone's camera head when not given)"
                 )
-            check_cameras(extrinsics, intrinsics, batch, views)
             patch = self.config.patch_size
             size = image_size or (grid_h * patch, grid_w * patch)
             if self.ray_embedding is not None:
@@ -302,7 +321,6 @@ class Spa3RModel(Spa3RPreTrainedModel):
         total = 0.0
         for name, values in context_inputs.items():
             channels = self.config.context_inputs[name]
-            check_finite_tensor(f"context input {name!r}", values, f"[B, Vc, N, {channels}]")
             if values.shape != (*shape, channels):
                 raise ValueError(f"context input {name!r} must be [B, Vc, N, {channels}] = {(*shape, channels)}, got {tuple(values.shape)}")
             total = total + self.context_input_projections[name](values.to(dtype))
@@ -504,6 +522,14 @@ class Spa3RForFieldPrediction(Spa3RPreTrainedModel):
         if latents.shape[0] != batch:
             raise ValueError(f"latents have batch size {latents.shape[0]} but the cameras have {batch}")
         check_cameras(extrinsics, intrinsics, batch, views)
+        return self._decode_field(latents, extrinsics, intrinsics, image_size)
+
+    def _decode_field(
+        self, latents: torch.Tensor, extrinsics: torch.Tensor, intrinsics: torch.Tensor, image_size: tuple[int, int]
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`decode_field` for latents and cameras whose values are already checked (``forward``: no host
+        synchronisation for values it computed or checked itself)."""
+        batch, views = extrinsics.shape[:2]
         height, width = image_size
         patch = self.config.patch_size
         if height % patch or width % patch or height <= 0 or width <= 0:
@@ -685,8 +711,8 @@ class Spa3RForFieldPrediction(Spa3RPreTrainedModel):
                 "given here would be ignored: drop them (the PSFM trainer and field evaluation do), or use "
                 "pose_source='dataset'"
             )
+        check_finite_tensors({f"field_targets[{k!r}]": v for k, v in (field_targets or {}).items()}, "[B, V, N, C]")
         for name, value in (field_targets or {}).items():
-            check_finite_tensor(f"field_targets[{name!r}]", value, "[B, V, N, C]")
             grid = (height // self.config.patch_size) * (width // self.config.patch_size)
             if value.dim() != 4 or value.shape[:3] != (batch, views, grid):
                 raise ValueError(
@@ -697,8 +723,9 @@ class Spa3RForFieldPrediction(Spa3RPreTrainedModel):
         if self.config.pose_source == "dataset":
             if extrinsics is None or intrinsics is None:
                 raise ValueError('pose_source="dataset" needs extrinsics and intrinsics in the batch')
-            check_cameras(extrinsics, intrinsics, batch, views)
             targets["extrinsics"], targets["intrinsics"] = extrinsics, intrinsics
+        # One check of the cameras, given or predicted by the backbone, for the encoder and the decoder.
+        check_cameras(targets["extrinsics"], targets["intrinsics"], batch, views)
         probe_target = self.config.depth_probe_target if self.depth_probe is not None else None
         for name, value in (field_targets or {}).items():
             if name not in self.heads and name not in (self.config.context_inputs or {}) and name != probe_target:
@@ -723,7 +750,7 @@ class Spa3RForFieldPrediction(Spa3RPreTrainedModel):
         context_inputs = None
         if self.config.context_inputs and use_context_inputs:
             context_inputs = self._context_inputs(targets, context_index)
-        latents = self.spa3r.encode_tokens(
+        latents = self.spa3r._encode_tokens(
             targets["context_tokens"],
             (height // patch, width // patch),
             context_extrinsics,
@@ -731,7 +758,7 @@ class Spa3RForFieldPrediction(Spa3RPreTrainedModel):
             (height, width),
             context_inputs=context_inputs,
         )
-        field = self.decode_field(latents, targets["extrinsics"], targets["intrinsics"], (height, width))
+        field = self._decode_field(latents, targets["extrinsics"], targets["intrinsics"], (height, width))
         losses = self.field_losses(field, targets, self.heads.keys())
         loss = self.total_loss(losses)
         predictions = {name: value for name, value in field.items() if name != "hidden_states"}

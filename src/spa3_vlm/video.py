@@ -76,10 +76,13 @@ def video_duration_seconds(path: str | os.PathLike) -> float:
     if os.path.isdir(path):
         return float(len(list_image_files(path)))
     with _open(path) as container:
-        rate = container.streams.video[0].average_rate or container.streams.video[0].guessed_rate
+        stream = container.streams.video[0]
+        rate, stored = stream.average_rate or stream.guessed_rate, stream.frames
     if not rate or float(rate) <= 0:
         raise ValueError(f"Video file {path} has no frame rate to compute its duration from.")
-    return count_video_frames(path) / float(rate)
+    # The container's frame count where it has one (one open of the file); counted by decoding otherwise.
+    frames = stored if stored and stored > 0 else count_video_frames(path, trust_container=False)
+    return frames / float(rate)
 
 
 def reference_frame_count(

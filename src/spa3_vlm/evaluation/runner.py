@@ -42,6 +42,7 @@ import numpy as np
 import PIL.Image
 import torch
 
+from ..modeling_spa3_vlm import SPA3_VLM_MODEL_TYPES
 from ..processing_spa3_vlm import DEFAULT_SYSTEM_MESSAGE, Spa3VLMProcessor, sample_frame_indices
 from .vsibench import (
     NUMERICAL_TYPES,
@@ -90,8 +91,7 @@ LMMS_EVAL_MAX_PIXELS = 1605632
 VSIBENCH_HUB_ID = "nyu-visionx/VSI-Bench"
 DATASETS = ("vsibench", "synthrooms-qa")
 # Spa3-VLM on each base, and the plain bases (evaluated without geometry inputs).
-SPA3_MODEL_TYPES = ("spa3_vlm", "spa3_vlm_qwen3")
-MODEL_TYPES = (*SPA3_MODEL_TYPES, "qwen2_5_vl", "qwen3_vl")
+MODEL_TYPES = (*SPA3_VLM_MODEL_TYPES, "qwen2_5_vl", "qwen3_vl")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 REQUIRED_FIELDS = ("id", "question_type", "question", "ground_truth")
 
@@ -134,7 +134,7 @@ def model_class_for(config) -> type:
 
     model_type = getattr(config, "model_type", None)
     classes = {
-        **{name: SPA3_VLM_CLASSES[name] for name in SPA3_MODEL_TYPES},
+        **{name: SPA3_VLM_CLASSES[name] for name in SPA3_VLM_MODEL_TYPES},
         "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
         "qwen3_vl": Qwen3VLForConditionalGeneration,
     }
@@ -239,7 +239,7 @@ class VSIBenchGenerator:
             )
         self.model = model
         self.processor = processor
-        self.takes_geometry = model_type in SPA3_MODEL_TYPES
+        self.takes_geometry = model_type in SPA3_VLM_MODEL_TYPES
         self.max_new_tokens = max_new_tokens
         self.system_message = system_message
         processor.tokenizer.padding_side = "left"
