@@ -106,3 +106,18 @@ def pytest_terminal_summary(terminalreporter):
         except importlib.metadata.PackageNotFoundError:
             versions.append(f"{name} (not installed)")
     terminalreporter.write_line("tested with " + ", ".join(versions))
+
+
+@pytest.fixture(scope="module")
+def app():
+    """space/app.py, imported once per session."""
+    from space_testing import load_space_app
+
+    return load_space_app()
+
+
+@pytest.fixture(scope="module")
+def core(app):
+    """The Space's logic module (space/spa3_demo.py)."""
+    return app.core
+

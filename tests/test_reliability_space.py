@@ -13,7 +13,7 @@ import huggingface_hub
 import pytest
 import torch
 
-from test_space import REPO, app, core  # noqa: F401  (app, core: the Space's fixtures)
+from test_space import REPO
 
 OFFLINE_REFUSAL = (
     "This model is not offered here. Choose one of: runs/spa3-vlm-tiny-sft, tiny-random. Hub ids (owner/name) "

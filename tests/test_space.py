@@ -23,32 +23,7 @@ SPACE = REPO / "space"
 gradio_client = pytest.importorskip("gradio_client")
 av = pytest.importorskip("av")
 
-
-def load_space_app():
-    """Import space/app.py once per session (also used by the browser test)."""
-    name = "spa3_space_app"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, SPACE / "app.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def app():
-    return load_space_app()
-
-
-@pytest.fixture(scope="module")
-def core(app):
-    return app.core
+from space_testing import free_port  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from test_space import free_port, load_space_app
+from space_testing import free_port, load_space_app
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
