@@ -179,7 +179,7 @@ def greedy_without_cache(model, batch, steps: int) -> torch.Tensor:
     sequence, mask = batch["input_ids"], batch["attention_mask"]
     with torch.no_grad():
         for _ in range(steps):
-            step = dict(batch, input_ids=sequence, attention_mask=mask, mm_token_type_ids=(sequence == IMAGE).int())
+            step = dict(batch, input_ids=sequence, attention_mask=mask, mm_token_type_ids=(sequence == IMAGE).int() + 2 * (sequence == VIDEO).int())
             logits = model(**step, use_cache=False).logits
             sequence = torch.cat([sequence, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)

@@ -33,7 +33,6 @@ from transformers import (
 from spa3_vlm import Spa3RConfig, Spa3RForFieldPrediction
 from spa3_vlm.configuration_spa3_vlm import Spa3VLMConfig, encoder_only_spa3r_config
 from spa3_vlm.modeling_spa3_vlm import (
-    VIDEO_INPUT_ERROR,
     Spa3VLMForConditionalGeneration,
     assign_images_to_samples,
 )
@@ -337,9 +336,41 @@ def test_plain_qwen_ablation_and_video_policy(config):
         assert torch.equal(plain(**video).logits, qwen(**video).logits)
         # Geometry inputs are accepted and ignored, so one data pipeline feeds both variants.
         assert torch.equal(plain(**batch).logits, qwen(**qwen_inputs(batch)).logits)
-    with pytest.raises(ValueError, match="adapts image tokens only"):
-        build_model(config)(**video, geometry_pixel_values=[torch.rand(2, 3, *GEOMETRY_HW)])
-    assert "list of frames" in VIDEO_INPUT_ERROR
+
+
+
+def test_video_tokens_are_adapted_from_the_samples_frames(config):
+    """The base's own video input (``pixel_values_videos``) goes through the adapter like images: a fresh model is
+    exactly Qwen2.5-VL on it, a trained adapter changes exactly the video tokens, and without geometry it is an
+    error rather than silently unadapted."""
+    torch.manual_seed(5)
+    qwen = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**qwen_values())).eval()
+    ids = torch.tensor([[BOS, 10, VSTART] + [VIDEO] * 8 + [VEND, 11]])
+    video = dict(
+        input_ids=ids, mm_token_type_ids=(ids == VIDEO).int() * 2,
+        pixel_values_videos=torch.randn(2 * 16, 3 * 2 * 14 * 14, generator=torch.Generator().manual_seed(1)),
+        video_grid_thw=torch.tensor([[2, 4, 4]]),
+    )  # fmt: skip
+    geometry = [torch.rand(2, 3, *GEOMETRY_HW, generator=torch.Generator().manual_seed(2))]
+    fresh, trained = build_model(config), build_model(config, random_adaptor=True)
+    copy_qwen_weights(qwen, fresh)
+    copy_qwen_weights(qwen, trained)
+    with torch.no_grad():
+        expected = qwen(**video).logits
+        assert torch.equal(fresh(**video, geometry_pixel_values=geometry).logits, expected)
+        adapted = trained(**video, geometry_pixel_values=geometry).logits
+        # Causal attention: the tokens before the video are untouched, the video and what follows change.
+        assert torch.equal(adapted[:, :3], expected[:, :3])
+        assert not torch.allclose(adapted[:, 3:], expected[:, 3:], atol=1e-3)
+        latents = trained.compute_spatial_latents(geometry)
+        assert torch.equal(trained(**video, spatial_latents=latents).logits, adapted)
+        outputs = trained.adapted_encoder_outputs(**video, geometry_pixel_values=geometry)
+        base = qwen.model.get_video_features(video["pixel_values_videos"], video["video_grid_thw"]).pooler_output
+        assert torch.equal(outputs["video"].pooler_output[0], trained.adapt_visual_tokens([base[0]], latents)[0])
+    with pytest.raises(ValueError, match="neither geometry_pixel_values nor spatial_latents"):
+        trained(**video)
+    with pytest.raises(ValueError, match=r"9 video placeholder tokens .* give 8 visual tokens"):
+        trained(**{**video, "input_ids": torch.cat([ids, torch.tensor([[VIDEO]])], 1)}, geometry_pixel_values=geometry)
 
 
 # ---------------------------------------------------------------------------------------------- bad input
@@ -370,7 +401,7 @@ def _drop_one_image_token(batch):
          r"geometry_pixel_values\[0\] holds frames of different sizes"),
         (lambda b: dict(b, geometry_pixel_values=[[], b["geometry_pixel_values"][1]]), r"geometry_pixel_values\[0\] is an empty image list"),
         (lambda b: dict(b, geometry_pixel_values=[torch.rand(0, 3, 56, 70), b["geometry_pixel_values"][1]]), r"geometry_pixel_values\[0\] is an empty image list"),
-        (lambda b: dict(b, geometry_pixel_values=[None, b["geometry_pixel_values"][1]]), r"samples \[0\] have image tokens but no geometry frames"),
+        (lambda b: dict(b, geometry_pixel_values=[None, b["geometry_pixel_values"][1]]), r"samples \[0\] have visual tokens but no geometry frames"),
         (lambda b: dict(b, geometry_pixel_values=[torch.rand(3, 56, 70), b["geometry_pixel_values"][1]]), r"must be a \[V, 3, H, W\] tensor"),
         (lambda b: dict(b, geometry_pixel_values=None), "neither geometry_pixel_values nor spatial_latents"),
         (lambda b: dict(b, geometry_pixel_values=None, spatial_latents=torch.zeros(2, 16, 32)), r"spatial_latents must be a \[B, num_queries, C_spa3r\] = \[2, 16, 64\]"),

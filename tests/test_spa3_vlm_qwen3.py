@@ -31,6 +31,7 @@ from spa3_vlm import (
     Spa3VLMQwen3ForConditionalGeneration,
 )
 from spa3_vlm.configuration_spa3_vlm import encoder_only_spa3r_config
+from spa3_vlm.processing_spa3_vlm import SPA3_VLM_CHAT_TEMPLATE, SPA3_VLM_QWEN3_CHAT_TEMPLATE
 
 PATCH = 16
 
@@ -86,6 +87,34 @@ def test_hub_configs_build_the_tiny_and_describe_the_4b(repo_root):
     assert big.vision_config.deepstack_visual_indexes == [5, 11, 17] and big.vision_config.patch_size == 16
     assert big.spa3r_config.hidden_size == 768 and big.spa3r_config.num_queries == 256  # the paper's encoder
     assert big.adapter_num_heads == 32  # the LLM's heads: head_dim 80
+
+
+def test_the_processors_speak_their_bases_chat_format(repo_root):
+    """Qwen3-VL's chat format has no default system turn, Qwen2.5-VL's adds "You are a helpful assistant."; both mark
+    the assistant's reply for assistant-only loss, and each tiny hub config ships its base's."""
+    from spa3_vlm import Spa3VLMProcessor
+
+    qwen3 = Spa3VLMProcessor.from_pretrained(repo_root / "hub_configs" / "spa3-vlm-qwen3-tiny")
+    qwen25 = Spa3VLMProcessor.from_pretrained(repo_root / "hub_configs" / "spa3-vlm-tiny")
+    assert (qwen3.chat_template, qwen25.chat_template) == (SPA3_VLM_QWEN3_CHAT_TEMPLATE, SPA3_VLM_CHAT_TEMPLATE)
+    chat = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many chairs?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "3"}]},
+    ]
+    user = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>How many chairs?<|im_end|>\n"
+    reply = "<|im_start|>assistant\n3<|im_end|>\n"
+    assert qwen3.apply_chat_template(chat) == user + reply
+    assert qwen25.apply_chat_template(chat) == "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n" + user + reply
+    system = [{"role": "system", "content": "Be brief."}]
+    assert qwen3.apply_chat_template(system + chat[:1], add_generation_prompt=True) == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n" + user + "<|im_start|>assistant\n"
+    )
+    out = qwen3.apply_chat_template(
+        [{"role": "user", "content": "Which side?"}, {"role": "assistant", "content": "left"}],
+        tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
+    )  # fmt: skip
+    ids, mask = out["input_ids"][0], out["assistant_masks"][0]
+    assert qwen3.tokenizer.decode([t for t, m in zip(ids, mask) if m]) == "left<|im_end|>\n"
 
 
 def test_a_fresh_model_is_exactly_qwen3_vl_deepstack_included(qwen3, spa3r_config):
@@ -147,10 +176,37 @@ def test_spatial_latents_replace_the_encoder(model):
         assert torch.equal(model(**cached, spatial_latents=latents).logits, expected)
 
 
-def test_video_input_is_refused_with_the_spatial_branch(model):
-    batch = batch_of([[(4, 4)]])
-    with pytest.raises(ValueError, match=r"Spa3-VLM adapts image tokens only"):
-        model(**batch, pixel_values_videos=torch.zeros(4, 3 * 2 * PATCH**2), video_grid_thw=torch.tensor([[1, 2, 2]]))
+def qwen3_video_batch():
+    """Qwen3-VL's own video layout: each temporal group (2 frames) is one vision block after a timestamp in the text
+    (here the token ids 20 and 30 stand for ``<0.5 seconds>`` and ``<1.5 seconds>``)."""
+    from spa3_vlm_testing import BOS, VEND, VIDEO, VSTART
+
+    ids = torch.tensor([[BOS, 10, 20, VSTART] + [VIDEO] * 4 + [VEND, 30, VSTART] + [VIDEO] * 4 + [VEND, 40, 41]])
+    return dict(
+        input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=(ids == VIDEO).int() * 2,
+        pixel_values_videos=torch.randn(32, 3 * 2 * PATCH**2, generator=torch.Generator().manual_seed(0)),
+        video_grid_thw=torch.tensor([[2, 4, 4]]),
+    )  # fmt: skip
+
+
+def test_qwen3_video_input_with_timestamps_is_adapted_and_exact_when_the_adapter_is_zero(qwen3, model, spa3r_config):
+    """Qwen3-VL's native video input (timestamps, temporal mRoPE positions, deepstack features at the video
+    positions) passes through Qwen3-VL's own code: a fresh Spa3-VLM equals Qwen3-VL on it, and a trained adapter
+    changes the video tokens and what follows them, reading the sample's geometry frames."""
+    batch, geometry = qwen3_video_batch(), [torch.rand(4, 3, 56, 70, generator=torch.Generator().manual_seed(3))]
+    torch.manual_seed(2)
+    fresh = Spa3VLMQwen3ForConditionalGeneration(Spa3VLMQwen3Config.from_qwen(qwen3.config, spa3r_config=spa3r_config))
+    fresh.load_state_dict(qwen3.state_dict(), strict=False)
+    with torch.no_grad():
+        expected = qwen3(**batch).logits
+        assert torch.equal(fresh.eval()(**batch, geometry_pixel_values=geometry).logits, expected)
+        adapted = model(**batch, geometry_pixel_values=geometry).logits
+        assert torch.equal(adapted[:, :4], expected[:, :4])
+        assert not torch.allclose(adapted[:, 4:], expected[:, 4:], atol=1e-3)
+        generated = model.generate(**batch, geometry_pixel_values=geometry, max_new_tokens=3, do_sample=False, pad_token_id=PAD)
+    assert torch.equal(generated[:, -3:], greedy_without_cache(model, {**batch, "geometry_pixel_values": geometry}, 3)[:, -3:])
+    with pytest.raises(ValueError, match="neither geometry_pixel_values nor spatial_latents"):
+        model(**batch)
 
 
 def test_save_pretrained_and_remote_code_load_in_a_clean_process(tmp_path, model, qwen3):
@@ -263,4 +319,7 @@ def test_sft_starts_from_a_plain_qwen3_vl_checkpoint(tmp_path, spa3r_folder, rep
         "--data_cache_dir", str(tmp_path / "data"),
     ])  # fmt: skip
     assert run["trainer"].state.global_step == 1 and type(run["model"]) is Spa3VLMQwen3ForConditionalGeneration
-    assert Spa3VLMProcessor.from_pretrained(tmp_path / "out").image_processor.patch_size == PATCH
+    saved = Spa3VLMProcessor.from_pretrained(tmp_path / "out")
+    assert saved.image_processor.patch_size == PATCH
+    # The processor took Qwen3-VL's chat format from the checkpoint's model_type: no default system turn.
+    assert saved.chat_template == SPA3_VLM_QWEN3_CHAT_TEMPLATE

@@ -24,6 +24,7 @@ from transformers import Qwen2Tokenizer
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
 from spa3_vlm.processing_spa3_vlm import (
+    CHAT_TEMPLATES,
     SPECIAL_TOKENS,
     Spa3VLMProcessor,
     build_qwen_image_processor,
@@ -233,6 +234,7 @@ def build_processor(tokenizer, base: str = "qwen2_5_vl") -> Spa3VLMProcessor:
         ),
         tokenizer=tokenizer,
         geometry_image_processor=Spa3RImageProcessor(**TINY_GEOMETRY),
+        chat_template=CHAT_TEMPLATES[base],
         num_video_frames=8,
     )
 

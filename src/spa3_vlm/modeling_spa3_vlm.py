@@ -18,9 +18,9 @@ them to the base's own ``forward`` as ``mm_encoder_outputs``; Qwen's code scatte
 ``<|image_pad|>`` positions, builds the mRoPE positions and runs the LLM. Decoding steps carry no image
 features, so the adapter (and Spa3R) run on the prefill step only.
 
-Videos: Spa3-VLM, like the reference pipeline, sees a video as a list of frames (images; ``Spa3VLMProcessor``
-converts ``{"type": "video"}`` entries). ``pixel_values_videos`` is rejected with ``spatial_branch=True`` rather
-than passed through unadapted; with ``spatial_branch=False`` (plain Qwen2.5-VL) it is accepted.
+Videos: the processor, like the reference pipeline, gives a video as a list of frames (images). The base's own
+video input (``pixel_values_videos`` + ``video_grid_thw``, e.g. from Qwen3-VL's processor with its timestamps) is
+adapted the same way, from the same sample's ``geometry_pixel_values`` (the video's frames) or cached latents.
 """
 
 from __future__ import annotations
@@ -41,13 +41,6 @@ from .modeling_spa3r import Spa3RModel
 
 # Qwen2.5-VL Hub checkpoint names -> transformers 5 module names (as transformers' own Qwen2.5-VL mapping).
 QWEN_HUB_KEY_MAPPING = {r"^visual": "model.visual", r"^model(?!\.(language_model|visual))": "model.language_model"}
-
-VIDEO_INPUT_ERROR = (
-    "Spa3-VLM adapts image tokens only, but got video input (pixel_values_videos). Pass a video as a list of "
-    "frames, i.e. images (Spa3VLMProcessor does this for {'type': 'video'} chat entries and videos=...), or use "
-    "a config with spatial_branch=False for the plain base VLM's video input."
-)
-
 
 class GeometryCrossAttention(nn.Module):
     """Multi-head cross-attention with per-head LayerNorm on queries and keys.
@@ -151,25 +144,29 @@ def split_geometry_inputs(geometry_pixel_values: Any, batch_size: int) -> list[O
     return [_sample_frames(entry, index) for index, entry in enumerate(entries)]
 
 
-def assign_images_to_samples(tokens_per_image: Sequence[int], tokens_per_sample: Sequence[int]) -> list[int]:
-    """Sample index of each image, images taken in order, given visual-token counts per image and per sample."""
+def assign_images_to_samples(
+    tokens_per_image: Sequence[int], tokens_per_sample: Sequence[int], kind: str = "image"
+) -> list[int]:
+    """Sample index of each image (or video), taken in order, given visual-token counts per item and per sample."""
     total_tokens, total_features = sum(tokens_per_sample), sum(tokens_per_image)
+    pad = "<|image_pad|>" if kind == "image" else "<|video_pad|>"
+    grid = "image_grid_thw" if kind == "image" else "video_grid_thw"
     if total_tokens != total_features:
         raise ValueError(
-            f"the batch has {total_tokens} image placeholder tokens in input_ids but its {len(tokens_per_image)} "
-            f"image(s) give {total_features} visual tokens ({list(tokens_per_image)} per image, = t*h*w / merge_size**2 "
-            "of image_grid_thw): pass as many images as the text has image slots, each expanded to its number of "
-            "<|image_pad|> tokens (Spa3VLMProcessor does this), and do not truncate a sequence inside an image"
+            f"the batch has {total_tokens} {kind} placeholder tokens in input_ids but its {len(tokens_per_image)} "
+            f"{kind}(s) give {total_features} visual tokens ({list(tokens_per_image)} per {kind}, = t*h*w / "
+            f"merge_size**2 of {grid}): pass as many {kind}s as the text has {kind} slots, each expanded to its number "
+            f"of {pad} tokens (the processor does this), and do not truncate a sequence inside an {kind}"
         )
     owners, sample, filled = [], 0, 0
-    for image, count in enumerate(tokens_per_image):
+    for item, count in enumerate(tokens_per_image):
         while sample < len(tokens_per_sample) and filled == tokens_per_sample[sample]:
             sample, filled = sample + 1, 0
         if sample == len(tokens_per_sample) or filled + count > tokens_per_sample[sample]:
             raise ValueError(
-                f"image {image} ({count} visual tokens) does not fit in the image slots of one sample (image tokens per "
-                f"sample: {list(tokens_per_sample)}, per image: {list(tokens_per_image)}): each image's <|image_pad|> "
-                "run must lie within one sample, with the images in the order of the text"
+                f"{kind} {item} ({count} visual tokens) does not fit in the {kind} slots of one sample ({kind} tokens "
+                f"per sample: {list(tokens_per_sample)}, per {kind}: {list(tokens_per_image)}): each {kind}'s {pad} "
+                f"run must lie within one sample, with the {kind}s in the order of the text"
             )
         owners.append(sample)
         filled += count
@@ -364,57 +361,71 @@ class Spa3VLMMixin:
         adapted = queries + self.geometry_adaptor(normed) * self.geometry_gate(normed)
         return [adapted[s, :length].to(visual_tokens[s].dtype) for s, length in enumerate(lengths)]
 
-    def _image_tokens_per_sample(self, input_ids, inputs_embeds) -> list[int]:
+    def _placeholder_counts(self, token_id: int, input_ids, inputs_embeds) -> list[int]:
+        """Placeholder tokens ``token_id`` (image or video pad) per sample."""
         if input_ids is not None:
-            mask = input_ids == self.config.image_token_id
+            mask = input_ids == token_id
         elif inputs_embeds is not None:
-            # As Qwen does without input_ids: placeholders are the rows equal to the image token's embedding.
-            image_embedding = self.get_input_embeddings()(
-                torch.tensor(self.config.image_token_id, device=inputs_embeds.device)
-            )
-            mask = (inputs_embeds == image_embedding).all(-1)
+            # As Qwen does without input_ids: placeholders are the rows equal to the placeholder's embedding.
+            embedding = self.get_input_embeddings()(torch.tensor(token_id, device=inputs_embeds.device))
+            mask = (inputs_embeds == embedding).all(-1)
         else:
-            raise ValueError("image inputs need input_ids (or inputs_embeds) holding the image placeholder tokens")
+            raise ValueError("visual inputs need input_ids (or inputs_embeds) holding the placeholder tokens")
         return mask.sum(-1).tolist()
 
-    def _adapt_image_features(
-        self,
-        image_outputs,
-        input_ids,
-        inputs_embeds,
-        geometry_pixel_values,
-        spatial_latents,
-    ):
-        """Qwen image-encoder outputs -> the same outputs with per-sample adapted ``pooler_output``."""
-        features = list(image_outputs.pooler_output)
-        tokens_per_sample = self._image_tokens_per_sample(input_ids, inputs_embeds)
-        owners = assign_images_to_samples([f.shape[0] for f in features], tokens_per_sample)
-        if not self.config.spatial_branch:
-            return image_outputs
-        batch_size = len(tokens_per_sample)
-        samples = sorted(set(owners))
+    def _latents_for_samples(self, samples: list[int], batch_size: int, geometry_pixel_values, spatial_latents):
+        """Spa3R latents ``[len(samples), Q, C]`` of the given samples: cached, or encoded from their frames."""
         if geometry_pixel_values is not None and spatial_latents is not None:
             raise ValueError("pass either geometry_pixel_values or spatial_latents, not both")
         if spatial_latents is not None:
-            latents = self._check_spatial_latents(spatial_latents, batch_size)[samples]
-        elif geometry_pixel_values is not None:
-            frames = split_geometry_inputs(geometry_pixel_values, batch_size)
-            without = [b for b in samples if frames[b] is None]
-            if without:
-                raise ValueError(
-                    f"samples {without} have image tokens but no geometry frames (geometry_pixel_values entry is None)"
-                )
-            latents = self._encode_frames([frames[b] for b in samples])
-        else:
+            return self._check_spatial_latents(spatial_latents, batch_size)[samples]
+        if geometry_pixel_values is None:
             raise ValueError(
-                "Spa3-VLM (spatial_branch=True) got images but neither geometry_pixel_values nor spatial_latents: pass "
-                "the processor's geometry_pixel_values (one [V, 3, H, W] tensor in [0, 1] per sample) or cached "
-                "spatial_latents [B, num_queries, C]"
+                "Spa3-VLM (spatial_branch=True) got images or videos but neither geometry_pixel_values nor "
+                "spatial_latents: pass the processor's geometry_pixel_values (one [V, 3, H, W] tensor in [0, 1] per "
+                "sample) or cached spatial_latents [B, num_queries, C]"
             )
-        per_sample = [torch.cat([f for f, owner in zip(features, owners) if owner == b]) for b in samples]
-        adapted = torch.cat(self.adapt_visual_tokens(per_sample, latents))
-        adapted_outputs = type(image_outputs)(**dict(image_outputs.items()))
-        adapted_outputs.pooler_output = tuple(torch.split(adapted, [f.shape[0] for f in features]))
+        frames = split_geometry_inputs(geometry_pixel_values, batch_size)
+        without = [b for b in samples if frames[b] is None]
+        if without:
+            raise ValueError(
+                f"samples {without} have visual tokens but no geometry frames (geometry_pixel_values entry is None)"
+            )
+        return self._encode_frames([frames[b] for b in samples])
+
+    def _adapt_encoder_outputs(
+        self,
+        encoder_outputs: dict,
+        input_ids=None,
+        inputs_embeds=None,
+        geometry_pixel_values=None,
+        spatial_latents=None,
+    ) -> dict:
+        """The base's ``mm_encoder_outputs`` (``{"image": ..., "video": ...}``, unadapted) with every visual token
+        adapted by its own sample's latents; Spa3R runs once per sample that has images or videos. Anything else the
+        encoder returns (Qwen3-VL's deepstack features) passes through unchanged."""
+        placeholders = {"image": self.config.image_token_id, "video": self.config.video_token_id}
+        present = [m for m in ("image", "video") if encoder_outputs.get(m) is not None]
+        owners = {}
+        for modality in present:
+            features = encoder_outputs[modality].pooler_output
+            counts = self._placeholder_counts(placeholders[modality], input_ids, inputs_embeds)
+            owners[modality] = assign_images_to_samples([f.shape[0] for f in features], counts, modality)
+            batch_size = len(counts)
+        if not self.config.spatial_branch or not present:
+            return encoder_outputs
+        samples = sorted({owner for modality in present for owner in owners[modality]})
+        latents = self._latents_for_samples(samples, batch_size, geometry_pixel_values, spatial_latents)
+        adapted_outputs = dict(encoder_outputs)
+        for modality in present:
+            outputs, features = encoder_outputs[modality], list(encoder_outputs[modality].pooler_output)
+            # Cross-attention rows are independent, so a sample's image and video tokens may be adapted apart.
+            mine = sorted(set(owners[modality]))
+            per_sample = [torch.cat([f for f, owner in zip(features, owners[modality]) if owner == b]) for b in mine]
+            adapted = torch.cat(self.adapt_visual_tokens(per_sample, latents[[samples.index(b) for b in mine]]))
+            copy = type(outputs)(**dict(outputs.items()))
+            copy.pooler_output = tuple(torch.split(adapted, [f.shape[0] for f in features]))
+            adapted_outputs[modality] = copy
         return adapted_outputs
 
     # ------------------------------------------------------------------------------------------ forward
@@ -430,6 +441,7 @@ class Spa3VLMMixin:
         pixel_values: Optional[torch.Tensor] = None,
         pixel_values_videos: Optional[torch.Tensor] = None,
         image_grid_thw: Optional[torch.LongTensor] = None,
+        video_grid_thw: Optional[torch.LongTensor] = None,
         mm_token_type_ids: Optional[torch.IntTensor] = None,
         logits_to_keep: int | torch.Tensor = 0,
         mm_encoder_outputs: Optional[dict] = None,
@@ -438,11 +450,14 @@ class Spa3VLMMixin:
         **kwargs,
     ):
         """The base VLM's forward with the visual tokens adapted per sample. Inputs only one base has
-        (``video_grid_thw``, Qwen2.5-VL's ``use_cache`` and ``second_per_grid_ts``) pass through ``kwargs``; the
-        named ones are those ``generate`` looks for in the signature."""
-        encoder_outputs = self._adapted_encoder_outputs(
-            pixel_values, pixel_values_videos, image_grid_thw, mm_encoder_outputs, input_ids, inputs_embeds,
-            geometry_pixel_values, spatial_latents, kwargs,
+        (Qwen2.5-VL's ``use_cache`` and ``second_per_grid_ts``) pass through ``kwargs``; the named ones are those
+        ``generate`` looks for in the signature."""
+        # The text model's inputs that travel in kwargs are not the vision tower's.
+        text_only = ("return_dict", "use_cache", "second_per_grid_ts")
+        encoder_outputs = self.adapted_encoder_outputs(
+            pixel_values, pixel_values_videos, image_grid_thw, video_grid_thw, mm_encoder_outputs,
+            input_ids, inputs_embeds, geometry_pixel_values, spatial_latents,
+            **{k: v for k, v in kwargs.items() if k not in text_only},
         )  # fmt: skip
         return super().forward(
             input_ids=input_ids,
@@ -452,53 +467,48 @@ class Spa3VLMMixin:
             inputs_embeds=inputs_embeds,
             labels=labels,
             pixel_values=None,
-            pixel_values_videos=pixel_values_videos,
+            pixel_values_videos=None,
             image_grid_thw=image_grid_thw,
+            video_grid_thw=video_grid_thw,
             mm_token_type_ids=mm_token_type_ids,
             logits_to_keep=logits_to_keep,
             mm_encoder_outputs=encoder_outputs or None,
             **kwargs,
         )
 
-    def _adapted_encoder_outputs(
+    def adapted_encoder_outputs(
         self,
-        pixel_values,
-        pixel_values_videos,
-        image_grid_thw,
-        mm_encoder_outputs,
-        input_ids,
-        inputs_embeds,
-        geometry_pixel_values,
-        spatial_latents,
-        encoder_kwargs: dict,
+        pixel_values: Optional[torch.Tensor] = None,
+        pixel_values_videos: Optional[torch.Tensor] = None,
+        image_grid_thw: Optional[torch.LongTensor] = None,
+        video_grid_thw: Optional[torch.LongTensor] = None,
+        mm_encoder_outputs: Optional[dict] = None,
+        input_ids: Optional[torch.LongTensor] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        geometry_pixel_values: Optional[Any] = None,
+        spatial_latents: Optional[torch.Tensor] = None,
+        **vision_kwargs,
     ) -> dict:
-        """The base's ``mm_encoder_outputs`` with the image features adapted per sample.
+        """The base's ``mm_encoder_outputs`` for the images and videos, adapted per sample.
 
-        ``mm_encoder_outputs["image"]``, when given (``generate`` does), holds the base's *unadapted* image-encoder
-        outputs; they are adapted like features computed from ``pixel_values``. Anything else the encoder returns
-        (Qwen3-VL's deepstack features) passes through unchanged.
+        ``mm_encoder_outputs``, when given (``generate`` does), holds the base's *unadapted* encoder outputs; they
+        are adapted like features computed here from ``pixel_values`` / ``pixel_values_videos``.
         """
         encoder_outputs = dict(mm_encoder_outputs or {})
-        if self.config.spatial_branch and (pixel_values_videos is not None or encoder_outputs.get("video") is not None):
-            raise ValueError(VIDEO_INPUT_ERROR)
-        if pixel_values is not None and encoder_outputs.get("image") is not None:
-            raise ValueError("pass either pixel_values or mm_encoder_outputs['image'], not both")
-        if pixel_values is not None:
-            if image_grid_thw is None:
-                raise ValueError("pixel_values needs image_grid_thw ([num_images, 3] = t, h, w patches per image)")
+        inputs = {"image": (pixel_values, image_grid_thw), "video": (pixel_values_videos, video_grid_thw)}
+        for modality, (values, grid) in inputs.items():
+            if values is None:
+                continue
+            name, grid_name = ("pixel_values", "image_grid_thw") if modality == "image" else ("pixel_values_videos", "video_grid_thw")
+            if encoder_outputs.get(modality) is not None:
+                raise ValueError(f"pass either {name} or mm_encoder_outputs[{modality!r}], not both")
+            if grid is None:
+                raise ValueError(f"{name} needs {grid_name} ([num_{modality}s, 3] = t, h, w patches per {modality})")
             # Qwen's vision tower turns a NaN patch into NaN logits for the whole sequence, without a word.
-            check_finite_tensor("pixel_values", pixel_values, "(Qwen flattened patches, from the processor)")
-            # The text model's inputs that travel in kwargs are not the vision tower's.
-            text_only = ("return_dict", "video_grid_thw", "use_cache", "second_per_grid_ts")
-            encoder_kwargs = {k: v for k, v in encoder_kwargs.items() if k not in text_only}
-            encoder_outputs["image"] = self.model.get_image_features(
-                pixel_values, image_grid_thw, return_dict=True, **encoder_kwargs
-            )
-        if encoder_outputs.get("image") is not None:
-            encoder_outputs["image"] = self._adapt_image_features(
-                encoder_outputs["image"], input_ids, inputs_embeds, geometry_pixel_values, spatial_latents
-            )
-        return encoder_outputs
+            check_finite_tensor(name, values, "(Qwen flattened patches, from the processor)")
+            encoder = self.model.get_image_features if modality == "image" else self.model.get_video_features
+            encoder_outputs[modality] = encoder(values, grid, return_dict=True, **vision_kwargs)
+        return self._adapt_encoder_outputs(encoder_outputs, input_ids, inputs_embeds, geometry_pixel_values, spatial_latents)
 
     def _expand_inputs_for_generation(self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids=None, **model_kwargs):
         # Beam search / num_return_sequences repeat every batch tensor; a per-sample list needs the same.

@@ -43,7 +43,9 @@ from .processing_spa3r import Spa3RImageProcessor, restoring_auto_map, to_pil_rg
 
 __all__ = [
     "DEFAULT_SYSTEM_MESSAGE",
+    "CHAT_TEMPLATES",
     "SPA3_VLM_CHAT_TEMPLATE",
+    "SPA3_VLM_QWEN3_CHAT_TEMPLATE",
     "SPECIAL_TOKENS",
     "Spa3VLMProcessor",
     "build_qwen_image_processor",
@@ -69,36 +71,56 @@ DEFAULT_MIN_PIXELS = 16 * 28 * 28
 DEFAULT_MAX_PIXELS = 576 * 28 * 28
 DEFAULT_NUM_VIDEO_FRAMES = 8
 
-# Qwen2.5-VL's chat format (`<|im_start|>role\ncontent<|im_end|>\n`, default system message) with
-# {% generation %} around each assistant reply so `return_assistant_tokens_mask=True` (TRL's
-# assistant_only_loss) marks the answer, `<|im_end|>` and the newline: the tokens the reference supervises.
-SPA3_VLM_CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{%- if loop.first and message['role'] != 'system' -%}"
-    "{{- '<|im_start|>system\\n" + DEFAULT_SYSTEM_MESSAGE + "<|im_end|>\\n' -}}"
-    "{%- endif -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
-    "{%- if message['role'] == 'assistant' -%}"
-    "{%- generation -%}"
-    "{%- if message['content'] is string -%}{{- message['content'] -}}"
-    "{%- else -%}{%- for part in message['content'] -%}"
-    "{%- if part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}"
-    "{{- '<|im_end|>\\n' -}}"
-    "{%- endgeneration -%}"
-    "{%- else -%}"
-    "{%- if message['content'] is string -%}{{- message['content'] -}}"
-    "{%- else -%}{%- for part in message['content'] -%}"
-    "{%- if part['type'] == 'image' -%}{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
-    "{%- elif part['type'] == 'video' -%}{{- '<|vision_start|><|video_pad|><|vision_end|>' -}}"
-    "{%- elif part['type'] == 'text' -%}{{- part['text'] -}}"
-    "{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}"
-    "{{- '<|im_end|>\\n' -}}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
-)
+
+
+def _chat_template(default_system_message: str | None) -> str:
+    """The Qwen chat format (``<|im_start|>role\ncontent<|im_end|>\n``) with ``{% generation %}`` around each
+    assistant reply, so that ``return_assistant_tokens_mask=True`` (TRL's assistant_only_loss) marks the answer,
+    ``<|im_end|>`` and the newline: the tokens the reference supervises. A conversation without a system turn gets
+    ``default_system_message`` (Qwen2.5-VL's template) or none (Qwen3-VL's)."""
+    default_system = (
+        "{%- if loop.first and message['role'] != 'system' -%}"
+        "{{- '<|im_start|>system\\n" + default_system_message + "<|im_end|>\\n' -}}"
+        "{%- endif -%}"
+        if default_system_message
+        else ""
+    )
+    return (
+        "{%- for message in messages -%}"
+        + default_system
+        + "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+        "{%- if message['role'] == 'assistant' -%}"
+        "{%- generation -%}"
+        "{%- if message['content'] is string -%}{{- message['content'] -}}"
+        "{%- else -%}{%- for part in message['content'] -%}"
+        "{%- if part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}"
+        "{%- endfor -%}{%- endif -%}"
+        "{{- '<|im_end|>\\n' -}}"
+        "{%- endgeneration -%}"
+        "{%- else -%}"
+        "{%- if message['content'] is string -%}{{- message['content'] -}}"
+        "{%- else -%}{%- for part in message['content'] -%}"
+        "{%- if part['type'] == 'image' -%}{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
+        "{%- elif part['type'] == 'video' -%}{{- '<|vision_start|><|video_pad|><|vision_end|>' -}}"
+        "{%- elif part['type'] == 'text' -%}{{- part['text'] -}}"
+        "{%- endif -%}"
+        "{%- endfor -%}{%- endif -%}"
+        "{{- '<|im_end|>\\n' -}}"
+        "{%- endif -%}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+    )
+
+
+SPA3_VLM_CHAT_TEMPLATE = _chat_template(DEFAULT_SYSTEM_MESSAGE)  # Qwen2.5-VL's format
+SPA3_VLM_QWEN3_CHAT_TEMPLATE = _chat_template(None)  # Qwen3-VL's format: no system turn unless one is given
+# The chat template for each base's model_type (a Spa3-VLM config's, or the plain base checkpoint's).
+CHAT_TEMPLATES = {
+    "qwen2_5_vl": SPA3_VLM_CHAT_TEMPLATE,
+    "spa3_vlm": SPA3_VLM_CHAT_TEMPLATE,
+    "qwen3_vl": SPA3_VLM_QWEN3_CHAT_TEMPLATE,
+    "spa3_vlm_qwen3": SPA3_VLM_QWEN3_CHAT_TEMPLATE,
+}
 
 
 def sample_frame_indices(num_frames_total: int, num_samples: int) -> list[int]:
@@ -230,6 +252,19 @@ def _is_video(obj: Any) -> bool:
     )
 
 
+def _checkpoint_model_type(path, hub: dict) -> str | None:
+    """The ``model_type`` in a checkpoint's ``config.json``, or ``None`` without one."""
+    import json
+
+    from transformers.utils import cached_file
+
+    config_file = cached_file(path, "config.json", _raise_exceptions_for_missing_entries=False, **hub)
+    if config_file is None:
+        return None
+    with open(config_file, encoding="utf-8") as handle:
+        return json.load(handle).get("model_type")
+
+
 class Spa3VLMProcessor(ProcessorMixin):
     """Qwen2.5-VL / Qwen3-VL processor + Spa3R geometry preprocessing, image-only (no torchvision needed).
 
@@ -238,7 +273,9 @@ class Spa3VLMProcessor(ProcessorMixin):
         tokenizer: Qwen2-style tokenizer with ``<|image_pad|>``, ``<|video_pad|>``, ``<|vision_start|>``,
             ``<|vision_end|>``.
         geometry_image_processor: :class:`Spa3RImageProcessor`.
-        chat_template: defaults to :data:`SPA3_VLM_CHAT_TEMPLATE`.
+        chat_template: defaults to :data:`SPA3_VLM_CHAT_TEMPLATE` (Qwen2.5-VL's format);
+            :data:`SPA3_VLM_QWEN3_CHAT_TEMPLATE` is Qwen3-VL's (no default system turn). ``from_pretrained`` of a
+            plain Qwen checkpoint picks the one for its base (:data:`CHAT_TEMPLATES`).
         num_video_frames: frames sampled per video when the call gives no ``num_frames`` (8 = training;
             pass ``num_frames=32`` for VSI-Bench evaluation).
         crop_to_merge_multiple: crop the Qwen-branch frame from the top-left to multiples of 28 (reference).
@@ -326,7 +363,11 @@ class Spa3VLMProcessor(ProcessorMixin):
         merged = (vision.get("patch_size", 14) * vision.get("merge_size", 2)) ** 2  # pixels of one merged token
         image_processor = build_qwen_image_processor(min_pixels=16 * merged, max_pixels=576 * merged, **vision)
         own = ("num_video_frames", "crop_to_merge_multiple", "video_loader", "min_pixels", "max_pixels", "chat_template")
-        return cls(image_processor=image_processor, tokenizer=tokenizer, **{k: kwargs[k] for k in own if k in kwargs})
+        options = {k: kwargs[k] for k in own if k in kwargs}
+        if options.get("chat_template") is None:
+            # Our template for the checkpoint's base (its own templates have no {% generation %} markers).
+            options["chat_template"] = CHAT_TEMPLATES.get(_checkpoint_model_type(path, hub), SPA3_VLM_CHAT_TEMPLATE)
+        return cls(image_processor=image_processor, tokenizer=tokenizer, **options)
 
     def set_pixel_budget(self, min_pixels: int | None = None, max_pixels: int | None = None) -> None:
         """Set the Qwen branch's per-frame pixel budget (stored in the image processor's ``size``)."""

@@ -43,7 +43,7 @@ import PIL.Image
 import torch
 
 from ..modeling_spa3_vlm import SPA3_VLM_MODEL_TYPES
-from ..processing_spa3_vlm import DEFAULT_SYSTEM_MESSAGE, Spa3VLMProcessor, sample_frame_indices
+from ..processing_spa3_vlm import Spa3VLMProcessor, sample_frame_indices
 from .vsibench import (
     NUMERICAL_TYPES,
     PARSING_MODES,
@@ -213,7 +213,8 @@ class VSIBenchGenerator:
         model: a Spa3-VLM (either base) or a plain Qwen2.5-VL / Qwen3-VL model (eval mode).
         processor: a ``Spa3VLMProcessor``; its tokenizer is switched to left padding (batched generation).
         max_new_tokens: answer length limit (VSI-Bench: 16).
-        system_message: the chat's system turn.
+        system_message: the chat's system turn; ``None``: the chat template's default (Qwen2.5-VL's "You are a
+            helpful assistant.", none for Qwen3-VL).
         min_pixels / max_pixels: per-frame pixel budget of the Qwen branch; ``None`` keeps the processor's.
     """
 
@@ -223,7 +224,7 @@ class VSIBenchGenerator:
         processor: Spa3VLMProcessor,
         *,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-        system_message: Optional[str] = DEFAULT_SYSTEM_MESSAGE,
+        system_message: Optional[str] = None,
         min_pixels: Optional[int] = None,
         max_pixels: Optional[int] = None,
     ):
@@ -949,7 +950,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_new_tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
     parser.add_argument("--min_pixels", type=int, help="Qwen-branch pixel budget per frame (default: the processor's)")
     parser.add_argument("--max_pixels", type=int, help="(reference protocol: --min_pixels 200704 --max_pixels 1605632)")
-    parser.add_argument("--system_message", default=DEFAULT_SYSTEM_MESSAGE)
+    parser.add_argument(
+        "--system_message", default=None, help="system turn (default: the chat template's, i.e. the base model's)"
+    )
     parser.add_argument(
         "--generation_config", help="folder / hub id whose generation_config.json replaces the model's (greedy kept)"
     )

@@ -600,23 +600,21 @@ def lora_config(
 
 def _adapted_backbone_inputs(model, kwargs: dict) -> dict:
     """Inputs for ``model.base_model`` with the visual tokens already adapted (``mm_encoder_outputs``)."""
-    from ..modeling_spa3_vlm import VIDEO_INPUT_ERROR
-
     geometry = kwargs.pop("geometry_pixel_values", None)
     latents = kwargs.pop("spatial_latents", None)
-    pixel_values = kwargs.get("pixel_values")
-    if not getattr(model.config, "spatial_branch", False) or pixel_values is None:
-        return kwargs  # plain Qwen2.5-VL, or a text-only batch: nothing to adapt
-    if kwargs.get("pixel_values_videos") is not None:
-        raise ValueError(VIDEO_INPUT_ERROR)
-    if kwargs.get("image_grid_thw") is None:
-        raise ValueError("pixel_values needs image_grid_thw ([num_images, 3] = t, h, w patches per image)")
-    kwargs.pop("pixel_values")
-    image_outputs = model.model.get_image_features(pixel_values, kwargs["image_grid_thw"], return_dict=True)
-    adapted = model._adapt_image_features(
-        image_outputs, kwargs.get("input_ids"), kwargs.get("inputs_embeds"), geometry, latents
-    )
-    kwargs["mm_encoder_outputs"] = {**(kwargs.get("mm_encoder_outputs") or {}), "image": adapted}
+    if not getattr(model.config, "spatial_branch", False):
+        return kwargs  # plain base VLM: nothing to adapt
+    kwargs["mm_encoder_outputs"] = model.adapted_encoder_outputs(
+        pixel_values=kwargs.pop("pixel_values", None),
+        pixel_values_videos=kwargs.pop("pixel_values_videos", None),
+        image_grid_thw=kwargs.get("image_grid_thw"),
+        video_grid_thw=kwargs.get("video_grid_thw"),
+        mm_encoder_outputs=kwargs.get("mm_encoder_outputs"),
+        input_ids=kwargs.get("input_ids"),
+        inputs_embeds=kwargs.get("inputs_embeds"),
+        geometry_pixel_values=geometry,
+        spatial_latents=latents,
+    ) or None
     return kwargs
 
 

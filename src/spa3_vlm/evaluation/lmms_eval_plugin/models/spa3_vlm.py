@@ -27,7 +27,6 @@ from typing import Any, Optional
 from lmms_eval.api.model import lmms
 from lmms_eval.api.registry import register_model
 
-from ....processing_spa3_vlm import DEFAULT_SYSTEM_MESSAGE
 from ...runner import DEFAULT_MAX_NEW_TOKENS, DEFAULT_NUM_FRAMES, VSIBenchGenerator, frames_from_visuals
 from .. import CLASS_NAME, MODEL_NAME
 
@@ -76,7 +75,7 @@ class Spa3VLM(lmms):
         min_pixels: Any = None,
         max_pixels: Any = None,
         attn_implementation: Optional[str] = None,
-        system_prompt: Optional[str] = DEFAULT_SYSTEM_MESSAGE,
+        system_prompt: Optional[str] = None,  # None: the chat template's (the base model's) default
         generation_config: Optional[str] = None,
         max_batch_size: Any = None,  # passed by lmms-eval's CLI; batches here have a fixed size
         **unexpected,
