@@ -8,7 +8,6 @@ Importing this module loads no model and touches neither the network nor the dis
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import re
 import threading
@@ -21,7 +20,6 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import PIL.Image
 import torch
-import torch.nn.functional as F
 
 SPACE_DIR = Path(__file__).resolve().parent
 # The Space folder sits in the package repository; a deployed Space carries copies of hub_configs/ (and runs/).
@@ -478,27 +476,24 @@ def files_digest(paths: Sequence[str]) -> str:
 # ------------------------------------------------------------------------------------------------ Ask
 
 
-def build_user_message(num_frames: int, kind: str, question: str) -> list[dict]:
-    if kind == "video":
-        slots = [{"type": "video"}]
-    else:
-        slots = [{"type": "image"} for _ in range(num_frames)]
-    return [{"role": "user", "content": slots + [{"type": "text", "text": question}]}]
-
-
 @dataclass
 class Answer:
     text: str
-    frames_seen: int  # image blocks the processor built (one per frame)
+    frames_seen: int  # frames given to the model (one image block each)
     visual_tokens: int
     prompt_tokens: int
 
 
-@torch.no_grad()
 def answer_question(
     bundle: VLMBundle, frames: Sequence[PIL.Image.Image], kind: str, question: str, max_new_tokens: int = 32
 ) -> Answer:
-    """Greedy Spa3-VLM answer about ``frames`` (one image slot per frame, or one video of these frames)."""
+    """Greedy Spa3-VLM answer about ``frames`` through the package's generation path (``Spa3VLMGenerator``).
+
+    ``kind`` ("images" or "video") only changes the wording of the notes: the processor gives a video's frames to
+    the model as the same image blocks as a list of images.
+    """
+    from spa3_vlm.inference import Spa3VLMGenerator
+
     question = (question or "").strip()
     if not question:
         raise ValueError("Type a question first.")
@@ -506,25 +501,9 @@ def answer_question(
         raise ValueError("No frames to look at.")
     if not 1 <= int(max_new_tokens) <= 1024:
         raise ValueError(f"max_new_tokens must be between 1 and 1024, got {max_new_tokens}.")
-    processor = bundle.processor
-    prompt = processor.apply_chat_template(
-        build_user_message(len(frames), kind, question), add_generation_prompt=True, tokenize=False
-    )
-    if kind == "video":
-        inputs = processor(text=[prompt], videos=[list(frames)], num_frames=len(frames), return_tensors="pt")
-    else:
-        inputs = processor(text=[prompt], images=list(frames), return_tensors="pt")
-    model = bundle.model
-    target = next(model.parameters()).device
-    inputs = {
-        key: ([None if v is None else v.to(target) for v in value] if isinstance(value, list) else value.to(target))
-        for key, value in inputs.items()
-    }
-    generated = model.generate(**inputs, max_new_tokens=int(max_new_tokens), do_sample=False)
-    prompt_length = inputs["input_ids"].shape[1]
-    text = processor.batch_decode(generated[:, prompt_length:], skip_special_tokens=True)[0].strip()
-    visual_tokens = int((inputs["input_ids"] == processor.image_token_id).sum())
-    return Answer(text, int(inputs["image_grid_thw"].shape[0]), visual_tokens, int(prompt_length))
+    generator = Spa3VLMGenerator(bundle.model, bundle.processor, max_new_tokens=int(max_new_tokens))
+    (answer,) = generator.generate([(list(frames), question)], return_details=True)
+    return Answer(answer.text.strip(), answer.frames, answer.visual_tokens, answer.prompt_tokens)
 
 
 # ------------------------------------------------------------------------------------------------ SynthRooms
@@ -591,14 +570,13 @@ class FieldBundle:
 
     @property
     def head(self) -> str:
-        """The field shown: the VGGT-feature head ``geo`` if present, else the first head with >= 3 channels."""
-        heads = self.model.config.target_heads
-        if "geo" in heads:
-            return "geo"
-        for name, size in heads.items():
-            if size >= 3:
-                return name
-        raise ValueError(f"{self.spec.label} has no field head with at least 3 channels to colour: {dict(heads)}.")
+        """The field shown (:func:`spa3_vlm.field_view.field_head`)."""
+        from spa3_vlm.field_view import field_head
+
+        try:
+            return field_head(self.model.config)
+        except ValueError as err:
+            raise ValueError(f"{self.spec.label}: {err}.") from err
 
 
 @dataclass
@@ -663,59 +641,17 @@ def uploaded_views(paths: Optional[Sequence[str]], bundle: FieldBundle) -> ViewS
 
 
 def relative_motion(yaw_deg: float, pitch_deg: float, forward: float, sideways: float) -> np.ndarray:
-    """``[4, 4]`` map from a camera's frame to a virtual camera's frame (OpenCV axes: x right, y down, z forward).
+    """The virtual camera's motion from a context view (:func:`spa3_vlm.field_view.relative_motion`)."""
+    from spa3_vlm.field_view import relative_motion as motion
 
-    The virtual camera stands at ``(sideways, 0, forward)`` in the reference camera's frame, turned by ``yaw``
-    about the reference camera's vertical axis (positive = to the right), then pitched about its own x axis
-    (positive = up). So ``relative_motion(...) @ E_ref`` is the virtual camera's world->camera matrix.
-    """
-    for name, value in (("yaw", yaw_deg), ("pitch", pitch_deg), ("forward", forward), ("sideways", sideways)):
-        if value is None or not math.isfinite(float(value)):
-            raise ValueError(f"{name} must be a finite number, got {value!r}")
-    yaw, pitch = math.radians(float(yaw_deg)), math.radians(float(pitch_deg))
-    turn = np.array([[math.cos(yaw), 0.0, math.sin(yaw)], [0.0, 1.0, 0.0], [-math.sin(yaw), 0.0, math.cos(yaw)]])
-    tilt = np.array([[1.0, 0.0, 0.0], [0.0, math.cos(pitch), -math.sin(pitch)], [0.0, math.sin(pitch), math.cos(pitch)]])
-    axes = turn @ tilt  # columns: the virtual camera's axes in the reference camera's frame
-    centre = np.array([float(sideways), 0.0, float(forward)])
-    motion = np.eye(4)
-    motion[:3, :3] = axes.T
-    motion[:3, 3] = -axes.T @ centre
-    return motion
-
-
-def relative_to_first(extrinsics: np.ndarray) -> np.ndarray:
-    """``[V, 4, 4]`` world->camera -> the same cameras in view 0's frame (``E_i inv(E_0)``), as PSFMDataset does."""
-    return extrinsics @ np.linalg.inv(extrinsics[0])
-
-
-def nearest_view(extrinsics: np.ndarray, query: np.ndarray) -> tuple[int, float]:
-    """Index of the camera nearest to ``query`` (centre distance + distance of unit viewing directions, as the
-    field evaluation's nearest-view baseline) and that distance."""
-    from spa3_vlm.training.field_eval import camera_centers_and_directions
-
-    centres, directions = camera_centers_and_directions(torch.from_numpy(extrinsics).double())
-    centre, direction = camera_centers_and_directions(torch.from_numpy(query).double())
-    distance = (centres - centre).norm(dim=-1) + (directions - direction).norm(dim=-1)
-    index = int(distance.argmin())
-    return index, float(distance[index])
-
-
-@dataclass
-class Encoded:
-    """A view set encoded by one field model: cameras in view 0's frame, backbone tokens and latents."""
-
-    extrinsics: np.ndarray  # [V, 4, 4] relative to view 0
-    intrinsics: np.ndarray  # [V, 3, 3] pixels
-    context_tokens: torch.Tensor  # [1, V, N, C_backbone]
-    latents: torch.Tensor  # [1, Q, hidden]
-    pose_note: str
+    return motion(yaw_deg, pitch_deg, forward, sideways)
 
 
 _ENCODED: OrderedDict = OrderedDict()
 _ENCODE_LOCK = threading.Lock()
 
 
-def encode_views(bundle: FieldBundle, views: ViewSet) -> Encoded:
+def encode_views(bundle: FieldBundle, views: ViewSet):
     """Encode ``views`` once per (model, view set); later camera moves only run the decoder."""
     key = (bundle.spec, views.key)
     with _ENCODE_LOCK:
@@ -727,71 +663,38 @@ def encode_views(bundle: FieldBundle, views: ViewSet) -> Encoded:
         return _ENCODED[key]
 
 
-@torch.no_grad()
-def _backbone(model, pixels: torch.Tensor, compute_cameras: bool):
-    """The frozen VGGT as pre-training runs it (bf16 autocast on GPUs)."""
-    from spa3_vlm.modeling_spa3r import frozen_autocast
+def _encode(bundle: FieldBundle, views: ViewSet):
+    from spa3_vlm.field_view import encode_views as encode
 
-    with frozen_autocast(pixels.device):
-        return model.spa3r.backbone(pixels, compute_cameras=compute_cameras, compute_depth=False, output_all_layers=False)
-
-
-@torch.no_grad()
-def _encode(bundle: FieldBundle, views: ViewSet) -> Encoded:
-    model = bundle.model
-    target = next(model.parameters()).device
-    pixels = views.images[None].to(target)
-    height, width = pixels.shape[-2:]
-    patch = model.config.patch_size
     if views.scene is not None:
-        out = _backbone(model, pixels, compute_cameras=False)
-        extrinsics, intrinsics = relative_to_first(views.world_extrinsics), views.intrinsics
-        note = "ground-truth cameras of the scene (metric, relative to view 0)"
-    else:
-        if model.spa3r.backbone.camera_head is None:
-            raise ValueError(
-                f"{bundle.spec.label} has no camera head to estimate the poses of uploaded images: pick a SynthRooms scene."
-            )
-        out = _backbone(model, pixels, compute_cameras=True)
-        predicted = out.extrinsics[0].double().cpu().numpy()
-        if predicted.shape[-2:] == (3, 4):
-            bottom = np.broadcast_to(np.array([0.0, 0.0, 0.0, 1.0]), (predicted.shape[0], 1, 4))
-            predicted = np.concatenate([predicted, bottom], axis=1)
-        intrinsics = out.intrinsics[0].double().cpu().numpy()
-        usable = np.isfinite(predicted).all() and np.isfinite(intrinsics).all()
-        if not usable or (intrinsics[:, 0, 0] <= 0).any() or (intrinsics[:, 1, 1] <= 0).any():
-            raise ValueError("The backbone's camera head gave no usable poses for these images; try other views.")
-        extrinsics = relative_to_first(predicted)
-        note = "poses predicted by the VGGT camera head (up to scale, relative to view 0)"
-        if bundle.random_weights:
-            note += "; with random weights these poses are arbitrary"
-    tokens = out.last_patch_tokens.float()
-    # Cameras matter to encoders with encoder_camera_encoding="prope" and are ignored otherwise.
-    latents = model.spa3r.encode_tokens(
-        tokens,
-        (height // patch, width // patch),
-        torch.from_numpy(extrinsics).float()[None].to(target),
-        torch.from_numpy(intrinsics).float()[None].to(target),
-        (height, width),
-    )
-    return Encoded(extrinsics, intrinsics, tokens, latents, note)
+        encoded = encode(bundle.model, views.images, views.world_extrinsics, views.intrinsics)
+        encoded.pose_note = "ground-truth cameras of the scene (metric, relative to view 0)"
+        return encoded
+    if bundle.model.spa3r.backbone.camera_head is None:
+        raise ValueError(
+            f"{bundle.spec.label} has no camera head to estimate the poses of uploaded images: pick a SynthRooms scene."
+        )
+    try:
+        encoded = encode(bundle.model, views.images)
+    except ValueError as err:
+        raise ValueError("The backbone's camera head gave no usable poses for these images; try other views.") from err
+    encoded.pose_note = "poses predicted by the VGGT camera head (up to scale, relative to view 0)"
+    if bundle.random_weights:
+        encoded.pose_note += "; with random weights these poses are arbitrary"
+    return encoded
 
 
 def _upscale(image: torch.Tensor, mode: str) -> PIL.Image.Image:
-    """``[3, H, W]`` in [0, 1] -> PIL image about :data:`DISPLAY_WIDTH` wide (integer factor)."""
-    factor = max(1, DISPLAY_WIDTH // image.shape[-1])
-    kwargs = {"align_corners": False} if mode == "bilinear" else {}
-    big = F.interpolate(image[None].float(), scale_factor=factor, mode=mode, **kwargs)[0]
-    array = (big.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-    return PIL.Image.fromarray(array)
+    from spa3_vlm.visualization import upscale
+
+    return upscale(image, DISPLAY_WIDTH, mode)
 
 
 def field_image(features: torch.Tensor, basis: torch.Tensor, grid: tuple[int, int]) -> PIL.Image.Image:
     """PCA colours of ``features [N, C]`` in the top-3 components of ``basis [M, C]`` as a patch image."""
-    from spa3_vlm.training.field_eval import pca_colors
+    from spa3_vlm.visualization import patch_picture
 
-    colours = pca_colors(features.float(), basis.float()).reshape(*grid, 3).permute(2, 0, 1)
-    return _upscale(colours, "nearest")
+    return patch_picture(features, basis, grid, DISPLAY_WIDTH)
 
 
 @dataclass
@@ -826,6 +729,8 @@ def see(
     if isinstance(view_index, bool) or int(view_index) != view_index or not 0 <= int(view_index) < views.num_views:
         raise ValueError(f"Context view must be 0-{views.num_views - 1} ({views.label}), got {view_index}.")
     index = int(view_index)
+    from spa3_vlm.field_view import decode_at, field_basis, nearest_view, run_backbone
+
     encoded = encode_views(bundle, views)
     model = bundle.model
     target = next(model.parameters()).device
@@ -835,23 +740,10 @@ def see(
     height, width = views.images.shape[-2:]
     patch = model.config.patch_size
     grid = (height // patch, width // patch)
-
-    cameras = np.concatenate([encoded.extrinsics, virtual[None]])[None]
-    all_intrinsics = np.concatenate([encoded.intrinsics, intrinsics[None]])[None]
-    field = model.decode_field(
-        encoded.latents,
-        torch.from_numpy(cameras).float().to(target),
-        torch.from_numpy(all_intrinsics).float().to(target),
-        (height, width),
-    )
+    field = decode_at(model, encoded, virtual[None], intrinsics[None])
     head = bundle.head
-    predicted = field[head][0]  # [V + 1, N, C]
-    if head == "geo":
-        basis = encoded.context_tokens[0].reshape(-1, encoded.context_tokens.shape[-1])
-        basis_note = "the backbone (teacher) features of the context views"
-    else:
-        basis = predicted[:-1].reshape(-1, predicted.shape[-1])
-        basis_note = "the predicted field at the context cameras"
+    predicted = field[head]  # [V + 1, N, C]
+    basis, basis_note = field_basis(encoded, field, head)
     notes = [
         f"Field head `{head}` ({predicted.shape[-1]} channels), coloured by the top 3 principal components of {basis_note}.",
         f"Cameras: {encoded.pose_note}.",
@@ -878,7 +770,7 @@ def see(
             if head == "geo":
                 # The teacher sees the context views with the new one, as in pre-training's full pass.
                 both = torch.cat([views.images, true_image[None]])[None].to(target)
-                tokens = _backbone(model, both, compute_cameras=False).last_patch_tokens
+                tokens = run_backbone(model, both, compute_cameras=False).last_patch_tokens
                 teacher = field_image(tokens[0, -1], basis, grid)
     centre = np.round(-virtual[:3, :3].T @ virtual[:3, 3], 2) + 0.0  # + 0.0: no "-0.00"
     notes.append(

@@ -134,7 +134,7 @@ def write_fake_vsibench(root: Path, records: list[dict] | None = None) -> Path:
 
 
 class RecordingGenerator:
-    """Stands in for ``VSIBenchGenerator``: records every batch and answers from ``answers`` (question text ->
+    """Stands in for ``Spa3VLMGenerator``: records every batch and answers from ``answers`` (question text ->
     answer, matched inside the prompt) or with a fixed string."""
 
     def __init__(self, answers: dict[str, str] | None = None, default: str = "A"):

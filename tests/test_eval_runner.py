@@ -21,15 +21,8 @@ from eval_testing import (
     vsibench_args,
     write_fake_vsibench,
 )
-from spa3_vlm.evaluation.runner import (
-    VSIBenchGenerator,
-    format_table,
-    load_model,
-    load_synthrooms_qa_samples,
-    model_class_for,
-    resolve_device,
-    sample_frame_indices,
-)
+from spa3_vlm.evaluation.runner import format_table, load_synthrooms_qa_samples, sample_frame_indices
+from spa3_vlm.inference import Spa3VLMGenerator, load_model, model_class_for, resolve_device
 from spa3_vlm.evaluation.vsibench import build_vsibench_prompt, vsibench_scores
 from spa3_vlm.modeling_spa3_vlm import Spa3VLMForConditionalGeneration
 
@@ -71,7 +64,7 @@ def test_synthrooms_qa_end_to_end_with_tiny_spa3_vlm(spa3_dir, synth_dir, tmp_pa
     assert [cell.strip() for cell in printed.splitlines()[0].split("|")[1:-1]] == PAPER_COLUMNS
 
     # The runner's answer for a question is the model's greedy answer to the reference prompt and frames.
-    generator = VSIBenchGenerator.from_pretrained(str(spa3_dir), device="cpu")
+    generator = Spa3VLMGenerator.from_pretrained(str(spa3_dir), device="cpu")
     first = samples[0]
     prompt = build_vsibench_prompt(first.record["question"], first.record["question_type"], first.record["options"])
     assert first.prompt == prompt

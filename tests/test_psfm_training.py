@@ -15,13 +15,8 @@ from transformers import AutoConfig, AutoModel, TrainerCallback, TrainingArgumen
 
 from spa3_vlm import Spa3RForFieldPrediction, Spa3RModel
 from spa3_vlm.data.psfm import PSFMCollator, PSFMDataset
-from spa3_vlm.training.field_eval import (
-    depth_colors,
-    evaluate_field,
-    field_pca_figure,
-    format_field_table,
-    nearest_context_view,
-)
+from spa3_vlm.training.field_eval import evaluate_field, format_field_table, nearest_context_view
+from spa3_vlm.visualization import depth_colors, field_pca_figure
 from psfm_testing import TINY, fake_scenes, psfm_trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -24,11 +24,8 @@ from spa3_vlm.evaluation import (
     parse_numeric_prediction,
     vsibench_scores,
 )
-from spa3_vlm.evaluation.runner import (
-    VSIBenchGenerator,
-    load_synthrooms_qa_samples,
-    read_predictions,
-)
+from spa3_vlm.evaluation.runner import load_synthrooms_qa_samples, read_predictions
+from spa3_vlm.inference import Spa3VLMGenerator
 
 # ---------------------------------------------------------------------------------------------- metric
 
@@ -209,8 +206,8 @@ def test_unknown_question_types_and_malformed_records_are_errors(tmp_path, capsy
 
 
 def test_generator_rejects_empty_requests(spa3_dir):
-    generator = VSIBenchGenerator.from_pretrained(str(spa3_dir), device="cpu")
+    generator = Spa3VLMGenerator.from_pretrained(str(spa3_dir), device="cpu")
     with pytest.raises(ValueError, match="request #0 has no frames"):
         generator.generate([([], "How many chairs?")])
     with pytest.raises(ValueError, match="max_new_tokens must be a positive int, got 0"):
-        VSIBenchGenerator(generator.model, generator.processor, max_new_tokens=0)
+        Spa3VLMGenerator(generator.model, generator.processor, max_new_tokens=0)

@@ -240,7 +240,7 @@ def test_sft_with_lora_and_cached_latents_trains_saves_and_answers(tmp_path, spa
     from script_testing import import_train_script
 
     from spa3_vlm import Spa3VLMProcessor
-    from spa3_vlm.evaluation.runner import VSIBenchGenerator, model_class_for
+    from spa3_vlm.inference import Spa3VLMGenerator, model_class_for
 
     sft_vlm = import_train_script("sft_vlm")
     out = tmp_path / "qwen3-sft"
@@ -260,7 +260,7 @@ def test_sft_with_lora_and_cached_latents_trains_saves_and_answers(tmp_path, spa
     assert torch.count_nonzero(loaded.geometry_adaptor[-1].weight) > 0
     processor = Spa3VLMProcessor.from_pretrained(out)
     assert processor.image_processor.patch_size == PATCH
-    generator = VSIBenchGenerator(loaded, processor, max_new_tokens=2)
+    generator = Spa3VLMGenerator(loaded, processor, max_new_tokens=2)
     from PIL import Image
 
     frames = [Image.new("RGB", (112, 84), (40 * k, 90, 160)) for k in range(2)]

@@ -325,8 +325,8 @@ def test_a_lora_adapter_folder_is_merged_into_its_base(core, tmp_path, monkeypat
     bundle = core.get_vlm(str(tmp_path / "adapter"))
     assert type(bundle.model) is Spa3VLMForConditionalGeneration and not bundle.random_weights
     frames = [Image.open(p).convert("RGB") for p in write_images(tmp_path, 2)]
-    prompt = processor.apply_chat_template(core.build_user_message(2, "images", "Where is the bed?"),
-                                           add_generation_prompt=True, tokenize=False)  # fmt: skip
+    chat = [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Where is the bed?"}]}]
+    prompt = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
     inputs = processor(text=[prompt], images=frames, return_tensors="pt")
     with torch.no_grad():
         expected = tuned.merge_and_unload()(**inputs).logits

@@ -3,7 +3,8 @@
 With no data flags it trains the tiny model (hub_configs/spa3r-tiny-synthrooms, whose frozen teachers are the
 trained tiny ones shipped in hub_configs/) on SynthRooms, rendered on the fly, on CPU in about 9 minutes; then scores
 the learned field on held-out scenes against two baselines, writes PCA figures and saves a model folder that
-``AutoModel.from_pretrained`` loads.
+``AutoModel.from_pretrained`` loads, with a model card (README.md) naming its teachers, data, scores and licence
+(``spa3_vlm.cards``; ``--license`` overrides the licence worked out from the bundled teachers).
 
     python train/pretrain_psfm.py --output_dir runs/spa3r-tiny
     python train/pretrain_psfm.py --config_overrides '{"pose_source": "backbone"}'   # the teacher's own cameras
@@ -27,9 +28,10 @@ from transformers import AutoConfig, HfArgumentParser, TrainingArguments, set_se
 
 from spa3_vlm import Spa3RForFieldPrediction
 from spa3_vlm.data.psfm import ConcatPSFMDataset, PSFMCollator, PSFMDataset
-from spa3_vlm.training.field_eval import evaluate_field, field_pca_figure, format_field_table
+from spa3_vlm.training.field_eval import evaluate_field, format_field_table
 from spa3_vlm.training.flags import at_least, training_flag_problems
 from spa3_vlm.training.psfm import PSFMTrainer, field_model_inputs, train_resuming
+from spa3_vlm.visualization import field_pca_figure
 
 logger = logging.getLogger("pretrain_psfm")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,6 +55,13 @@ class ModelArguments:
         default=True,
         metadata={"help": "Load pretrained VGGT / semantic-teacher weights from the config's *_name_or_path fields."},
     )
+    license: Optional[str] = field(
+        default=None,
+        metadata={"help": "Model card licence (a Hub licence id); default: the most restrictive licence of the bundled "
+                  "teachers (spa3_vlm.cards)."},
+    )
+    license_name: Optional[str] = field(default=None, metadata={"help": "With --license other: its short name."})
+    license_link: Optional[str] = field(default=None, metadata={"help": "With --license other: a link to its text."})
 
 
 @dataclass
@@ -302,6 +311,7 @@ def main(argv=None) -> dict:
         # Teachers loaded from their sources are loaded again on resume: checkpoints need not carry them.
         checkpoint_teachers=not (model_args.load_teacher_weights and model_args.model_name_or_path is None),
         images_per_batch=data_args.images_per_batch,
+        model_card=card_arguments(model_args, data_args, training_args),
     )
     train_resuming(trainer)  # picks up an interrupted run automatically
     trainer.save_model(training_args.output_dir)  # config + safetensors + model code: AutoModel loads it
@@ -309,7 +319,27 @@ def main(argv=None) -> dict:
     results = {}
     if trainer.is_world_process_zero() and data_args.num_eval_scenes > 0:
         results = evaluate_held_out(model, data_args, collator, training_args)
+        trainer.model_card_kwargs["results"] = format_field_table(results)
+    trainer.create_model_card()  # README.md: teachers, data, training, scores and the licences they bring
     return results
+
+
+def card_arguments(model_args: ModelArguments, data_args: DataArguments, training_args) -> dict:
+    """Keyword arguments of ``spa3_vlm.cards.psfm_model_card`` for this run."""
+    sources = dataset_sources(data_args)
+    if sources == ["synthrooms"]:
+        height, width = data_args.image_height, data_args.image_width
+        sources = [f"SynthRooms ({data_args.num_train_scenes} training scenes x {data_args.frames_per_scene} frames, "
+                   f"{height}x{width}, seed {training_args.seed + data_args.data_seed_offset})"]  # fmt: skip
+    return dict(
+        teachers_loaded=model_args.load_teacher_weights,
+        init_from=model_args.model_name_or_path,
+        datasets=sources,
+        root=REPO,  # the config's teacher paths are relative to the repository
+        license=model_args.license,
+        license_name=model_args.license_name,
+        license_link=model_args.license_link,
+    )
 
 
 def evaluate_held_out(model, data_args: DataArguments, collator: PSFMCollator, training_args) -> dict:

@@ -10,7 +10,6 @@ Conventions used across the package:
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -124,6 +123,20 @@ def invert_rigid(transform: torch.Tensor) -> torch.Tensor:
     inverse[..., :3, 3:] = -rotation_t @ translation
     inverse[..., 3, 3] = 1.0
     return inverse
+
+
+def relative_to_first(extrinsics: torch.Tensor) -> torch.Tensor:
+    """World-to-camera ``[..., V, 4, 4]`` -> the same cameras in view 0's frame (``E_i inv(E_0)``; view 0 becomes
+    the identity), the frame VGGT predicts cameras in and Spa3R's decoder reads them in."""
+    return extrinsics @ invert_rigid(extrinsics[..., :1, :, :])
+
+
+def camera_centers_and_directions(extrinsics: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """World-to-camera ``[..., 4, 4]`` -> camera centres ``[..., 3]`` and unit viewing directions ``[..., 3]``."""
+    rotation, translation = extrinsics[..., :3, :3], extrinsics[..., :3, 3]
+    centers = -(rotation.transpose(-1, -2) @ translation[..., None])[..., 0]
+    directions = rotation[..., 2, :]  # the camera's +z axis in world coordinates
+    return centers, directions
 
 
 def invert_intrinsics(intrinsics: torch.Tensor) -> torch.Tensor:
@@ -307,8 +320,3 @@ def _lift(intrinsics: torch.Tensor) -> torch.Tensor:
     lifted[..., :3, :3] = intrinsics
     lifted[..., 3, 3] = 1.0
     return lifted
-
-
-def fov_to_focal(fov: float, size: int) -> float:
-    """Focal length in pixels for a field of view (radians) across ``size`` pixels."""
-    return (size / 2) / math.tan(fov / 2)

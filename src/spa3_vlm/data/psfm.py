@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..modeling_geometry import relative_to_first
+
 
 _COLUMNS = ("scene_id", "images", "extrinsics", "intrinsics", "depths")
 
@@ -140,7 +142,7 @@ class PSFMDataset(torch.utils.data.Dataset):
             if not (torch.isfinite(extrinsics).all() and torch.isfinite(intrinsics).all()):
                 raise ValueError(f"scene {scene} has NaN or infinite camera poses in frames {frames}")
             # Express every camera in the first sampled view's frame, as VGGT predicts them (view 0 = identity).
-            sample["extrinsics"] = (extrinsics @ torch.linalg.inv(extrinsics[0])).float()
+            sample["extrinsics"] = relative_to_first(extrinsics).float()
             sample["intrinsics"] = intrinsics
         if "depths" in row and row["depths"] is not None:
             sample["depth"] = torch.stack([torch.as_tensor(np.asarray(row["depths"][i], dtype=np.float32)) for i in frames])

@@ -20,14 +20,14 @@ geometry tensors are dropped), so a Spa3-VLM and its Qwen2.5-VL baseline see ide
 comes from the checkpoint's ``config.json`` ``model_type`` (``spa3_vlm``, ``spa3_vlm_qwen3``, ``qwen2_5_vl`` or
 ``qwen3_vl``).
 
-The lmms-eval plugin (:mod:`spa3_vlm.evaluation.lmms_eval_plugin`) answers through :class:`VSIBenchGenerator`
-too, so both paths produce the same text for the same frames and prompt.
+Answers come from :class:`~spa3_vlm.inference.Spa3VLMGenerator`, the package's one generation path (also the
+lmms-eval plugin's, SFT evaluation's, the Space's and ``spa3-vlm ask``'s), so every path produces the same text
+for the same frames and prompt.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import os
@@ -40,10 +40,9 @@ from typing import Any, Optional
 
 import numpy as np
 import PIL.Image
-import torch
 
-from ..modeling_spa3_vlm import SPA3_VLM_MODEL_TYPES
-from ..processing_spa3_vlm import Spa3VLMProcessor, sample_frame_indices
+from ..inference import DEFAULT_MAX_NEW_TOKENS, DTYPES, Spa3VLMGenerator
+from ..processing_spa3_vlm import sample_frame_indices
 from .vsibench import (
     NUMERICAL_TYPES,
     PARSING_MODES,
@@ -58,24 +57,20 @@ from .vsibench import (
 
 __all__ = [
     "DATASETS",
-    "DEFAULT_MAX_NEW_TOKENS",
     "DEFAULT_NUM_FRAMES",
     "EvalSample",
     "LMMS_EVAL_MAX_PIXELS",
     "LMMS_EVAL_MIN_PIXELS",
     "PredictionFile",
     "RunReport",
-    "VSIBenchGenerator",
     "build_parser",
     "format_table",
     "frames_from_visuals",
-    "load_model",
     "load_synthrooms_qa_samples",
     "load_vsibench_records",
     "load_vsibench_samples",
     "main",
     "missing_videos",
-    "model_class_for",
     "read_predictions",
     "run_generation",
     "sample_frame_indices",
@@ -84,15 +79,11 @@ __all__ = [
 ]
 
 DEFAULT_NUM_FRAMES = 32
-DEFAULT_MAX_NEW_TOKENS = 16
 # lmms-eval's Qwen2.5-VL wrapper defaults, in effect in the reference evaluation (spec section 11).
 LMMS_EVAL_MIN_PIXELS = 256 * 28 * 28
 LMMS_EVAL_MAX_PIXELS = 1605632
 VSIBENCH_HUB_ID = "nyu-visionx/VSI-Bench"
 DATASETS = ("vsibench", "synthrooms-qa")
-# Spa3-VLM on each base, and the plain bases (evaluated without geometry inputs).
-MODEL_TYPES = (*SPA3_VLM_MODEL_TYPES, "qwen2_5_vl", "qwen3_vl")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 REQUIRED_FIELDS = ("id", "question_type", "question", "ground_truth")
 
 
@@ -100,79 +91,7 @@ def _log_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-# ---------------------------------------------------------------------------------------------- model
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"``: CUDA when available, else CPU; anything else is parsed by ``torch.device``."""
-    if isinstance(device, torch.device):
-        return device
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as error:
-        raise ValueError(f"unknown device {device!r}; expected 'auto', 'cpu', 'cuda', 'cuda:1', ...") from error
-
-
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """``"auto"``: bfloat16 on GPU, float32 on CPU; else one of ``DTYPES``."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype in (None, "auto"):
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; expected 'auto' or one of {sorted(DTYPES)}")
-    return DTYPES[dtype]
-
-
-def model_class_for(config) -> type:
-    """The model class for a checkpoint config, chosen by its ``model_type`` (never by the path's name)."""
-    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration
-
-    from ..modeling_spa3_vlm import SPA3_VLM_CLASSES
-
-    model_type = getattr(config, "model_type", None)
-    classes = {
-        **{name: SPA3_VLM_CLASSES[name] for name in SPA3_VLM_MODEL_TYPES},
-        "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
-        "qwen3_vl": Qwen3VLForConditionalGeneration,
-    }
-    if model_type not in classes:
-        raise ValueError(
-            f"cannot evaluate a checkpoint with model_type {model_type!r}; expected one of {list(MODEL_TYPES)} "
-            "(Spa3-VLM, Qwen2.5-VL or Qwen3-VL)"
-        )
-    return classes[model_type]
-
-
-def load_model(model_name_or_path: str, *, device: torch.device, dtype: torch.dtype, attn_implementation=None):
-    """A Spa3-VLM, Qwen2.5-VL or Qwen3-VL checkpoint on ``device`` in ``dtype``, in eval mode."""
-    from transformers import AutoConfig
-
-    import spa3_vlm  # noqa: F401  (registers model_type "spa3_vlm" with AutoConfig)
-
-    config = AutoConfig.from_pretrained(model_name_or_path)
-    model_class = model_class_for(config)
-    kwargs: dict[str, Any] = {"dtype": dtype}
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
-    if device.type == "cuda":
-        kwargs["device_map"] = str(device)  # load straight onto the GPU, no CPU copy of a 3B model
-    model = model_class.from_pretrained(model_name_or_path, **kwargs)
-    return model.to(device).eval()
-
-
-def load_processor(processor_name_or_path: str) -> Spa3VLMProcessor:
-    """``Spa3VLMProcessor`` from a Spa3-VLM folder or a Qwen2.5-VL folder (tokenizer + preprocessor config)."""
-    try:
-        return Spa3VLMProcessor.from_pretrained(processor_name_or_path)
-    except (OSError, ValueError) as error:
-        raise ValueError(
-            f"cannot load a processor from {processor_name_or_path!r} ({type(error).__name__}: {error}); pass "
-            "--processor with a folder or hub id holding the tokenizer and image processor config, e.g. the "
-            "Qwen2.5-VL-3B-Instruct checkpoint the model was trained from"
-        ) from error
+# ---------------------------------------------------------------------------------------------- frames
 
 
 def frames_from_visuals(visuals: Any, num_frames: int = DEFAULT_NUM_FRAMES) -> list[PIL.Image.Image]:
@@ -204,155 +123,6 @@ def frames_from_visuals(visuals: Any, num_frames: int = DEFAULT_NUM_FRAMES) -> l
                 f"visual #{index} is a {type(item).__name__}; expected a video path, a PIL image or an HxWx3 array"
             )
     return frames
-
-
-class VSIBenchGenerator:
-    """Greedy answers of a Spa3-VLM / Qwen2.5-VL to ``(frames, prompt)`` requests, in batches.
-
-    Args:
-        model: a Spa3-VLM (either base) or a plain Qwen2.5-VL / Qwen3-VL model (eval mode).
-        processor: a ``Spa3VLMProcessor``; its tokenizer is switched to left padding (batched generation).
-        max_new_tokens: answer length limit (VSI-Bench: 16).
-        system_message: the chat's system turn; ``None``: the chat template's default (Qwen2.5-VL's "You are a
-            helpful assistant.", none for Qwen3-VL).
-        min_pixels / max_pixels: per-frame pixel budget of the Qwen branch; ``None`` keeps the processor's.
-    """
-
-    def __init__(
-        self,
-        model,
-        processor: Spa3VLMProcessor,
-        *,
-        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-        system_message: Optional[str] = None,
-        min_pixels: Optional[int] = None,
-        max_pixels: Optional[int] = None,
-    ):
-        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-        model_type = getattr(model.config, "model_type", None)
-        if model_type not in MODEL_TYPES:
-            raise ValueError(f"model has model_type {model_type!r}; expected one of {list(MODEL_TYPES)}")
-        if processor.image_token_id != model.config.image_token_id:
-            raise ValueError(
-                f"the processor's image token id ({processor.image_token_id}) differs from the model's "
-                f"({model.config.image_token_id}): processor and model come from different checkpoints"
-            )
-        self.model = model
-        self.processor = processor
-        self.takes_geometry = model_type in SPA3_VLM_MODEL_TYPES
-        self.max_new_tokens = max_new_tokens
-        self.system_message = system_message
-        processor.tokenizer.padding_side = "left"
-        if min_pixels is not None or max_pixels is not None:
-            processor.set_pixel_budget(min_pixels=min_pixels, max_pixels=max_pixels)
-        self.generation_config = self._greedy_config(model, max_new_tokens, processor.tokenizer.pad_token_id)
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        model_name_or_path: str,
-        processor_name_or_path: Optional[str] = None,
-        *,
-        device: str | torch.device = "auto",
-        dtype: str | torch.dtype = "auto",
-        attn_implementation: Optional[str] = None,
-        generation_config: Optional[str] = None,
-        **kwargs,
-    ) -> "VSIBenchGenerator":
-        """Load model (class from ``model_type``) and processor (default: the model folder) and wrap them.
-
-        ``generation_config``: a folder / hub id whose ``generation_config.json`` replaces the model's (e.g. the
-        released checkpoint's, when the model folder is a conversion that did not carry it over).
-        """
-        from transformers import GenerationConfig
-
-        device = resolve_device(device)
-        dtype = resolve_dtype(dtype, device)
-        processor = load_processor(processor_name_or_path or model_name_or_path)
-        model = load_model(model_name_or_path, device=device, dtype=dtype, attn_implementation=attn_implementation)
-        if generation_config is not None:
-            try:
-                model.generation_config = GenerationConfig.from_pretrained(generation_config)
-            except OSError as error:
-                raise ValueError(f"no generation_config.json in {generation_config!r}: {error}") from error
-        return cls(model, processor, **kwargs)
-
-    @staticmethod
-    def _greedy_config(model, max_new_tokens: int, pad_token_id: Optional[int]):
-        config = copy.deepcopy(model.generation_config)
-        config.do_sample = False
-        config.num_beams = 1
-        config.max_new_tokens = max_new_tokens
-        if config.pad_token_id is None:
-            config.pad_token_id = pad_token_id
-        # Sampling knobs mean nothing for greedy decoding; cleared so transformers does not warn about them.
-        config.temperature = config.top_p = config.top_k = None
-        return config
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def settings(self) -> dict[str, Any]:
-        """What produced the answers (for the metrics file)."""
-        size = self.processor.image_processor.size
-        return {
-            "model_class": type(self.model).__name__,
-            "model_type": self.model.config.model_type,
-            "name_or_path": getattr(self.model.config, "_name_or_path", None),
-            "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
-            "device": str(self.device),
-            "max_new_tokens": self.max_new_tokens,
-            "system_message": self.system_message,
-            "min_pixels": int(size["shortest_edge"]),
-            "max_pixels": int(size["longest_edge"]),
-            "generation_config": {
-                key: value
-                for key, value in self.generation_config.to_diff_dict().items()
-                if key not in ("transformers_version",)
-            },
-        }
-
-    def messages(self, num_frames: int, prompt: str) -> list[dict]:
-        """System turn + one user turn with ``num_frames`` image slots and the prompt text."""
-        content = [{"type": "image"} for _ in range(num_frames)] + [{"type": "text", "text": prompt}]
-        conversation = [{"role": "user", "content": content}]
-        if self.system_message:
-            conversation.insert(0, {"role": "system", "content": self.system_message})
-        return conversation
-
-    @torch.inference_mode()
-    def generate(self, requests: Sequence[tuple[Sequence[PIL.Image.Image], str]], max_new_tokens=None) -> list[str]:
-        """Answer a batch: ``requests[i] = (frames, prompt)``; returns one decoded answer per request."""
-        if len(requests) == 0:
-            return []
-        texts, images = [], []
-        for index, request in enumerate(requests):
-            if not (isinstance(request, (tuple, list)) and len(request) == 2):
-                raise ValueError(f"request #{index} must be a (frames, prompt) pair, got {type(request).__name__}")
-            frames, prompt = request
-            if not isinstance(prompt, str):
-                raise ValueError(f"request #{index}: the prompt must be a string, got {type(prompt).__name__}")
-            frames = list(frames)
-            if not frames:
-                raise ValueError(f"request #{index} has no frames; each question needs at least one frame")
-            conversation = self.messages(len(frames), prompt)
-            texts.append(self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False))
-            images.append(frames)
-        inputs = self.processor(text=texts, images=images, padding=True, return_tensors="pt")
-        if not self.takes_geometry:
-            inputs.pop("geometry_pixel_values", None)  # plain Qwen2.5-VL has no geometry branch
-        inputs = inputs.to(self.device)
-        generation_config = self.generation_config
-        if max_new_tokens is not None and max_new_tokens != generation_config.max_new_tokens:
-            generation_config = copy.deepcopy(generation_config)
-            generation_config.max_new_tokens = max_new_tokens
-        output = self.model.generate(**inputs, generation_config=generation_config)
-        new_tokens = output[:, inputs["input_ids"].shape[1] :]
-        return self.processor.tokenizer.batch_decode(
-            new_tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False
-        )
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -927,7 +697,7 @@ def format_table(metrics: Mapping[str, Any]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m spa3_vlm.eval",
+        prog="spa3-vlm eval",
         description="Evaluate Spa3-VLM or Qwen2.5-VL on VSI-Bench or SynthRooms-QA (resumable), then score.",
     )
     parser.add_argument(
@@ -1014,7 +784,7 @@ def _evaluate(args, generator, log: Callable[[str], None]) -> dict[str, Any]:
                 f"e.g. {absent[:3]}"
             )
         if generator is None:
-            generator = VSIBenchGenerator.from_pretrained(
+            generator = Spa3VLMGenerator.from_pretrained(
                 args.model,
                 args.processor,
                 device=args.device,

@@ -42,9 +42,10 @@ from torch import nn
 from transformers import Trainer
 from trl import SFTTrainer
 
+from ..cards import VLM_FAMILIES, sft_model_card
 from ..configuration_spa3_vlm import encoder_only_spa3r_config
 from ..data.synthrooms_qa import validate_record
-from ..evaluation.vsibench import QUESTION_TYPES, TASK_ORDER, normalize_answer, vsibench_scores
+from ..evaluation.vsibench import QUESTION_TYPES, normalize_answer, vsibench_scores
 
 __all__ = [
     "ADAPTER_MODULES",
@@ -718,6 +719,9 @@ class Spa3VLMSFTTrainer(SFTTrainer):
         self.args.remove_unused_columns = False
         if self.fused_lm_head:
             route_fused_forward_through_adapter(_unwrap_peft(self.model))
+        model_type = getattr(getattr(_unwrap_peft(self.model), "config", None), "model_type", None)
+        if model_type in VLM_FAMILIES:  # the card names the base family (Qwen2.5-VL or Qwen3-VL)
+            self.model_card_kwargs.setdefault("vlm_family", VLM_FAMILIES[model_type])
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.fused_lm_head:
@@ -773,6 +777,8 @@ class Spa3VLMSFTTrainer(SFTTrainer):
             card_kwargs.setdefault("datasets", [dataset_name])
         if tags:
             card_kwargs["tags"] = [*card_kwargs.get("tags", []), *([tags] if isinstance(tags, str) else tags)]
+        if kwargs.get("license") is not None:  # push_to_hub(license=...) overrides the licence worked out
+            card_kwargs["license"] = kwargs["license"]
         card_kwargs.setdefault("training", self.training_summary())
         os.makedirs(self.args.output_dir, exist_ok=True)
         build_model_card(**card_kwargs).save(os.path.join(self.args.output_dir, "README.md"))
@@ -818,18 +824,20 @@ def generate_predictions(
     latents_column: str = "spatial_latents",
     progress: bool = True,
 ) -> list[str]:
-    """Greedy answers for TRL records (prompt = the messages before the last assistant turn), in order.
+    """Greedy answers for TRL records (prompt = the messages before the last assistant turn), in order, through
+    :class:`~spa3_vlm.inference.Spa3VLMGenerator`.
 
-    ``spatial_inputs`` as in :class:`Spa3VLMSFTCollator`. Left padding, ``max_new_tokens`` new tokens,
-    special tokens dropped. ``progress`` shows a bar over the batches.
+    ``spatial_inputs`` as in :class:`Spa3VLMSFTCollator` (``"latents"``: the records' cached Spa3R latents in
+    ``latents_column``). Left padding, ``max_new_tokens`` new tokens, special tokens dropped, whitespace stripped.
+    ``progress`` shows a bar over the batches.
     """
     from tqdm.auto import tqdm
 
+    from ..inference import Spa3VLMGenerator
+
     if spatial_inputs not in SPATIAL_INPUT_MODES:
         raise ValueError(f"spatial_inputs must be one of {SPATIAL_INPUT_MODES}, got {spatial_inputs!r}")
-    model.eval()
-    device = next(model.parameters()).device
-    tokenizer = processor.tokenizer
+    generator = Spa3VLMGenerator(model.eval(), processor, max_new_tokens=max_new_tokens)
     predictions: list[str] = []
     rows = list(records) if not hasattr(records, "select") else records
     starts = range(0, len(rows), batch_size)
@@ -837,42 +845,15 @@ def generate_predictions(
         chunk = [rows[i] for i in range(start, min(start + batch_size, len(rows)))]
         for offset, example in enumerate(chunk):
             validate_sft_example(example, start + offset)
-        texts, images = [], []
-        for example in chunk:
-            prompt = _prompt_messages(example["messages"])
-            texts.append(processor.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False))
-            images.append(list(example.get("images") or []))
-        inputs = processor(
-            text=texts,
-            images=images if any(images) else None,
-            return_tensors="pt",
-            padding=True,
-            padding_side="left",
-            add_special_tokens=False,
-        )
-        inputs = dict(inputs)
-        geometry = inputs.pop("geometry_pixel_values", None)
+        requests = [(list(example.get("images") or []), _prompt_messages(example["messages"])) for example in chunk]
         mode = spatial_inputs
         if mode == "auto":
             mode = "latents" if all(e.get(latents_column) is not None for e in chunk) else "frames"
-        if not getattr(model.config, "spatial_branch", False):
-            mode = "none"
-        if mode == "frames" and geometry is not None:
-            inputs["geometry_pixel_values"] = [None if g is None else g.to(device) for g in geometry]
-        elif mode == "latents":
-            inputs["spatial_latents"] = torch.stack(
-                [torch.as_tensor(np.asarray(e[latents_column], dtype=np.float32)) for e in chunk]
-            )
-        inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-        generated = model.generate(
-            **inputs,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-        new_tokens = generated[:, inputs["input_ids"].shape[1] :]
-        predictions += [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        latents = None
+        if mode == "latents" and generator.takes_geometry:
+            latents = torch.stack([torch.as_tensor(np.asarray(e[latents_column], dtype=np.float32)) for e in chunk])
+        answers = generator.generate(requests, spatial_latents=latents)
+        predictions += [text.strip() for text in answers]
     return predictions
 
 
@@ -891,106 +872,9 @@ def evaluate_vsibench(model, processor, dataset, **generate_kwargs) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------
-# Model card
+# Model card: built in spa3_vlm.cards, with every other card and the licence rule
 # --------------------------------------------------------------------------------------------------
 
-
-def _is_hub_id(value: Optional[str]) -> bool:
-    return bool(value) and not os.path.exists(value) and re.fullmatch(r"[\w.-]+/[\w.-]+", value) is not None
-
-
-def build_model_card(
-    model_name: str = "spa3-vlm-sft",
-    base_model: Optional[str] = None,
-    spa3r_name_or_path: Optional[str] = None,
-    datasets: Sequence[str] = (),
-    spatial_branch: bool = True,
-    lora: Optional[Mapping[str, Any]] = None,
-    merged: bool = False,
-    training: Optional[Mapping[str, Any]] = None,
-    results: Optional[Mapping[str, Any]] = None,
-    tags: Sequence[str] = (),
-    license: str = "apache-2.0",
-):
-    """A ``huggingface_hub.ModelCard`` for a tuned Spa3-VLM (metadata + how to load + training + results).
-
-    ``results``: a ``vsibench_scores`` dict (``overall``, ``tasks``, ``task_counts``) shown in the paper's column
-    order. ``lora``: the LoRA settings when the folder is a PEFT adapter (``merged=False``).
-    """
-    from huggingface_hub import ModelCard, ModelCardData
-
-    adapter_only = lora is not None and not merged
-    hub_datasets = [d for d in datasets if _is_hub_id(d)]
-    data = ModelCardData(
-        language="en",
-        license=license,
-        library_name="peft" if adapter_only else "transformers",
-        pipeline_tag="image-text-to-text",
-        base_model=base_model if _is_hub_id(base_model) else None,
-        datasets=hub_datasets or None,
-        tags=list(dict.fromkeys(["spa3-vlm", "spatial-reasoning", "vsi-bench", "trl", "sft", *tags])),
-    )
-    lines = [
-        f"# {model_name}",
-        "",
-        "Spa3-VLM (Qwen2.5-VL whose visual tokens read a frozen Spa3R latent spatial field through a gated "
-        "cross-attention adapter) after spatial instruction tuning with TRL's `SFTTrainer`."
-        if spatial_branch
-        else "Qwen2.5-VL without the Spa3R spatial branch (`spatial_branch=False`), tuned with TRL's `SFTTrainer` "
-        "as the ablation of Spa3-VLM.",
-        "",
-        f"- base model: `{base_model or 'built from a config (random initialisation)'}`",
-    ]
-    if spatial_branch:
-        lines.append(f"- Spa3R encoder (frozen): `{spa3r_name_or_path or 'random initialisation (no pretrained Spa3R)'}`")
-    if datasets:
-        lines.append(f"- training data: {', '.join(f'`{d}`' for d in datasets)}")
-    if lora is not None:
-        state = "merged into the weights" if merged else "stored as a PEFT adapter (this folder)"
-        settings = ", ".join(f"{k}={v}" for k, v in lora.items())
-        lines.append(f"- LoRA on the LLM ({settings}), adapter modules fully trained; {state}")
-    lines += ["", "## Usage", "", "```python"]
-    if adapter_only:
-        lines += [
-            "import spa3_vlm  # registers the Spa3-VLM classes",
-            "from peft import PeftModel",
-            "from spa3_vlm import Spa3VLMForConditionalGeneration, Spa3VLMProcessor",
-            "",
-            "# BASE: adapter_config.json's base_model_name_or_path",
-            "base = Spa3VLMForConditionalGeneration.from_pretrained(BASE)",
-            "model = PeftModel.from_pretrained(base, REPO).merge_and_unload()",
-            "processor = Spa3VLMProcessor.from_pretrained(REPO)",
-        ]
-    else:
-        lines += [
-            "from transformers import AutoModelForImageTextToText, AutoProcessor",
-            "",
-            "model = AutoModelForImageTextToText.from_pretrained(REPO, trust_remote_code=True)  # or: import spa3_vlm",
-            "processor = AutoProcessor.from_pretrained(REPO, trust_remote_code=True)",
-        ]
-    lines += [
-        "messages = [{'role': 'user', 'content': [{'type': 'image', 'image': frame} for frame in frames]",
-        "             + [{'type': 'text', 'text': question}]}]",
-        "inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,",
-        "                                       return_dict=True, return_tensors='pt')",
-        "answer = processor.batch_decode(model.generate(**inputs, max_new_tokens=16)[:, inputs['input_ids'].shape[1]:],",
-        "                                skip_special_tokens=True)[0]",
-        "```",
-    ]
-    if training:
-        lines += ["", "## Training", "", "| setting | value |", "|---|---|"]
-        lines += [f"| {key} | {value} |" for key, value in training.items()]
-    if results:
-        tasks = results.get("tasks", {})
-        counts = results.get("task_counts", {})
-        present = [t for t in TASK_ORDER if t in tasks]
-        lines += ["", "## Evaluation (VSI-Bench metrics, x100)", ""]
-        if results.get("description"):
-            lines += [str(results["description"]), ""]
-        lines += ["| overall | " + " | ".join(present) + " |", "|---" * (len(present) + 1) + "|"]
-        cells = [f"{100 * results['overall']:.1f}"] + [f"{100 * tasks[t]:.1f} (n={counts.get(t, '?')})" for t in present]
-        lines.append("| " + " | ".join(cells) + " |")
-    content = f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n"
-    return ModelCard(content)
+build_model_card = sft_model_card
 
 

@@ -3,8 +3,8 @@
     lmms-eval --model spa3_vlm --model_args pretrained=spa3-vlm-3b,min_pixels=200704,max_pixels=1605632 \
         --tasks vsibench --batch_size 1
 
-Every request is answered by :class:`~spa3_vlm.evaluation.runner.VSIBenchGenerator` (same chat, frame sampling,
-preprocessing and greedy decoding as ``python -m spa3_vlm.eval``), so both give the same text for a question.
+Every request is answered by :class:`~spa3_vlm.inference.Spa3VLMGenerator` (same chat, frame sampling,
+preprocessing and greedy decoding as ``spa3-vlm eval``), so both give the same text for a question.
 Differences from the reference wrapper (spec section 13, items 20 and 27): no module global of lmms-eval is
 swapped (the class is registered through lmms-eval's plugin hooks), the task's ``until`` strings are applied
 (except ``"\n\n"``, lmms-eval's implicit default, which the reference and lmms-eval's Qwen2.5-VL wrapper ignore),
@@ -27,7 +27,8 @@ from typing import Any, Optional
 from lmms_eval.api.model import lmms
 from lmms_eval.api.registry import register_model
 
-from ...runner import DEFAULT_MAX_NEW_TOKENS, DEFAULT_NUM_FRAMES, VSIBenchGenerator, frames_from_visuals
+from ....inference import DEFAULT_MAX_NEW_TOKENS, Spa3VLMGenerator
+from ...runner import DEFAULT_NUM_FRAMES, frames_from_visuals
 from .. import CLASS_NAME, MODEL_NAME
 
 __all__ = ["Spa3VLM"]
@@ -104,7 +105,7 @@ class Spa3VLM(lmms):
             device = str(self.accelerator.device)
             self._rank = self.accelerator.process_index
             self._world_size = self.accelerator.num_processes
-        self.generator = VSIBenchGenerator.from_pretrained(
+        self.generator = Spa3VLMGenerator.from_pretrained(
             str(pretrained),
             None if processor is None else str(processor),
             device=device or "auto",
