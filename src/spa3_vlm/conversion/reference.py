@@ -175,12 +175,13 @@ def check_state_dict(state: dict[str, torch.Tensor], expected_shapes: dict, what
         raise ValueError(f"{what}: the state dict does not match the model config; " + "; ".join(problems))
 
 
-def _strict_load(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+def strict_load(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """``model.load_state_dict(state, strict=True)`` after :func:`check_state_dict` named every mismatch."""
     check_state_dict(state, {k: v.shape for k, v in model.state_dict().items()}, what)
     model.load_state_dict(state, strict=True)
 
 
-def _vggt_state(state: dict[str, torch.Tensor], config: VGGTConfig, report: ConversionReport, prefix: str = "") -> dict:
+def vggt_state_dict(state: dict[str, torch.Tensor], config: VGGTConfig, report: ConversionReport, prefix: str = "") -> dict:
     """Select and adapt VGGT tensors (``prefix`` + reference names) for a ``VGGTModel`` built from ``config``."""
     selected = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix) and k[len(prefix) :].startswith(VGGT_PREFIXES)}
     if config.global_qk_norm == "rmsnorm":
@@ -232,10 +233,10 @@ def vggt_from_reference(
         reference_config = {**reference_config, "vggt": vggt_args}
     config = vggt_config_from_reference(global_qk_norm=global_qk_norm, **reference_config)
     report = ConversionReport()
-    state = _vggt_state(state_dict, config, report)
+    state = vggt_state_dict(state_dict, config, report)
     report.drop("not part of VGGT", [k for k in state_dict if not k.startswith(VGGT_PREFIXES)])
     model = VGGTModel(config)
-    _strict_load(model, state, "VGGT conversion")
+    strict_load(model, state, "VGGT conversion")
     model.eval()
     logger.info("VGGT conversion: %s", report)
     return (model, report) if return_report else model
@@ -323,7 +324,7 @@ def spa3r_from_reference(
     if vggt_config is not None:
         if not has_vggt:
             raise ValueError("a vggt_config was given but the state dict holds no VGGT tensors (aggregator.*)")
-        for key, value in _vggt_state(state_dict, vggt_config, report).items():
+        for key, value in vggt_state_dict(state_dict, vggt_config, report).items():
             converted["spa3r.backbone." + key] = value
     else:
         report.drop("frozen VGGT (no vggt_config)", [k for k in state_dict if k.startswith(VGGT_PREFIXES)])
@@ -335,7 +336,7 @@ def spa3r_from_reference(
     teacher_keys = {k for k in model.state_dict() if k.startswith("semantic_teacher.")}
     if teacher_keys:  # a teacher given by config keeps its own (random or separately loaded) weights
         converted.update({k: v for k, v in model.state_dict().items() if k in teacher_keys})
-    _strict_load(model, converted, "Spa3R conversion")
+    strict_load(model, converted, "Spa3R conversion")
     model.eval()
     logger.info("Spa3R conversion: %s", report)
     return (model, report) if return_report else model

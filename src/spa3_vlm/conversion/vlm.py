@@ -32,7 +32,14 @@ from ..configuration_spa3r import Spa3RConfig
 from ..configuration_vggt import VGGTConfig
 from ..modeling_spa3_vlm import SPA3_VLM_CLASSES, Spa3VLMForConditionalGeneration, Spa3VLMQwen3ForConditionalGeneration
 from ..modeling_spa3r import Spa3RModel
-from .reference import VGGT_PREFIXES, ConversionReport, _strict_load, _vggt_state, check_state_dict, load_reference_checkpoint
+from .reference import (
+    VGGT_PREFIXES,
+    ConversionReport,
+    check_state_dict,
+    load_reference_checkpoint,
+    strict_load,
+    vggt_state_dict,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -130,9 +137,9 @@ def spa3r_encoder_state_from_reference(
     if unknown:
         raise ValueError(f"unknown Spa3R tensor name(s) {unknown[:10]} ({len(unknown)} in all)")
     converted = {key: value for key, value in state_dict.items() if key.startswith(SPA3R_ENCODER_PREFIXES)}
-    local = ConversionReport()  # names without source_prefix, as _vggt_state reports them
+    local = ConversionReport()  # names without source_prefix, as vggt_state_dict reports them
     if config.vggt_config is not None:
-        for key, value in _vggt_state(state_dict, config.vggt_config, local).items():
+        for key, value in vggt_state_dict(state_dict, config.vggt_config, local).items():
             converted["backbone." + key] = value
     else:
         local.drop("frozen VGGT (spa3r_config has no vggt_config)", [k for k in state_dict if k.startswith(VGGT_PREFIXES)])
@@ -151,7 +158,7 @@ def spa3r_encoder_from_reference(
     report = ConversionReport()
     converted = spa3r_encoder_state_from_reference(state_dict, config, report)
     model = Spa3RModel(config)
-    _strict_load(model, converted, "Spa3R encoder conversion")
+    strict_load(model, converted, "Spa3R encoder conversion")
     model.requires_grad_(False)
     model.eval()
     return (model, report) if return_report else model

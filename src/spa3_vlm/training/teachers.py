@@ -6,7 +6,7 @@ import logging
 import os
 from typing import Optional
 
-from ..conversion.reference import ConversionReport, _strict_load, _vggt_state, load_reference_checkpoint
+from ..conversion.reference import ConversionReport, load_reference_checkpoint, strict_load, vggt_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +69,8 @@ def load_pretrained_teachers(model, root: Optional[str] = None) -> ConversionRep
         if os.path.isdir(path):
             check_teacher_config(path, config.vggt_config, "the VGGT teacher", ignore=_VGGT_HEAD_FIELDS)
         state = load_reference_checkpoint(vggt_weights_path(path))
-        selected = _vggt_state(state, config.vggt_config, report)
-        _strict_load(model.spa3r.backbone, selected, f"VGGT weights from {config.vggt_name_or_path}")
+        selected = vggt_state_dict(state, config.vggt_config, report)
+        strict_load(model.spa3r.backbone, selected, f"VGGT weights from {config.vggt_name_or_path}")
         logger.info("loaded VGGT weights from %s (%s)", path, report)
     if config.semantic_teacher_name_or_path:
         from transformers import AutoConfig, AutoModel
@@ -86,7 +86,7 @@ def load_pretrained_teachers(model, root: Optional[str] = None) -> ConversionRep
             expected = AutoConfig.for_model(**config.semantic_teacher_config)
             check_teacher_config(path, expected, "the semantic teacher")
         teacher = AutoModel.from_pretrained(path)
-        _strict_load(model.semantic_teacher, teacher.state_dict(), f"semantic teacher {config.semantic_teacher_name_or_path}")
+        strict_load(model.semantic_teacher, teacher.state_dict(), f"semantic teacher {config.semantic_teacher_name_or_path}")
         logger.info("loaded the semantic teacher from %s", path)
     model.freeze_teachers()
     return report
