@@ -10,13 +10,16 @@ recomputed inside each layer.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import PreTrainedConfig
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 
 class Mlp(nn.Module):
@@ -102,6 +105,33 @@ class PositionalTransform(Protocol):
     def transform_output(self, out: torch.Tensor, rows: Optional[slice] = None, sequence_length: Optional[int] = None) -> torch.Tensor: ...
 
 
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: Optional[torch.Tensor],
+    scaling: Optional[float] = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention in plain matmuls (transformers' ``"eager"`` implementation).
+
+    ``query [B, h, N, d]``, ``key`` / ``value [B, h, M, d]``, optional additive ``attention_mask`` broadcastable
+    to ``[B, h, N, M]`` -> ``(output [B, N, h, d], weights [B, h, N, M])``, the layout of transformers' other
+    attention functions.
+    """
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    weights = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if attention_mask is not None:
+        weights = weights + attention_mask
+    # Softmax in fp32, as the fused kernels accumulate it: bf16 logits would lose the small probabilities.
+    weights = F.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with optional QK-norm, 2D RoPE or a relative camera transform.
 
@@ -110,6 +140,10 @@ class Attention(nn.Module):
     attend only to the first ``num_context_tokens`` keys, the remaining queries attend to all keys.
     ``query_rows`` (a contiguous slice) computes the output of those rows only, ``[B, rows, C]``: every
     row still serves as a key and value.
+
+    The kernel is the model's ``config._attn_implementation`` (``from_pretrained(..., attn_implementation=...)``,
+    ``model.set_attn_implementation``) looked up in transformers' attention interface; a block built without a
+    config uses SDPA, the models' default.
     """
 
     def __init__(
@@ -120,12 +154,18 @@ class Attention(nn.Module):
         proj_bias: bool = True,
         qk_norm: Optional[str] = None,
         qk_norm_eps: Optional[float] = None,
+        config: Optional[PreTrainedConfig] = None,
     ):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"hidden size {dim} is not divisible by the number of heads {num_heads}")
+        self.config = config
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
+        # Exactly SDPA's default scale (1 / sqrt(d) in double), so passing it changes no bit of the output.
+        self.scaling = 1.0 / math.sqrt(self.head_dim)
+        # transformers' sdpa function treats a module without this flag as causal.
+        self.is_causal = False
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.q_norm = make_qk_norm(qk_norm, self.head_dim, qk_norm_eps)
         self.k_norm = make_qk_norm(qk_norm, self.head_dim, qk_norm_eps)
@@ -150,16 +190,22 @@ class Attention(nn.Module):
             if num_context_tokens is not None:
                 raise ValueError("query_rows and num_context_tokens cannot be combined")
             q = q[:, :, query_rows]
+        implementation = "sdpa" if self.config is None else self.config._attn_implementation
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        options = {"scaling": self.scaling, "dropout": 0.0}  # these models train without attention dropout
         if num_context_tokens is None or num_context_tokens >= seq:
-            out = F.scaled_dot_product_attention(q, k, v)
+            out = attention(self, q, k, v, None, **options)[0]
         else:
+            # Two unmasked calls instead of one masked call: every backend (flash included) keeps its fast path.
             n = num_context_tokens
-            context_out = F.scaled_dot_product_attention(q[:, :, :n], k[:, :, :n], v[:, :, :n])
-            target_out = F.scaled_dot_product_attention(q[:, :, n:], k, v)
-            out = torch.cat([context_out, target_out], dim=2)
+            context_out = attention(self, q[:, :, :n], k[:, :, :n], v[:, :, :n], None, **options)[0]
+            target_out = attention(self, q[:, :, n:], k, v, None, **options)[0]
+            out = torch.cat([context_out, target_out], dim=1)
+        # out: [B, rows, heads, head_dim]; the camera transform works on [B, heads, rows, head_dim].
         if camera_transform is not None:
-            out = camera_transform.transform_output(out, rows=query_rows, sequence_length=seq)
-        return self.proj(out.transpose(1, 2).reshape(batch, out.shape[2], dim))
+            out = camera_transform.transform_output(out.transpose(1, 2), rows=query_rows, sequence_length=seq)
+            out = out.transpose(1, 2)
+        return self.proj(out.reshape(batch, out.shape[1], dim))
 
 
 class Block(GradientCheckpointingLayer):
@@ -169,6 +215,7 @@ class Block(GradientCheckpointingLayer):
     block needs when the rows after it are discarded anyway (they still act as keys and values).
     ``model.activation_checkpointing_enable()`` recomputes each block in the backward pass instead of keeping
     its activations (transformers' ``GradientCheckpointingLayer``; off by default and in eval mode).
+    ``config`` is the model's config, whose ``_attn_implementation`` picks the attention kernel (see ``Attention``).
     """
 
     def __init__(
@@ -183,10 +230,11 @@ class Block(GradientCheckpointingLayer):
         qk_norm_eps: Optional[float] = None,
         norm_eps: float = 1e-5,
         init_values: Optional[float] = None,
+        config: Optional[PreTrainedConfig] = None,
     ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = Attention(dim, num_heads, qkv_bias, proj_bias, qk_norm, qk_norm_eps)
+        self.attn = Attention(dim, num_heads, qkv_bias, proj_bias, qk_norm, qk_norm_eps, config=config)
         self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), bias=ffn_bias)

@@ -5,7 +5,7 @@ For every sample ``b`` of a batch, with ``I_b [n_b, D]`` the merged Qwen visual 
 sample* and ``L_b [Q, C]`` the Spa3R latents of that sample's frames:
 
     E_b  = geometry_projector(L_b)                                  [Q, D]
-    A_b  = geom_cross_attention(query=I_b, key=value=E_b)           [n_b, D]   (per-head LayerNorm QK-norm, SDPA)
+    A_b  = geom_cross_attention(query=I_b, key=value=E_b)           [n_b, D]   (per-head LayerNorm QK-norm)
     I'_b = I_b + geometry_adaptor(ln(A_b)) * geometry_gate(ln(A_b))
 
 A sample's tokens only attend to its own latents (the reference flattens the batch, which mixes samples when
@@ -25,18 +25,19 @@ adapted the same way, from the same sample's ``geometry_pixel_values`` (the vide
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration
+from transformers import AutoConfig, PreTrainedConfig, Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration
 from transformers import initialization as init
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_spa3_vlm import Spa3VLMConfig, Spa3VLMQwen3Config
 from .configuration_spa3r import Spa3RConfig
-from .modeling_common import check_finite_tensor
+from .modeling_common import check_finite_tensor, eager_attention_forward
 from .modeling_spa3r import Spa3RModel
 
 # Qwen2.5-VL Hub checkpoint names -> transformers 5 module names (as transformers' own Qwen2.5-VL mapping).
@@ -47,15 +48,21 @@ class GeometryCrossAttention(nn.Module):
 
     ``queries [S, N, D]`` attend to ``context [S, M, D]`` -> ``[S, N, D]``; row ``s`` of the queries only sees
     row ``s`` of the context. No mask: every context token is valid, and padded query rows are independent
-    of the others and dropped by the caller.
+    of the others and dropped by the caller. The kernel is ``config._attn_implementation`` (the model's) through
+    transformers' attention interface; without a config, SDPA.
     """
 
-    def __init__(self, hidden_size: int, num_heads: int, eps: float = 1e-5):
+    def __init__(self, hidden_size: int, num_heads: int, eps: float = 1e-5, config: Optional[PreTrainedConfig] = None):
         super().__init__()
         if hidden_size % num_heads:
             raise ValueError(f"hidden_size {hidden_size} must be divisible by num_heads {num_heads}")
+        self.config = config
         self.num_heads = num_heads
         self.head_dim = hidden_size // num_heads
+        # Exactly SDPA's default scale (1 / sqrt(d) in double), so passing it changes no bit of the output.
+        self.scaling = 1.0 / math.sqrt(self.head_dim)
+        # transformers' sdpa function treats a module without this flag as causal.
+        self.is_causal = False
         self.q_proj = nn.Linear(hidden_size, hidden_size)
         self.k_proj = nn.Linear(hidden_size, hidden_size)
         self.v_proj = nn.Linear(hidden_size, hidden_size)
@@ -71,8 +78,10 @@ class GeometryCrossAttention(nn.Module):
         q = self.q_norm(self._split_heads(self.q_proj(queries)))
         k = self.k_norm(self._split_heads(self.k_proj(context)))
         v = self._split_heads(self.v_proj(context))
-        attended = F.scaled_dot_product_attention(q, k, v)
-        return self.o_proj(attended.transpose(1, 2).reshape(batch, length, dim))
+        implementation = "sdpa" if self.config is None else self.config._attn_implementation
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        attended = attention(self, q, k, v, None, scaling=self.scaling, dropout=0.0)[0]  # [S, N, heads, head_dim]
+        return self.o_proj(attended.reshape(batch, length, dim))
 
 
 def _as_tensor(value: Any, what: str) -> torch.Tensor:
@@ -198,7 +207,7 @@ class Spa3VLMMixin:
             eps = config.adapter_layer_norm_eps
             self.spa3r = Spa3RModel(config.spa3r_config)
             self.geometry_projector = nn.Sequential(nn.Linear(spa3r_hidden, hidden), nn.GELU(), nn.Linear(hidden, hidden))
-            self.geom_cross_attention = GeometryCrossAttention(hidden, config.adapter_num_heads, eps=eps)
+            self.geom_cross_attention = GeometryCrossAttention(hidden, config.adapter_num_heads, eps=eps, config=config)
             self.ln = nn.LayerNorm(hidden, eps=eps)
             bottleneck = hidden // config.adapter_reduction
             self.geometry_adaptor = nn.Sequential(nn.Linear(hidden, bottleneck), nn.GELU(), nn.Linear(bottleneck, hidden))

@@ -58,6 +58,7 @@ class Spa3RTransformer(nn.Module):
                 config.mlp_ratio,
                 qk_norm="rmsnorm" if config.qk_norm else None,
                 norm_eps=config.layer_norm_eps,
+                config=config,
             )
             for _ in range(num_layers)
         )
@@ -146,7 +147,11 @@ class Spa3RPreTrainedModel(RefuseMostlyMissingWeights, PreTrainedModel):
     base_model_prefix = "spa3r"
     main_input_name = "pixel_values"
     _no_split_modules = ["Block"]
+    # Attention goes through transformers' attention interface (modeling_common.Attention): "eager" and "sdpa" are
+    # tested; flash attention takes the standard path (q/k/v [B, heads, N, d], no mask, not causal, module.config)
+    # but is untested here (no GPU with flash-attn). No flex attention: it is untested.
     _supports_sdpa = True
+    _supports_flash_attn = True
     supports_gradient_checkpointing = True
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -476,7 +481,10 @@ class Spa3RForFieldPrediction(Spa3RPreTrainedModel):
             from transformers import AutoConfig
 
             teacher_config = dict(config.semantic_teacher_config)
-            self.semantic_teacher = AutoModel.from_config(AutoConfig.for_model(**teacher_config))
+            # The teacher runs the attention kernel chosen for this model, as set_attn_implementation would set it.
+            self.semantic_teacher = AutoModel.from_config(
+                AutoConfig.for_model(**teacher_config), attn_implementation=config._attn_implementation
+            )
         self.post_init()
         self.freeze_teachers()
 

@@ -9,7 +9,7 @@ encodings and cameras, the DPT heads into dense depth / point maps, and the opti
 
 A *view mask* (``True`` = target-only view) runs Spa3R's masked pass: context views attend only to
 context views in the global blocks, target views attend to all. It is computed without an attention
-mask: views are reordered context-first and each global block runs two SDPA calls.
+mask: views are reordered context-first and each global block runs two attention calls.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ class DinoV2PatchEmbed(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, dim))  # unused at inference; part of the checkpoint
         self.patch_embed = ConvPatchEmbed(config.patch_size, dim)
         self.blocks = nn.ModuleList(
-            Block(dim, config.patch_embed_num_heads, config.mlp_ratio, norm_eps=1e-6, init_values=1.0)
+            Block(dim, config.patch_embed_num_heads, config.mlp_ratio, norm_eps=1e-6, init_values=1.0, config=config)
             for _ in range(config.patch_embed_num_layers)
         )
         self.norm = nn.LayerNorm(dim, eps=1e-6)
@@ -188,6 +188,7 @@ class VGGTAggregator(nn.Module):
                 qk_norm=qk_norm,
                 qk_norm_eps=1e-5 if qk_norm == "layernorm" else None,
                 init_values=config.layerscale_init,
+                config=config,
             )
 
         self.frame_blocks = nn.ModuleList(block("layernorm") for _ in range(config.num_hidden_layers))
@@ -257,7 +258,7 @@ class VGGTCameraHead(nn.Module):
         self.num_iterations = config.camera_num_iterations
         self.trunk = nn.Sequential(
             *(
-                Block(dim, config.camera_num_heads, config.mlp_ratio, init_values=config.layerscale_init)
+                Block(dim, config.camera_num_heads, config.mlp_ratio, init_values=config.layerscale_init, config=config)
                 for _ in range(config.camera_trunk_depth)
             )
         )
@@ -328,7 +329,10 @@ class VGGTPreTrainedModel(RefuseMostlyMissingWeights, PreTrainedModel):
     base_model_prefix = "vggt"
     main_input_name = "pixel_values"
     _no_split_modules = ["Block"]
+    # As Spa3R's: "eager" and "sdpa" through transformers' attention interface (tested), flash attention on the
+    # standard path (untested here), no flex attention. The tracking head keeps torch's nn.MultiheadAttention.
     _supports_sdpa = True
+    _supports_flash_attn = True
     supports_gradient_checkpointing = True
 
     def _init_weights(self, module: nn.Module) -> None:
