@@ -2,6 +2,9 @@
 interleaved mRoPE untouched (tiny random Qwen3-VL, offline)."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -266,6 +269,40 @@ def test_sft_with_lora_and_cached_latents_trains_saves_and_answers(tmp_path, spa
     frames = [Image.new("RGB", (112, 84), (40 * k, 90, 160)) for k in range(2)]
     answers = generator.generate([(frames, "How many chairs are in the room?")])
     assert len(answers) == 1 and isinstance(answers[0], str)
+
+    # The saved folder answers the same in a process without the package (remote code for model and processor).
+    script = tmp_path / "answer_remote.py"
+    script.write_text(REMOTE_ANSWER)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-I", str(script), str(out)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    remote = json.loads(result.stdout.strip().splitlines()[-1])
+    assert remote["module"].startswith("transformers_modules.") and remote["processor"].startswith("transformers_modules.")
+    assert remote["answer_ids"] == generator.model.generate(
+        **{k: v for k, v in generator._inputs([(frames, "How many chairs are in the room?")]).items()},
+        max_new_tokens=2, do_sample=False,
+    )[0, -2:].tolist()
+
+
+# Run with `python -I` (no spa3_vlm on the path): load the SFT output with remote code and answer greedily.
+REMOTE_ANSWER = """
+import json, sys
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+folder = sys.argv[1]
+model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True).eval()
+processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+frames = [Image.new("RGB", (112, 84), (40 * k, 90, 160)) for k in range(2)]
+chat = [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "How many chairs are in the room?"}]}]
+prompt = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+inputs = processor(text=[prompt], images=frames, padding=True, padding_side="left", add_special_tokens=False, return_tensors="pt")
+with torch.no_grad():
+    output = model.generate(**dict(inputs), max_new_tokens=2, do_sample=False)
+print(json.dumps({"module": type(model).__module__, "processor": type(processor).__module__,
+                  "answer_ids": output[0, -2:].tolist()}))
+"""
 
 
 def test_the_plain_qwen3_ablation_keeps_video_input_unchanged(qwen3, spa3r_config):
