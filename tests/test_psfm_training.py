@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, TrainerCallback, TrainingArguments
 
@@ -287,6 +288,10 @@ def test_main_job_trains_evaluates_and_saves_a_loadable_model(tmp_path):
     teacher = load_file(os.path.join(REPO, "hub_configs", "vggt-tiny-synthrooms", "model.safetensors"))
     for name, value in encoder.backbone.state_dict().items():
         assert torch.equal(value, teacher[name]), name
+    # The model card: both shipped MIT teachers bundled, so MIT; the scores the run printed (tests/test_cards.py).
+    card = ModelCard.load(tmp_path / "README.md")
+    assert card.data.license == "mit" and "## Held-out field scores" in card.text and "| steps | 2 |" in card.text
+    assert "`hub_configs/vggt-tiny-synthrooms`" in card.text and "`hub_configs/dinov3-tiny-synthrooms`" in card.text
 
 
 @pytest.mark.slow

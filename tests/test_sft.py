@@ -322,6 +322,7 @@ def test_sft_main_full_finetuning_saves_a_loadable_model(tmp_path, spa3r_folder,
 
     card = ModelCard.load(out / "README.md")
     assert card.data.pipeline_tag == "image-text-to-text" and "spa3-vlm" in card.data.tags
+    assert card.data.license == "unknown"  # the fixture's Spa3R folder has no card recording a licence (test_cards.py)
     assert str(spa3r_folder) in card.text and "| overall |" in card.text and "adapter 0.004" in card.text
     scores = json.loads((out / "vsibench_eval.json").read_text())
     assert scores["num_records"] == len(scores["predictions"]) > 0 and 0.0 <= scores["overall"] <= 1.0

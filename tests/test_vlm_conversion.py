@@ -309,5 +309,7 @@ def test_command_line(tmp_path, capsys, reference, released):
     assert conversion_main(args) == 0
     initial = AutoModelForImageTextToText.from_pretrained(tmp_path / "init")
     assert isinstance(initial, Spa3VLMForConditionalGeneration) and torch.count_nonzero(initial.geometry_adaptor[-1].weight) == 0
+    for out in ("vlm", "files", "encoder", "field", "init"):  # every output has a model card (tests/test_cards.py)
+        assert "## Licences" in (tmp_path / out / "README.md").read_text()
     with pytest.raises(SystemExit):
         conversion_main(["--spa3-vlm", str(source), "--qwen", str(tmp_path / "qwen"), "--out", str(tmp_path / "bad")])

@@ -12,12 +12,18 @@
 
 ``--spa3r-config`` is a ``Spa3RConfig`` JSON (e.g. ``hub_configs/spa3r-base/config.json``) describing the Spa3R
 inside the checkpoint; by default its sizes are read off the tensors with VGGT-1B as the backbone.
+
+Every output gets a model card (README.md, ``spa3_vlm.cards.conversion_model_card``): the source, the conversion
+report and the licences of what the folder bundles. ``--source-id`` names the checkpoint's Hub id and
+``--base-model`` the Hub ids it was made from (e.g. the Qwen base of a released Spa3-VLM); what is not named has an
+unknown licence, and so has the folder, unless ``--license`` (``--license-name``, ``--license-link``) sets it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -37,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--spa3r-config", help="Spa3RConfig JSON of the Spa3R in the checkpoint")
     parser.add_argument("--field-model", action="store_true", help="with --spa3r alone: keep decoder and field heads")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="dtype of the saved weights (default: the source's)")
+    card = parser.add_argument_group("model card")
+    card.add_argument("--source-id", help="Hub id of the converted checkpoint (its licence is looked up)")
+    card.add_argument("--base-model", nargs="+", default=[], metavar="HUB_ID", help="Hub ids the checkpoint was made from")
+    card.add_argument("--license", help="licence of the folder (a Hub licence id); default: worked out from what it bundles")
+    card.add_argument("--license-name", help="with --license other: its short name")
+    card.add_argument("--license-link", help="with --license other: a link to its text")
     return parser
 
 
@@ -51,13 +63,19 @@ def _spa3r_config(path):
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     if args.spa3_vlm and (args.qwen or args.field_model):
         raise SystemExit("--qwen and --field-model go with --spa3r, not --spa3-vlm")
     if args.qwen and args.field_model:
         raise SystemExit("--field-model writes a Spa3R-only folder: drop --qwen or --field-model")
+    # The model card's own inputs (README.md of the output; vlm.write_conversion_card).
+    card = dict(
+        source_id=args.source_id, base_models=args.base_model, command="python -m spa3_vlm.conversion " + shlex.join(argv),
+        license=args.license, license_name=args.license_name, license_link=args.license_link,
+    )  # fmt: skip
     try:
-        report = _convert(args)
+        report = _convert(args, card)
     except (ValueError, FileNotFoundError) as error:  # bad input: a message, not a traceback
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -65,7 +83,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def _convert(args):
+def _convert(args, card: dict):
     from . import vlm
     from .reference import load_reference_checkpoint, spa3r_from_reference
 
@@ -73,10 +91,12 @@ def _convert(args):
     dtype = DTYPES[args.dtype] if args.dtype else None
     out = Path(args.out)
     if args.spa3_vlm:
-        _, report = vlm.convert_spa3_vlm(args.spa3_vlm, out, config_path=args.config, spa3r_config=spa3r_config, dtype=dtype)
+        _, report = vlm.convert_spa3_vlm(
+            args.spa3_vlm, out, config_path=args.config, spa3r_config=spa3r_config, dtype=dtype, card=card
+        )
     elif args.qwen:
         kwargs = {"dtype": dtype} if dtype else {}
-        _, report = vlm.combine_qwen_and_spa3r(args.qwen, args.spa3r, out, spa3r_config=spa3r_config, **kwargs)
+        _, report = vlm.combine_qwen_and_spa3r(args.qwen, args.spa3r, out, spa3r_config=spa3r_config, card=card, **kwargs)
     else:
         state = load_reference_checkpoint(args.spa3r)
         if args.field_model:
@@ -89,6 +109,9 @@ def _convert(args):
         if dtype:
             model = model.to(dtype)
         model.save_pretrained(str(out))
+        kind = "spa3r_field" if args.field_model else "spa3r_encoder"
+        named = spa3r_config.vggt_name_or_path if spa3r_config is not None else None  # the field model's config drops it
+        vlm.write_conversion_card(out, kind, args.spa3r, model, report, spa3r_config is not None, backbone=named, **card)
     return report
 
 

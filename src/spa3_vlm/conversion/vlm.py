@@ -316,20 +316,51 @@ def resolve_spa3_vlm_source(paths: list[str | Path], config_path: Optional[str |
     return files, json.loads(config_path.read_text())
 
 
+def write_conversion_card(
+    out_dir: str | Path,
+    kind: str,
+    source: str | Path,
+    model,
+    report: Optional[ConversionReport] = None,
+    spa3r_config_given: bool = False,
+    backbone: Optional[str] = None,
+    **card_kwargs,
+) -> None:
+    """``out_dir/README.md``: :func:`spa3_vlm.cards.conversion_model_card` for a converted ``model``. The frozen VGGT
+    backbone is ``backbone``, else the one its config names, else (default config) VGGT-1B. ``card_kwargs``:
+    ``source_id``, ``qwen``, ``base_models``, ``command``, the licence."""
+    from ..cards import conversion_model_card
+
+    spa3r = getattr(model.config, "spa3r_config", None) if kind in ("spa3_vlm", "qwen_spa3r") else model.config
+    has_backbone = spa3r is not None and spa3r.vggt_config is not None
+    backbone = backbone or (spa3r.vggt_name_or_path if spa3r is not None else None)
+    if has_backbone and backbone is None and not spa3r_config_given:
+        backbone = "facebook/VGGT-1B"  # the default config is VGGT-1B's, the backbone the reference Spa3R freezes
+    card = conversion_model_card(
+        kind, str(source), out_name=Path(out_dir).name, backbone=backbone, has_backbone=has_backbone,
+        report=None if report is None else str(report), **card_kwargs,
+    )  # fmt: skip
+    card.save(str(Path(out_dir) / "README.md"))
+
+
 def convert_spa3_vlm(
     sources: list[str | Path],
     out_dir: str | Path,
     config_path: Optional[str | Path] = None,
     spa3r_config: Optional[Spa3RConfig | dict] = None,
     dtype: Optional[torch.dtype] = None,
+    card: Optional[dict] = None,
 ) -> tuple[Spa3VLMForConditionalGeneration, ConversionReport]:
-    """Released Spa3-VLM checkpoint -> a ``Spa3VLMForConditionalGeneration`` folder in ``out_dir``."""
+    """Released Spa3-VLM checkpoint -> a ``Spa3VLMForConditionalGeneration`` folder in ``out_dir``, with a model card
+    (``card``: keyword arguments of :func:`write_conversion_card`)."""
     files, reference_config = resolve_spa3_vlm_source(sources, config_path)
     config = spa3_vlm_config_from_reference(reference_config, spa3r_config)
     state = read_state_dict(files)
     report = ConversionReport()
     converted = spa3_vlm_state_from_reference(state, config, report)
     model = write_model_folder(config, converted, out_dir, dtype=dtype or _floating_dtype(state.values()))
+    source = sources[0] if len(sources) == 1 else Path(sources[0]).parent
+    write_conversion_card(out_dir, "spa3_vlm", source, model, report, spa3r_config is not None, **(card or {}))
     logger.info("Spa3-VLM conversion: %s", report)
     return model, report
 
@@ -340,6 +371,7 @@ def combine_qwen_and_spa3r(
     out_dir: Optional[str | Path] = None,
     spa3r_config: Optional[Spa3RConfig | dict] = None,
     adapter_kwargs: Optional[dict] = None,
+    card: Optional[dict] = None,
     **from_pretrained_kwargs,
 ):
     """A fresh Spa3-VLM (identity adapter) from a Qwen2.5-VL or Qwen3-VL checkpoint and a Spa3R Lightning /
@@ -349,6 +381,7 @@ def combine_qwen_and_spa3r(
     Args:
         spa3r_checkpoint: ``.ckpt`` (Lightning, ``model.`` prefixes) / ``.pt`` / ``.safetensors`` in reference names.
         spa3r_config: the Spa3R config (reduced to the encoder); default: read off the checkpoint.
+        card: with ``out_dir``, keyword arguments of :func:`write_conversion_card` for the folder's model card.
     """
     register_auto_classes()
     qwen_config = AutoConfig.from_pretrained(str(qwen_name_or_path))
@@ -379,6 +412,8 @@ def combine_qwen_and_spa3r(
     model.load_spa3r_state_dict({k: v.to(dtype) for k, v in encoder_state.items()})
     if out_dir is not None:
         model.save_pretrained(str(out_dir))
+        write_conversion_card(out_dir, "qwen_spa3r", spa3r_checkpoint, model, report, spa3r_config is not None,
+                              **{"qwen": str(qwen_name_or_path), **(card or {})})  # fmt: skip
     logger.info("Qwen + Spa3R: %s", report)
     return model, report
 
@@ -411,5 +446,6 @@ __all__ = [
     "spa3r_encoder_config_from_reference",
     "spa3r_encoder_from_reference",
     "spa3r_encoder_state_from_reference",
+    "write_conversion_card",
     "write_model_folder",
 ]

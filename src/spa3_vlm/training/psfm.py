@@ -177,7 +177,9 @@ class PSFMTrainer(Trainer):
       checks that only teacher tensors are missing;
     - excludes biases, norms, register tokens and query embeddings from weight decay;
     - with ``muon=True``, trains the Transformer blocks' weight matrices with Muon and the rest with AdamW
-      (:class:`~spa3_vlm.training.optim.MuonWithAdamW`; AdamW takes ``--adam_beta1/2``, ``--adam_epsilon``).
+      (:class:`~spa3_vlm.training.optim.MuonWithAdamW`; AdamW takes ``--adam_beta1/2``, ``--adam_epsilon``);
+    - ``create_model_card`` (also what ``push_to_hub`` calls) writes :func:`spa3_vlm.cards.psfm_model_card` to
+      ``output_dir/README.md``, with ``model_card`` as its keyword arguments (teachers, data, results, licence).
     """
 
     def __init__(
@@ -187,12 +189,14 @@ class PSFMTrainer(Trainer):
         muon_momentum: float = 0.95,
         checkpoint_teachers: bool = True,
         images_per_batch: Optional[int] = None,
+        model_card: Optional[dict] = None,
         **kwargs,
     ):
         self.muon = muon
         self.muon_momentum = muon_momentum
         self.checkpoint_teachers = checkpoint_teachers
         self.images_per_batch = images_per_batch
+        self.model_card_kwargs = dict(model_card or {})
         self._saving_checkpoint = False
         super().__init__(*args, **kwargs)
         self._loss_sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
@@ -301,6 +305,44 @@ class PSFMTrainer(Trainer):
                 momentum=self.muon_momentum,
             )
         return self.optimizer
+
+    def create_model_card(self, model_name: Optional[str] = None, license: Optional[str] = None, tags=None, **kwargs):
+        if not self.is_world_process_zero():
+            return
+        from ..cards import psfm_model_card
+
+        card_kwargs = dict(self.model_card_kwargs)
+        card_kwargs.setdefault(
+            "model_name", model_name or self.args.hub_model_id or os.path.basename(os.path.normpath(self.args.output_dir))
+        )
+        if license is not None:
+            card_kwargs["license"] = license
+        if tags:
+            card_kwargs["tags"] = [*card_kwargs.get("tags", []), *([tags] if isinstance(tags, str) else tags)]
+        card_kwargs.setdefault("training", self.training_summary())
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        config = self.accelerator.unwrap_model(self.model).config
+        psfm_model_card(config, **card_kwargs).save(os.path.join(self.args.output_dir, "README.md"))
+
+    def training_summary(self) -> dict:
+        """Hyperparameters for the model card."""
+        args = self.args
+        optimizer = f"Muon (momentum {self.muon_momentum}) + AdamW" if self.muon else str(getattr(args.optim, "value", args.optim))
+        batch = (
+            f"{self.images_per_batch} images per device" if self.images_per_batch is not None
+            else f"{args.per_device_train_batch_size} samples per device"
+        )  # fmt: skip
+        return {
+            "trainer": "transformers Trainer (spa3_vlm PSFMTrainer)",
+            "optimizer": optimizer,
+            "learning rate": f"{args.learning_rate:g}",
+            "batch x accumulation x processes": f"{batch} x {args.gradient_accumulation_steps} x {args.world_size}",
+            "steps": self.state.global_step,
+            "scheduler / warm-up steps": f"{getattr(args.lr_scheduler_type, 'value', args.lr_scheduler_type)} / "
+            f"{args.warmup_steps}",
+            "weight decay": args.weight_decay,
+            "seed": args.seed,
+        }
 
     def train(self, resume_from_checkpoint=None, **kwargs):
         """``Trainer.train`` that resumes only from complete checkpoints (class doc)."""

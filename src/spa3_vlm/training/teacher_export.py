@@ -73,6 +73,8 @@ def save_teacher(
         raise ValueError(f"kind must be one of {sorted(_DESCRIPTIONS)}, got {kind!r}")
     from huggingface_hub import ModelCard, ModelCardData
 
+    from ..cards import data_component, licence_metadata, licences_section
+
     saved = [(cls, cls._auto_class) for cls in (type(model), type(model.config))]
     try:
         # Repo folders ship no copies of the model code; the class comes from spa3_vlm or transformers.
@@ -111,10 +113,13 @@ def save_teacher(
             *[f"{k}. `{stage['command']}` ({stage['steps']} optimizer steps)" for k, stage in enumerate(stages, 1)],
         ]
     parameters = sum(p.numel() for p in model.parameters())
+    # Trained from scratch on SynthRooms: nothing third-party is bundled, so the rule gives the package's MIT.
+    components = [data_component(f"SynthRooms (rendered by {_SCRIPTS[kind]})")]
+    metadata, _ = licence_metadata(components)
     data = ModelCardData(
         library_name="transformers" if kind == "semantic" else "spa3_vlm",
-        license="mit",
         tags=["spa3-vlm", "synthrooms", f"{kind}-teacher"],
+        **metadata,
     )
     text = "\n".join(
         [
@@ -139,6 +144,8 @@ def save_teacher(
             "Test-split SynthRooms scenes, never seen in training (`eval.json` holds the numbers):",
             "",
             report,
+            "",
+            *licences_section(components, ships_code=False),
             "",
         ]
     )
