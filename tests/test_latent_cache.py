@@ -85,24 +85,52 @@ def test_frames_key_is_content_and_order():
         frames_key([3])
 
 
-def test_one_encoder_run_per_distinct_frame_set(dataset, model, processor):
+def test_one_encoder_run_per_distinct_frame_set(dataset, model, processor, tmp_path):
     calls = []
     hook = model.spa3r.register_forward_hook(lambda module, args, output: calls.append(1))
     try:
-        cached = add_spatial_latents(dataset, model, processor, batch_size=4, load_from_cache_file=False)
+        cached = add_spatial_latents(dataset, model, processor, batch_size=4, load_from_cache_file=False,
+                                     cache_dir=tmp_path)  # fmt: skip
     finally:
         hook.remove()
-    keys = cached["frames_key"]
+    rows = cached[:]
+    keys = rows["frames_key"]
     assert len(set(keys)) == 3 and keys[0] == keys[2] == keys[5] and keys[1] == keys[4]
-    # batch 1 (q0-q3): scenes 0, 1, 2 -> groups by frame count (2 and 3 frames) = 2 runs; batch 2: all memoised.
+    # One record per frame set is encoded, in one batch: scenes 0, 1, 2 -> grouped by frame count (2 and 3) = 2 runs.
     assert len(calls) == 2
-    latents = np.asarray(cached["spatial_latents"], dtype=np.float32)
-    assert latents.shape == (6, 16, 64) and np.array_equal(latents[0], latents[5])
+    latents = np.stack(rows["spatial_latents"])
+    assert latents.dtype == np.float32 and latents.shape == (6, 16, 64) and np.array_equal(latents[0], latents[5])
     for index in (0, 1, 3):  # each equals the encoder on the processor's geometry input for that record
         frames = processor(images=[dataset[index]["images"]], return_tensors="pt")["geometry_pixel_values"]
         expected = model.compute_spatial_latents(frames)[0].numpy()
         np.testing.assert_allclose(latents[index], expected, atol=1e-6, rtol=0)
-    assert cached.column_names == dataset.column_names + ["frames_key", "spatial_latents"]
+    # The key is stored; the latents are looked up when a row is read, from one entry per frame set.
+    assert cached.column_names == dataset.column_names + ["frames_key"]
+    assert list(cached[0]) == dataset.column_names + ["frames_key", "spatial_latents"]
+    (store,) = (tmp_path / "spa3r_latents").iterdir()
+    assert np.load(store / "latents.npy").shape == (3, 16, 64)
+    assert sorted(json.loads((store / "keys.json").read_text())) == sorted(set(keys))
+
+
+def test_the_store_grows_with_frame_sets_not_records(dataset, model, processor, tmp_path):
+    """Four times the records over the same frames: the same store, byte for byte; reused, not recomputed."""
+    from datasets import concatenate_datasets
+
+    first = add_spatial_latents(dataset, model, processor, cache_dir=tmp_path / "a")
+    larger = concatenate_datasets([dataset] * 4)
+    calls = []
+    hook = model.spa3r.register_forward_hook(lambda module, args, output: calls.append(1))
+    try:
+        again = add_spatial_latents(larger, model, processor, cache_dir=tmp_path / "a")
+        fresh = add_spatial_latents(larger, model, processor, cache_dir=tmp_path / "b")
+    finally:
+        hook.remove()
+    assert len(calls) == 2  # only the fresh store encodes (its 2 frame-count groups)
+    (store_a,) = (tmp_path / "a" / "spa3r_latents").iterdir()
+    (store_b,) = (tmp_path / "b" / "spa3r_latents").iterdir()
+    assert store_a.name == store_b.name
+    assert (store_a / "latents.npy").read_bytes() == (store_b / "latents.npy").read_bytes()
+    assert len(again) == len(fresh) == 24 and np.array_equal(again[23]["spatial_latents"], first[5]["spatial_latents"])
 
 
 def test_cached_latents_give_the_uncached_logits_and_loss(dataset, model, processor):

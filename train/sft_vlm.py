@@ -13,13 +13,18 @@ loadable model folder (+ processor files, model card) to --output_dir:
         --dataset vsi590k --annotation_path vsi590k.jsonl --media_root media/ \
         --per_device_train_batch_size 1 --gradient_accumulation_steps 8 --num_train_epochs 1 \
         --learning_rate 1e-5 --weight_decay 0.01 --warmup_steps 0.03 --lr_scheduler_type cosine \
-        --activation_checkpointing --max_steps -1 --num_eval_scenes 0 --cache_latents false
+        --activation_checkpointing --max_steps -1 --num_eval_scenes 0 --cache_latents false \
+        --dataloader_num_workers 4 --frame_cache_dir /scratch/vsi590k-frames
 
 Trainable groups as in the reference: the LLM and the adapter train, the vision tower (with its merger) and
 Spa3R stay frozen; ``--tune_merger`` / ``--tune_vision`` unfreeze them. Each group has its own learning rate
 (``--adapter_lr``, ``--llm_lr``, ``--merger_lr``, ``--vision_lr``; default ``--learning_rate``), implemented as
 optimizer param groups in ``Spa3VLMSFTTrainer.create_optimizer``. With ``--use_lora`` the LLM gets LoRA
 (``--lora_r`` ...) and the adapter modules are trained in full (PEFT ``modules_to_save``).
+
+VSI-590K rows hold video paths and frame indices, not pixels: the DataLoader's workers decode the frames
+(``--dataloader_num_workers``), ``--frame_cache_dir`` keeps each video's decoded frames once per frame set, and the
+Spa3R latent cache (``--cache_latents``) holds one entry per video and frame set (:mod:`spa3_vlm.data.vsi590k`).
 
 ``train/zero2.json`` is a DeepSpeed ZeRO-2 config for GPUs (not exercised on this CPU-only machine). It has no
 optimizer / scheduler sections on purpose: the Trainer then builds them, with the per-group learning rates.
@@ -45,6 +50,7 @@ import torch
 from transformers import HfArgumentParser, set_seed
 from trl import SFTConfig
 
+from spa3_vlm.data.row_transforms import raw_column, row_columns
 from spa3_vlm.evaluation.vsibench import TASK_ORDER
 from spa3_vlm.processing_spa3_vlm import Spa3VLMProcessor
 from spa3_vlm.training.flags import at_least, training_flag_problems
@@ -100,6 +106,13 @@ class ModelArguments:
         default=False,
         metadata={"help": "Merge LoRA into the weights and write a full model folder (else a PEFT adapter folder)."},
     )
+    license: Optional[str] = field(
+        default=None,
+        metadata={"help": "Model card licence (a Hub licence id); default: the most restrictive licence of the bundled "
+                  "base model and Spa3R (spa3_vlm.cards)."},
+    )
+    license_name: Optional[str] = field(default=None, metadata={"help": "With --license other: its short name."})
+    license_link: Optional[str] = field(default=None, metadata={"help": "With --license other: a link to its text."})
 
 
 @dataclass
@@ -116,6 +129,11 @@ class DataArguments:
     )
     video_min_frames: int = field(default=4, metadata={"help": "VSI-590K: fewest frames per video (reference: 4)."})
     video_max_frames: int = field(default=8, metadata={"help": "VSI-590K: most frames per video (reference: 8)."})
+    frame_cache_dir: Optional[str] = field(
+        default=None,
+        metadata={"help": "VSI-590K: keep each video's decoded frames here (PNG, once per video and frame set), so "
+                  "the records of a video read them instead of decoding it again; default: decode on every read."},
+    )
     num_train_scenes: int = field(default=32, metadata={"help": "SynthRooms-QA training scenes."})
     num_eval_scenes: int = field(default=8, metadata={"help": "SynthRooms-QA held-out scenes (0: no evaluation)."})
     frames_per_scene: int = field(default=8, metadata={"help": "SynthRooms frames per scene video."})
@@ -130,7 +148,8 @@ class DataArguments:
     )
     cache_latents: bool = field(
         default=True,
-        metadata={"help": "Compute the frozen Spa3R's latents once per frame set (datasets.map) instead of per step."},
+        metadata={"help": "Compute the frozen Spa3R's latents once per frame set (a store under --data_cache_dir) "
+                  "instead of per step."},
     )
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Keep the first N training records."})
     eval_max_new_tokens: int = field(default=16, metadata={"help": "Greedy tokens per held-out answer."})
@@ -162,6 +181,8 @@ def flag_problems(model: ModelArguments, data: DataArguments, training) -> list[
                 problems.append(f"--dataset vsi590k needs --{name}, an existing path; got {getattr(data, name)!r}")
     elif data.dataset != "synthrooms_qa" and not os.path.isdir(data.dataset):
         problems.append(f"--dataset must be synthrooms_qa, vsi590k or a save_to_disk folder, got {data.dataset!r}")
+    if data.frame_cache_dir is not None and data.dataset != "vsi590k":
+        problems.append(f"--frame_cache_dir caches decoded videos of --dataset vsi590k; got --dataset {data.dataset!r}")
     problems += at_least(data, ["video_min_frames", "num_train_scenes", "frames_per_scene", "image_height", "image_width",
                                 "questions_per_scene", "eval_max_new_tokens"], 1)
     if data.num_frames is not None and data.num_frames < 1:
@@ -198,9 +219,10 @@ def build_datasets(data: DataArguments, seed: int):
 
         if not data.annotation_path or not data.media_root:
             raise ValueError("--dataset vsi590k needs --annotation_path and --media_root")
+        # Rows name their frames; the DataLoader's workers (--dataloader_num_workers) decode them.
         train = load_vsi590k(
             data.annotation_path, data.media_root, data.num_frames, min_frames=data.video_min_frames,
-            max_frames=data.video_max_frames, cache_dir=data.data_cache_dir,
+            max_frames=data.video_max_frames, cache_dir=data.data_cache_dir, frame_cache_dir=data.frame_cache_dir,
         )  # fmt: skip
         held_out, names = None, ["nyu-visionx/VSI-590K"]
     elif os.path.isdir(data.dataset):
@@ -210,9 +232,10 @@ def build_datasets(data: DataArguments, seed: int):
         held_out, names = None, [data.dataset]
     else:
         raise ValueError(f"--dataset must be synthrooms_qa, vsi590k or a save_to_disk folder, got {data.dataset!r}")
+    columns = row_columns(train)  # with lazy rows, `images` is added when a row is read
     for column in ("images", "messages"):
-        if column not in train.column_names:
-            raise ValueError(f"the training data has no {column!r} column (columns: {train.column_names})")
+        if column not in columns:
+            raise ValueError(f"the training data has no {column!r} column (columns: {columns})")
     if data.max_train_samples is not None:
         train = train.select(range(min(data.max_train_samples, len(train))))
     return train, held_out, names
@@ -304,11 +327,13 @@ def main(argv=None) -> dict:
         if cache:
             from spa3_vlm.data.latent_cache import add_spatial_latents
 
-            train_dataset = add_spatial_latents(train_dataset, model, processor)
+            store = dict(cache_dir=data_args.data_cache_dir, num_workers=training_args.dataloader_num_workers)
+            train_dataset = add_spatial_latents(train_dataset, model, processor, **store)
             if held_out is not None:
-                held_out = add_spatial_latents(held_out, model, processor)
+                held_out = add_spatial_latents(held_out, model, processor, **store)
     if cache:
-        logger.info("Spa3R latents cached for %d distinct frame sets", len(set(train_dataset["frames_key"])))
+        distinct = len(set(raw_column(train_dataset, "frames_key")))
+        logger.info("Spa3R latents cached for %d distinct frame sets (%d records)", distinct, len(train_dataset))
     spatial_inputs = ("latents" if cache else "frames") if model_args.spatial_branch else "none"
     collator = Spa3VLMSFTCollator(processor, max_length=training_args.max_length, spatial_inputs=spatial_inputs)
 
@@ -340,6 +365,9 @@ def main(argv=None) -> dict:
         spatial_branch=model_args.spatial_branch,
         lora=lora_settings,
         merged=model_args.merge_lora,
+        license=model_args.license,
+        license_name=model_args.license_name,
+        license_link=model_args.license_link,
     )
     trainer = Spa3VLMSFTTrainer(
         model=model,

@@ -5,11 +5,17 @@
 a directory of image files (natural sort order, e.g. ``frame_2`` before ``frame_10``). Frames are decoded
 sequentially and only the sampled ones are converted to RGB; decoding stops after the last sampled frame.
 Use it as the processor's loader: ``Spa3VLMProcessor(..., video_loader=load_video_frames)``.
+
+For data sets that decode on access (:mod:`spa3_vlm.data.lazy_frames`) the two halves are separate:
+:func:`probe_video` (frame count and rate, one open) picks the indices when the rows are built, and
+:func:`decode_frames_at` decodes them later, with the same fallback as :func:`load_video_frames` for a container that
+over-counts its frames, so both give the same frames.
 """
 
 from __future__ import annotations
 
 import os
+from typing import NamedTuple, Optional
 
 import av
 import PIL.Image
@@ -19,9 +25,12 @@ from .processing_spa3r import to_pil_rgb
 
 
 __all__ = [
+    "VideoProbe",
     "count_video_frames",
+    "decode_frames_at",
     "list_image_files",
     "load_video_frames",
+    "probe_video",
     "reference_frame_count",
     "sample_frame_indices",
     "video_duration_seconds",
@@ -69,20 +78,35 @@ def _decode_indices(path: str, indices: list[int]) -> list[PIL.Image.Image]:
     return frames
 
 
-def video_duration_seconds(path: str | os.PathLike) -> float:
-    """A video file's frame count over its average frame rate; a frame directory counts as 1 fps (the reference's
-    convention for frame folders)."""
+class VideoProbe(NamedTuple):
+    """What :func:`probe_video` reads: the frame count (the container's, else counted by decoding) and the average
+    frame rate (``None`` where the file has none; a frame directory counts as 1 fps)."""
+
+    num_frames: int
+    fps: Optional[float]
+
+
+def probe_video(path: str | os.PathLike) -> VideoProbe:
+    """Frame count and rate of a video file (one open where the container stores its count) or a frame directory."""
     path = os.fspath(path)
     if os.path.isdir(path):
-        return float(len(list_image_files(path)))
+        return VideoProbe(len(list_image_files(path)), 1.0)
     with _open(path) as container:
         stream = container.streams.video[0]
         rate, stored = stream.average_rate or stream.guessed_rate, stream.frames
-    if not rate or float(rate) <= 0:
-        raise ValueError(f"Video file {path} has no frame rate to compute its duration from.")
-    # The container's frame count where it has one (one open of the file); counted by decoding otherwise.
+    fps = float(rate) if rate and float(rate) > 0 else None
+    # The container's frame count where it has one; counted by decoding otherwise.
     frames = stored if stored and stored > 0 else count_video_frames(path, trust_container=False)
-    return frames / float(rate)
+    return VideoProbe(int(frames), fps)
+
+
+def video_duration_seconds(path: str | os.PathLike) -> float:
+    """A video file's frame count over its average frame rate; a frame directory counts as 1 fps (the reference's
+    convention for frame folders)."""
+    probe = probe_video(path)
+    if probe.fps is None:
+        raise ValueError(f"Video file {os.fspath(path)} has no frame rate to compute its duration from.")
+    return probe.num_frames / probe.fps
 
 
 def reference_frame_count(
@@ -97,6 +121,29 @@ def reference_frame_count(
     return min(max(round(duration_seconds / seconds_per_frame), min_frames), max_frames)
 
 
+def decode_frames_at(path: str | os.PathLike, indices: list[int]) -> list[PIL.Image.Image]:
+    """RGB frames of a video file at sorted ``indices`` (from :func:`sample_frame_indices` over its frame count).
+
+    If the file ends before the last index (a container that over-counts its frames, e.g. a truncated file), its
+    frames are counted by decoding and ``len(indices)`` are sampled again uniformly, as :func:`load_video_frames`
+    does; then fewer frames come back where the video has fewer.
+    """
+    path = os.fspath(path)
+    if not indices:
+        raise ValueError(f"no frame indices to decode from {path}")
+    frames = _decode_indices(path, list(indices))
+    if len(frames) == len(indices):
+        return frames
+    total = count_video_frames(path, trust_container=False)
+    if total == 0:
+        raise ValueError(f"Video file {path} contains 0 decodable frames.")
+    resampled = sample_frame_indices(total, len(indices))
+    frames = _decode_indices(path, resampled)
+    if len(frames) != len(resampled):
+        raise ValueError(f"Video file {path}: decoded {len(frames)} of the {len(resampled)} sampled frames.")
+    return frames
+
+
 def load_video_frames(path: str | os.PathLike, num_frames: int) -> list[PIL.Image.Image]:
     """``num_frames`` uniformly sampled RGB PIL frames of a video file or a directory of image files."""
     if not isinstance(num_frames, int) or isinstance(num_frames, bool) or num_frames < 1:
@@ -107,14 +154,7 @@ def load_video_frames(path: str | os.PathLike, num_frames: int) -> list[PIL.Imag
     if os.path.isdir(path):
         files = list_image_files(path)
         return [to_pil_rgb(files[index]) for index in sample_frame_indices(len(files), num_frames)]
-
-    for trust_container in (True, False):
-        total = count_video_frames(path, trust_container=trust_container)
-        if total == 0:
-            raise ValueError(f"Video file {path} contains 0 decodable frames.")
-        indices = sample_frame_indices(total, num_frames)
-        frames = _decode_indices(path, indices)
-        if len(frames) == len(indices):
-            return frames
-        # The stored count was wrong (e.g. a truncated file): count by decoding and sample again.
-    raise ValueError(f"Video file {path}: decoded {len(frames)} of the {len(indices)} sampled frames.")
+    total = count_video_frames(path)
+    if total == 0:
+        raise ValueError(f"Video file {path} contains 0 decodable frames.")
+    return decode_frames_at(path, sample_frame_indices(total, num_frames))

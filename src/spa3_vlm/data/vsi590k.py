@@ -1,4 +1,5 @@
-"""Load VSI-590K-format annotations (LLaVA-style conversations over local videos or frames) for TRL.
+"""Load VSI-590K-format annotations (LLaVA-style conversations over local videos or frames) for TRL; frames are
+decoded when a row is read, not stored.
 
 An annotation file is a JSON list (``.json``) or one JSON object per line (``.jsonl``) of records::
 
@@ -12,26 +13,31 @@ An annotation file is a JSON list (``.json``) or one JSON object per line (``.js
 
 Media paths are relative to ``media_root`` (absolute paths are used as they are). As in the reference
 (``LazySupervisedDataset``): the single ``<video>`` placeholder of the human turns becomes N ``image``
-entries, N = the sampled frames (``spa3_vlm.video.load_video_frames(path, N)``: uniform
-``linspace`` indices over a video file or a naturally sorted frame directory), with N by the reference's rule
-``clamp(round(duration / 2 s), 4, 8)`` unless ``num_frames`` fixes it (:class:`FrameRule`); an image list under one
-``<video>`` placeholder is subsampled the same way, and ``<image>`` placeholders take one image each.
-``"<image>\\n"`` counts as ``"<image>"``. A record with media but no placeholder gets its images at the
-start of its first human turn (TRL's convention). Roles: human -> user, gpt -> assistant, system -> system.
+entries, N = the sampled frames (uniform ``linspace`` indices over a video file or a naturally sorted frame directory,
+as ``spa3_vlm.video.load_video_frames(path, N)``), with N by the reference's rule ``clamp(round(duration / 2 s), 4, 8)``
+unless ``num_frames`` fixes it (:class:`FrameRule`); an image list under one ``<video>`` placeholder is subsampled the
+same way, and ``<image>`` placeholders take one image each. ``"<image>\\n"`` counts as ``"<image>"``. A record with
+media but no placeholder gets its images at the start of its first human turn (TRL's convention). Roles: human ->
+user, gpt -> assistant, system -> system.
 
-Each row of the returned ``datasets.Dataset``: ``id``, ``question_type`` (``None`` if absent), ``media``
-(the path as written in the record), ``images`` (``List(Image())``: decoded video frames stored as PNG,
-image files stored with their original bytes) and ``messages`` in TRL's vision chat format (``image``
-entries stored with ``"text": None``).
+Rows (:func:`vsi590k_features`) name their frames and hold no pixels, a few hundred bytes each: ``id``,
+``question_type`` (``None`` if absent), ``media`` (the path as written in the record), the frame-set columns of
+:mod:`spa3_vlm.data.lazy_frames` (``media_kind``, ``media_path``, ``frame_files``, ``frame_indices`` and
+``frames_key``, shared by the records of one video and frame set) and ``messages`` in TRL's vision chat format
+(``image`` entries stored with ``"text": None``). Reading a row adds ``images`` (PIL frames, the same as an eager
+decode) through :class:`~spa3_vlm.data.lazy_frames.DecodeFrames`, so a DataLoader's workers decode in parallel
+(``--dataloader_num_workers``), and with ``frame_cache_dir`` each video is decoded once per frame set. A trainer must
+keep the frame-set columns (``remove_unused_columns=False``; ``Spa3VLMSFTTrainer`` sets it).
 
-Checks, before anything is decoded (each error names the record): media that do not exist
-(``FileNotFoundError`` with the path), a conversation without an assistant (gpt) turn, placeholders that
-do not match the media, and, for a record whose ``question_type`` is one of VSI-Bench's ten, an answer that
-does not parse for it: the last gpt answer, read as the VSI-Bench metric reads a prediction
-(:func:`~spa3_vlm.evaluation.vsibench.normalize_answer`), must be a number (numerical types) or one of the
-option letters (multiple choice; options from the record's ``options`` or the "A. ..." lines of the
-question), checked by :func:`~spa3_vlm.data.synthrooms_qa.validate_record`. Other question types are not
-checked.
+Building the rows opens each distinct video once (frame count and rate) and reads no pixels except the image lists'
+(checked once per file). Checks, before any row is written (each error names the record): media that do not exist
+(``FileNotFoundError`` with the path), a video that cannot be read, a conversation without an assistant (gpt) turn,
+placeholders that do not match the media, and, for a record whose ``question_type`` is one of VSI-Bench's ten, an
+answer that does not parse for it: the last gpt answer, read as the VSI-Bench metric reads a prediction
+(:func:`~spa3_vlm.evaluation.vsibench.normalize_answer`), must be a number (numerical types) or one of the option
+letters (multiple choice; options from the record's ``options`` or the "A. ..." lines of the question), checked by
+:func:`~spa3_vlm.data.synthrooms_qa.validate_record`. Other question types are not checked. Errors found while
+decoding (a damaged video, a file changed or removed since) also name the record.
 """
 
 from __future__ import annotations
@@ -45,12 +51,13 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ..evaluation.vsibench import QUESTION_TYPES, normalize_answer
+from .lazy_frames import DecodeFrames, frame_set_key, source_signature
 from .synthrooms_qa import validate_record
 
-__all__ = ["VSI590K_FORMAT_VERSION", "load_vsi590k", "read_vsi590k_annotations", "vsi590k_features"]
+__all__ = ["VSI590K_FORMAT_VERSION", "FrameRule", "load_vsi590k", "read_vsi590k_annotations", "vsi590k_features"]
 
 # Part of the cache fingerprint of load_vsi590k: bump whenever the produced rows change.
-VSI590K_FORMAT_VERSION = 1
+VSI590K_FORMAT_VERSION = 2
 
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 _PLACEHOLDER = re.compile(r"(<image>|<video>)\n?")
@@ -94,30 +101,62 @@ def read_vsi590k_annotations(annotation_path: str | os.PathLike) -> list[dict]:
     return out
 
 
+class _Media:
+    """What the records' media are, read once per file however many records name it."""
+
+    def __init__(self):
+        self._videos: dict[str, Any] = {}
+        self._directories: dict[str, list[str]] = {}
+        self._signatures: dict[str, tuple] = {}
+        self._checked_images: set[str] = set()
+
+    def video(self, path: str):
+        from ..video import probe_video
+
+        if path not in self._videos:
+            self._videos[path] = probe_video(path)
+        return self._videos[path]
+
+    def directory(self, path: str) -> list[str]:
+        from ..processing_spa3_vlm import list_image_files
+
+        if path not in self._directories:
+            self._directories[path] = list_image_files(path)
+        return self._directories[path]
+
+    def signature(self, path: str) -> tuple:
+        if path not in self._signatures:
+            self._signatures[path] = source_signature(path)
+        return self._signatures[path]
+
+    def check_image(self, path: str) -> None:
+        import PIL.Image
+
+        if path not in self._checked_images:
+            with PIL.Image.open(path) as image:
+                image.verify()
+            self._checked_images.add(path)
+
+
 @dataclass
 class _Plan:
-    """A validated record: what to decode and where the images go."""
+    """A validated record: its frame set and where the images go."""
 
     record_id: str
     question_type: Optional[str]
     media: Optional[str]
-    kind: str  # "video" (file or frame directory), "images" or "none"
-    paths: list[str]
-    expand_video: bool  # one <video> placeholder (or none) stands for all the frames
+    kind: str  # lazy_frames.MEDIA_KINDS
+    media_path: Optional[str] = None  # the video file
+    frame_files: list[str] = field(default_factory=list)  # sampled files of a frame directory or image list
+    frame_indices: list[int] = field(default_factory=list)
+    frames_key: Optional[str] = None
     turns: list[tuple[str, list]] = field(default_factory=list)  # role, content with ("slot", k) markers
-    signature: list = field(default_factory=list)  # (path, size, mtime) of every media file, for the cache
-    num_frames: int = 0  # frames to sample from a video (file or directory)
 
 
 def _resolve(media_root: str, path: Any, where: str) -> str:
     if not isinstance(path, str) or not path:
         raise ValueError(f"{where}: media paths must be non-empty strings, got {path!r}")
     return path if os.path.isabs(path) else os.path.join(media_root, path)
-
-
-def _stat(path: str) -> tuple:
-    stat = os.stat(path)
-    return path, stat.st_size, stat.st_mtime_ns
 
 
 def _split_placeholders(text: str) -> list:
@@ -133,11 +172,8 @@ def _split_placeholders(text: str) -> list:
     return pieces
 
 
-def _plan_record(record: dict, index: int, media_root: str, frames: "FrameRule") -> _Plan:
-    from ..processing_spa3_vlm import list_image_files, sample_frame_indices
-
-    record_id = str(record["id"])
-    where = f"record {record_id!r} (#{index})"
+def _check_conversation(record: dict, where: str) -> tuple[list, list, Optional[str]]:
+    """(role, text) turns, the human texts and the question type of a record whose conversation and answer are valid."""
     conversations = record.get("conversations")
     if not isinstance(conversations, list) or not conversations:
         raise ValueError(
@@ -164,78 +200,109 @@ def _plan_record(record: dict, index: int, media_root: str, frames: "FrameRule")
         options = record.get("options")
         if not options:
             options = _OPTION_LINE.findall(user_texts[0]) or None
-        view = {"id": record_id, "question_type": question_type, "question": user_texts[0], "options": options,
-                "ground_truth": normalize_answer(answers[-1])}
+        view = {"id": str(record["id"]), "question_type": question_type, "question": user_texts[0],
+                "options": options, "ground_truth": normalize_answer(answers[-1])}  # fmt: skip
         try:
             validate_record(view)
         except ValueError as error:
             raise ValueError(
                 f"{where}: answer {answers[-1]!r} does not fit question_type {question_type!r}: {error}"
             ) from None
+    return turns, user_texts, question_type
+
+
+def _plan_video(plan: _Plan, path: str, where: str, frames: "FrameRule", media: _Media) -> None:
+    """A video file or frame directory: the sampled indices (and files) and the frame set's key."""
+    from ..processing_spa3_vlm import sample_frame_indices
+
+    if os.path.isdir(path):
+        try:
+            files = media.directory(path)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
+        indices = sample_frame_indices(len(files), frames.count(float(len(files))))  # a directory counts as 1 fps
+        plan.kind, plan.frame_files, plan.frame_indices = "frame_dir", [files[i] for i in indices], indices
+        plan.frames_key = frame_set_key("frame_dir", [media.signature(f) for f in plan.frame_files], indices)
+        return
+    try:
+        probe = media.video(path)
+        if probe.num_frames < 1:
+            raise ValueError("it contains 0 decodable frames")
+        if frames.num_frames is None and probe.fps is None:
+            raise ValueError("it has no frame rate to compute its duration from")
+    except (ValueError, OSError) as error:
+        raise ValueError(f"{where}: cannot read {path}: {error}") from None
+    duration = probe.num_frames / probe.fps if probe.fps else 0.0
+    indices = sample_frame_indices(probe.num_frames, frames.count(duration))
+    plan.kind, plan.media_path, plan.frame_indices = "video", path, indices
+    plan.frames_key = frame_set_key("video", [media.signature(path)], indices)
+
+
+def _plan_record(record: dict, index: int, media_root: str, frames: "FrameRule", media: _Media) -> _Plan:
+    from ..processing_spa3_vlm import sample_frame_indices
+
+    record_id = str(record["id"])
+    where = f"record {record_id!r} (#{index})"
+    turns, user_texts, question_type = _check_conversation(record, where)
 
     has_video, has_images = record.get("video") is not None, record.get("images", record.get("image")) is not None
     if has_video and has_images:
         raise ValueError(f"{where}: has both 'video' and 'images'; expected one of them")
     placeholders = [p for value in user_texts for p in _PLACEHOLDER.findall(value)]
     num_video, num_image = placeholders.count("<video>"), placeholders.count("<image>")
-    signature, num_frames = [], 0
+    plan = _Plan(record_id, question_type, None, "none")
     if has_video:
-        media = record["video"]
-        path = _resolve(media_root, media, where)
+        plan.media = record["video"]
+        path = _resolve(media_root, plan.media, where)
         if not os.path.exists(path):
             raise FileNotFoundError(f"{where}: video file or frame directory not found: {path}")
-        if os.path.isdir(path):
-            try:
-                files = list_image_files(path)
-            except ValueError as error:
-                raise ValueError(f"{where}: {error}") from None
-            signature = [_stat(f) for f in files]
-        else:
-            signature = [_stat(path)]
         if num_image or num_video > 1:
             raise ValueError(
                 f"{where}: a 'video' record takes one <video> placeholder, "
                 f"got {num_video} <video> and {num_image} <image>"
             )
-        kind, paths, expand = "video", [path], True
-        try:
-            num_frames = frames.for_video(path)
-        except (ValueError, OSError) as error:
-            raise ValueError(f"{where}: cannot read {path}: {error}") from None
+        _plan_video(plan, path, where, frames, media)
+        expand = True
     elif has_images:
-        media = record.get("images", record.get("image"))
-        listed = [media] if isinstance(media, str) else media
+        listed = record.get("images", record.get("image"))
+        listed = [listed] if isinstance(listed, str) else listed
         if not isinstance(listed, list) or not listed:
-            raise ValueError(f"{where}: 'images' must be a path or a non-empty list of paths, got {media!r}")
+            raise ValueError(f"{where}: 'images' must be a path or a non-empty list of paths, got {listed!r}")
         paths = [_resolve(media_root, p, where) for p in listed]
         for path in paths:
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"{where}: image file not found: {path}")
         if num_video == 1 and num_image == 0:
-            paths, expand = [paths[i] for i in sample_frame_indices(len(paths), frames.image_list_cap)], True
+            indices, expand = sample_frame_indices(len(paths), frames.image_list_cap), True
         elif num_video == 0 and num_image in (0, len(paths)):
-            expand = num_image == 0
+            indices, expand = list(range(len(paths))), num_image == 0
         else:
             raise ValueError(
                 f"{where}: {len(paths)} image(s) but {num_image} <image> and {num_video} <video> placeholder(s); "
                 "expected one <image> per image, a single <video>, or none"
             )
-        signature = [_stat(p) for p in paths]
-        kind = "images"
-        media = json.dumps(listed) if not isinstance(media, str) else media
+        plan.kind, plan.frame_files, plan.frame_indices = "images", [paths[i] for i in indices], indices
+        for path in plan.frame_files:
+            try:
+                media.check_image(path)
+            except (OSError, SyntaxError) as error:  # PIL reports some broken files as SyntaxError
+                raise ValueError(f"{where}: cannot read image {path}: {error}") from None
+        plan.frames_key = frame_set_key("images", [media.signature(p) for p in plan.frame_files], indices)
+        original = record.get("images", record.get("image"))
+        plan.media = original if isinstance(original, str) else json.dumps(original)
     else:
         if placeholders:
             raise ValueError(f"{where}: has {placeholders[0]} placeholders but no 'video' or 'images'")
-        kind, paths, expand, media = "none", [], False, None
+        expand = False
 
-    # Content skeleton: ("slot", k) is image k, ("video",) all frames; filled once the media are decoded.
-    content_turns, next_image, placed = [], 0, False
+    # Content skeleton: ("slot", k) is image k, ("video",) all frames; filled with one image entry per frame.
+    next_image, placed = 0, False
     for role, value in turns:
         if role != "user":
-            content_turns.append((role, [{"type": "text", "text": value}]))
+            plan.turns.append((role, [{"type": "text", "text": value}]))
             continue
         content = []
-        if kind != "none" and not placed and not placeholders:
+        if plan.kind != "none" and not placed and not placeholders:
             content.append(("video",) if expand else ("all",))
             placed = True
         for piece in _split_placeholders(value):
@@ -246,11 +313,12 @@ def _plan_record(record: dict, index: int, media_root: str, frames: "FrameRule")
                 next_image += 1
             else:
                 content.append({"type": "text", "text": piece})
-        content_turns.append((role, content))
-    return _Plan(record_id, question_type, media, kind, paths, expand, content_turns, signature, num_frames)
+        plan.turns.append((role, content))
+    return plan
 
 
-def _fill(plan: _Plan, images: list) -> list[dict]:
+def _messages(plan: _Plan) -> list[dict]:
+    frames = len(plan.frame_indices)
     messages = []
     for role, content in plan.turns:
         filled = []
@@ -258,7 +326,7 @@ def _fill(plan: _Plan, images: list) -> list[dict]:
             if isinstance(entry, dict):
                 filled.append(entry)
             elif entry[0] in ("video", "all"):
-                filled += [{"type": "image", "text": None} for _ in images]
+                filled += [{"type": "image", "text": None} for _ in range(frames)]
             else:
                 filled.append({"type": "image", "text": None})
         messages.append({"role": role, "content": filled})
@@ -266,46 +334,34 @@ def _fill(plan: _Plan, images: list) -> list[dict]:
 
 
 def _rows(plans: list[_Plan]):
-    import PIL.Image
-
-    from ..video import load_video_frames
-
     for plan in plans:
-        where = f"record {plan.record_id!r}"
-        if plan.kind == "video":
-            try:
-                images = load_video_frames(plan.paths[0], plan.num_frames)
-            except (ValueError, OSError) as error:
-                raise ValueError(f"{where}: cannot read frames of {plan.paths[0]}: {error}") from error
-        else:
-            images = []
-            for path in plan.paths:
-                try:
-                    with PIL.Image.open(path) as image:
-                        image.verify()
-                    with open(path, "rb") as handle:
-                        images.append({"bytes": handle.read(), "path": None})
-                except (OSError, SyntaxError) as error:  # PIL reports some broken files as SyntaxError
-                    raise ValueError(f"{where}: cannot read image {path}: {error}") from error
         yield {
             "id": plan.record_id,
             "question_type": plan.question_type,
             "media": plan.media,
-            "images": images,
-            "messages": _fill(plan, images),
+            "media_kind": plan.kind,
+            "media_path": plan.media_path,
+            "frame_files": plan.frame_files,
+            "frame_indices": plan.frame_indices,
+            "frames_key": plan.frames_key,
+            "messages": _messages(plan),
         }
 
 
 def vsi590k_features():
-    """The ``datasets.Features`` of :func:`load_vsi590k`."""
-    from datasets import Features, Image, List, Value
+    """The stored ``datasets.Features`` of :func:`load_vsi590k` (reading a row adds ``images``)."""
+    from datasets import Features, List, Value
 
     return Features(
         {
             "id": Value("string"),
             "question_type": Value("string"),
             "media": Value("string"),
-            "images": List(Image()),
+            "media_kind": Value("string"),
+            "media_path": Value("string"),
+            "frame_files": List(Value("string")),
+            "frame_indices": List(Value("int64")),
+            "frames_key": Value("string"),
             "messages": List(
                 {"role": Value("string"), "content": List({"type": Value("string"), "text": Value("string")})}
             ),
@@ -338,13 +394,13 @@ class FrameRule:
     def image_list_cap(self) -> int:
         return self.num_frames if self.num_frames is not None else self.max_frames
 
-    def for_video(self, path: str) -> int:
-        from ..video import reference_frame_count, video_duration_seconds
+    def count(self, duration_seconds: float) -> int:
+        """Frames to sample from a video lasting ``duration_seconds``."""
+        from ..video import reference_frame_count
 
         if self.num_frames is not None:
             return self.num_frames
-        duration = video_duration_seconds(path)
-        return reference_frame_count(duration, self.seconds_per_frame, self.min_frames, self.max_frames)
+        return reference_frame_count(duration_seconds, self.seconds_per_frame, self.min_frames, self.max_frames)
 
 
 def load_vsi590k(
@@ -356,8 +412,10 @@ def load_vsi590k(
     max_frames: int = 8,
     seconds_per_frame: float = 2.0,
     cache_dir: Optional[str] = None,
+    frame_cache_dir: Optional[str | os.PathLike] = None,
 ):
-    """VSI-590K-format annotations as a ``datasets.Dataset`` of TRL ``messages`` + ``images`` (module doc).
+    """VSI-590K-format annotations as a ``datasets.Dataset`` of TRL ``messages`` whose ``images`` are decoded when a
+    row is read (module doc).
 
     Args:
         annotation_path: a ``.json`` list or ``.jsonl`` file of records.
@@ -366,8 +424,10 @@ def load_vsi590k(
             ``clamp(round(duration / seconds_per_frame), min_frames, max_frames)`` = ``clamp(round(duration / 2 s),
             4, 8)``, a frame directory counting as 1 fps. Also the cap (else ``max_frames``) for an image list under
             ``<video>``.
-        cache_dir: where ``datasets`` writes the Arrow cache (default under ``HF_HOME``). The cache key covers
-            the annotation file's content, the media files' sizes and modification times and the frame rule.
+        cache_dir: where ``datasets`` writes the Arrow table of the rows (default under ``HF_HOME``). The cache key
+            covers the annotation file's content, the media files' sizes and modification times and the frame rule.
+        frame_cache_dir: keep each video's decoded frames there, once per video and frame set
+            (:class:`~spa3_vlm.data.lazy_frames.FrameCache`); ``None`` decodes the video whenever a row is read.
 
     Raises:
         FileNotFoundError: the annotation file or a record's media is missing (names the record and path).
@@ -383,23 +443,20 @@ def load_vsi590k(
     records = read_vsi590k_annotations(annotation_path)
     if not records:
         raise ValueError(f"{os.fspath(annotation_path)} holds no records")
-    plans = [_plan_record(record, index, media_root, frames) for index, record in enumerate(records)]
+    media = _Media()
+    plans = [_plan_record(record, index, media_root, frames, media) for index, record in enumerate(records)]
 
     digest = hashlib.sha256()
     with open(annotation_path, "rb") as handle:
         digest.update(handle.read())
     rule = [frames.num_frames, frames.min_frames, frames.max_frames, frames.seconds_per_frame]
-    digest.update(json.dumps([VSI590K_FORMAT_VERSION, media_root, rule, [p.signature for p in plans]]).encode())
-    try:
-        return datasets.Dataset.from_generator(
-            _rows,
-            features=vsi590k_features(),
-            gen_kwargs={"plans": plans},
-            cache_dir=cache_dir,
-            fingerprint=f"vsi590k-{digest.hexdigest()[:32]}",
-        )
-    except datasets.exceptions.DatasetGenerationError as error:
-        # Surface our own message (it names the record) instead of datasets' generic wrapper.
-        if isinstance(error.__cause__, (ValueError, OSError)):
-            raise error.__cause__ from None
-        raise
+    # The frame-set keys hold every media file's size and modification time.
+    digest.update(json.dumps([VSI590K_FORMAT_VERSION, media_root, rule, [p.frames_key for p in plans]]).encode())
+    rows = datasets.Dataset.from_generator(
+        _rows,
+        features=vsi590k_features(),
+        gen_kwargs={"plans": plans},
+        cache_dir=cache_dir,
+        fingerprint=f"vsi590k-{digest.hexdigest()[:32]}",
+    )
+    return rows.with_transform(DecodeFrames(frame_cache_dir))
