@@ -31,7 +31,7 @@ import gradio as gr  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper module next to this file
 import spa3_demo as core  # noqa: E402
-from spa3_vlm.evaluation.vsibench import QUESTION_TYPES  # noqa: E402
+from spa3_vlm.vsibench import QUESTION_TYPES  # noqa: E402
 
 SCENES = [f"SynthRooms test scene {i}" for i in range(core.NUM_EXAMPLE_SCENES)]
 UPLOADS = "Uploaded images"

@@ -547,7 +547,7 @@ def pick_question(records: list[dict], question_type: str) -> dict:
 
 
 def example_prompt(record: dict) -> str:
-    from spa3_vlm.evaluation.vsibench import build_vsibench_prompt
+    from spa3_vlm.vsibench import build_vsibench_prompt
 
     return build_vsibench_prompt(record["question"], record["question_type"], record.get("options"))
 

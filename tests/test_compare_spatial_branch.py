@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from spa3_vlm import Spa3RForFieldPrediction
-from spa3_vlm.evaluation.vsibench import TASK_ORDER
 from spa3_vlm.processing_spa3_vlm import Spa3VLMProcessor
 from spa3_vlm.training.sft import Spa3VLMSFTCollator
+from spa3_vlm.vsibench import TASK_ORDER
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "train"))

@@ -7,8 +7,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers import Qwen2_5_VLForConditionalGeneration
-
 from eval_testing import (
     FAKE_SCENES,
     RecordingGenerator,
@@ -21,10 +19,22 @@ from eval_testing import (
     vsibench_args,
     write_fake_vsibench,
 )
-from spa3_vlm.evaluation.runner import format_table, load_synthrooms_qa_samples, sample_frame_indices
-from spa3_vlm.inference import Spa3VLMGenerator, load_model, model_class_for, resolve_device
-from spa3_vlm.evaluation.vsibench import build_vsibench_prompt, vsibench_scores
+from transformers import Qwen2_5_VLForConditionalGeneration
+
+from spa3_vlm.evaluation.runner import (
+    format_table,
+    load_synthrooms_qa_samples,
+    sample_frame_indices,
+)
+from spa3_vlm.evaluation.scoring import vsibench_scores
+from spa3_vlm.inference import (
+    Spa3VLMGenerator,
+    load_model,
+    model_class_for,
+    resolve_device,
+)
 from spa3_vlm.modeling_spa3_vlm import Spa3VLMForConditionalGeneration
+from spa3_vlm.vsibench import build_vsibench_prompt
 
 # The VSI-Bench paper's column order, written out (not imported) so a wrong TASK_ORDER fails too.
 PAPER_COLUMNS = ["Avg.", "Obj.Count", "Abs.Dist", "Obj.Size", "Room Size", "Rel.Dist", "Rel.Dir", "Route Plan", "Appr.Order"]

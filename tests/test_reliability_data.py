@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from spa3_vlm.data.synthrooms import CATEGORIES
-from spa3_vlm.data.synthrooms_qa import synthrooms_qa_records, validate_record
+from spa3_vlm.data.synthrooms_qa import synthrooms_qa_records
+from spa3_vlm.vsibench import validate_record
 
 SCENE_ID = "reliability-0"
 SCENE = f"scene #0 (scene_id '{SCENE_ID}')"

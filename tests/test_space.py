@@ -126,7 +126,7 @@ def test_app_defaults_turn_analytics_off_and_queue(app):
 
 
 def test_question_types_are_vsibench_ones(app):
-    from spa3_vlm.evaluation.vsibench import QUESTION_TYPES
+    from spa3_vlm.vsibench import QUESTION_TYPES
 
     assert app.QUESTION_TYPES == QUESTION_TYPES
 

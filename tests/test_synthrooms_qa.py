@@ -8,20 +8,25 @@ import re
 import numpy as np
 import pytest
 
-from spa3_vlm.data import load_synthrooms, look_extrinsics, intrinsics_from_fov, project_points
+from spa3_vlm.data import (
+    intrinsics_from_fov,
+    load_synthrooms,
+    look_extrinsics,
+    project_points,
+)
 from spa3_vlm.data.synthrooms_qa import (
     box_distance,
     build_synthrooms_qa,
     synthrooms_qa_records,
-    validate_record,
-    vsibench_messages,
 )
-from spa3_vlm.evaluation.vsibench import (
+from spa3_vlm.evaluation.scoring import vsibench_scores
+from spa3_vlm.vsibench import (
     NUMERICAL_TYPES,
     QUESTION_TYPES,
     TASK_ORDER,
     build_vsibench_prompt,
-    vsibench_scores,
+    validate_record,
+    vsibench_messages,
 )
 
 SCENE_ARGS = dict(num_scenes=3, frames_per_scene=8, image_size=(84, 112))

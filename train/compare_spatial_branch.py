@@ -39,7 +39,7 @@ from trl import SFTConfig
 from spa3_vlm.configuration_spa3_vlm import Spa3VLMConfig, encoder_only_spa3r_config
 from spa3_vlm.data.latent_cache import add_spatial_latents
 from spa3_vlm.data.synthrooms_qa import build_synthrooms_qa
-from spa3_vlm.evaluation.vsibench import NUMERICAL_TYPES, TASK_ORDER, vsibench_scores
+from spa3_vlm.evaluation.scoring import vsibench_scores
 from spa3_vlm.modeling_spa3_vlm import Spa3VLMForConditionalGeneration
 from spa3_vlm.processing_spa3_vlm import Spa3VLMProcessor
 from spa3_vlm.training.flags import at_least
@@ -53,6 +53,7 @@ from spa3_vlm.training.sft import (
     parameter_group,
     processor_for_image_size,
 )
+from spa3_vlm.vsibench import NUMERICAL_TYPES, TASK_ORDER
 
 logger = logging.getLogger("compare_spatial_branch")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -51,7 +51,6 @@ from transformers import HfArgumentParser, set_seed
 from trl import SFTConfig
 
 from spa3_vlm.data.row_transforms import raw_column, row_columns
-from spa3_vlm.evaluation.vsibench import TASK_ORDER
 from spa3_vlm.processing_spa3_vlm import Spa3VLMProcessor
 from spa3_vlm.training.flags import at_least, training_flag_problems
 from spa3_vlm.training.sft import (
@@ -65,6 +64,7 @@ from spa3_vlm.training.sft import (
     lora_config,
     processor_for_image_size,
 )
+from spa3_vlm.vsibench import TASK_ORDER
 
 logger = logging.getLogger("sft_vlm")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

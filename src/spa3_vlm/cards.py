@@ -630,7 +630,7 @@ def sft_model_card(
     order. ``lora``: the LoRA settings when the folder is a PEFT adapter (``merged=False``). ``license``: overrides
     the licence worked out from the bundled models (module doc). ``vlm_family``: "Qwen2.5-VL" or "Qwen3-VL".
     """
-    from .evaluation.vsibench import TASK_ORDER
+    from .vsibench import TASK_ORDER
 
     adapter_only = lora is not None and not merged
     family = vlm_family or "Qwen2.5-VL"

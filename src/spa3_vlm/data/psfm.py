@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import bisect
 import math
-
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -21,7 +20,6 @@ import torch
 import torch.nn.functional as F
 
 from ..modeling_geometry import relative_to_first
-
 
 _COLUMNS = ("scene_id", "images", "extrinsics", "intrinsics", "depths")
 

@@ -52,11 +52,11 @@ Output formats:
   ``dataset``, ``scene_name``, ``question_type``, ``question``, ``options`` (``None`` for numerical
   types, else ``["A. ...", ...]``), ``ground_truth`` (a string: the number, or the option letter)) plus
   ``frames``, the row index of the scene in the scenes dataset. ``id`` is a string here
-  (``"<scene_id>-q<k>"``), VSI-Bench uses ints; :func:`~spa3_vlm.evaluation.vsibench.vsibench_scores`
+  (``"<scene_id>-q<k>"``), VSI-Bench uses ints; :func:`~spa3_vlm.evaluation.scoring.vsibench_scores`
   takes both.
 * :func:`build_synthrooms_qa` returns a ``datasets.Dataset`` with those columns plus the scene's frames
   (``images``) and ``messages`` in TRL's vision chat format, whose user text is exactly
-  :func:`~spa3_vlm.evaluation.vsibench.build_vsibench_prompt` (the evaluation prompt) and whose assistant
+  :func:`~spa3_vlm.vsibench.build_vsibench_prompt` (the evaluation prompt) and whose assistant
   text is the ground truth.
 """
 
@@ -72,12 +72,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..evaluation.vsibench import (
-    NUMERICAL_TYPES,
-    QUESTION_TYPES,
-    build_vsibench_prompt,
-    option_letters,
-)
+from ..vsibench import QUESTION_TYPES, validate_record, vsibench_messages
 from .synthrooms_scene import rectangles_overlap
 
 __all__ = [
@@ -90,8 +85,6 @@ __all__ = [
     "route_turns",
     "synthrooms_qa_features",
     "synthrooms_qa_records",
-    "validate_record",
-    "vsibench_messages",
 ]
 
 DATASET_NAME = "synthrooms"
@@ -247,75 +240,6 @@ def _format_number(value: float, decimals: int) -> str:
 # --------------------------------------------------------------------------------------------------
 # Record validation and chat messages
 # --------------------------------------------------------------------------------------------------
-
-
-def validate_record(record: Mapping[str, Any]) -> Mapping[str, Any]:
-    """Check that a VSI-Bench record's answer parses for its question type; returns the record.
-
-    Numerical types: ``options`` empty or ``None``; ``ground_truth`` a string holding a finite number >= 0
-    (an integer for ``object_counting``). Multiple choice: ``options`` a list of >= 2 distinct strings
-    labelled "A. ...", "B. ...", ... with distinct letters, and ``ground_truth`` exactly one of those
-    letters. Raises ``ValueError`` naming the record's ``id``.
-    """
-    if not isinstance(record, Mapping):
-        raise ValueError(f"a VSI-Bench record must be a mapping, got {type(record).__name__}")
-    record_id = record.get("id")
-    if record_id is None or record_id == "" or not (isinstance(record_id, str) or _is_int(record_id)):
-        raise ValueError(f"a VSI-Bench record needs a non-empty str or int 'id', got {record_id!r}")
-    where = f"record {record_id!r}"
-    question_type = record.get("question_type")
-    if question_type not in QUESTION_TYPES:
-        raise ValueError(f"{where}: unknown question_type {question_type!r}; expected one of {list(QUESTION_TYPES)}")
-    question = record.get("question")
-    if not isinstance(question, str) or not question.strip():
-        raise ValueError(f"{where}: question must be a non-empty string, got {question!r}")
-    ground_truth = record.get("ground_truth")
-    if not isinstance(ground_truth, str):
-        raise ValueError(f"{where}: ground_truth must be a string, got {ground_truth!r}")
-    options = record.get("options")
-    if question_type in NUMERICAL_TYPES:
-        if options:
-            raise ValueError(f"{where}: numerical question_type {question_type!r} takes no options, got {options!r}")
-        try:
-            value = float(ground_truth)
-        except ValueError:
-            raise ValueError(
-                f"{where}: ground_truth {ground_truth!r} is not a number ({question_type} is numerical)"
-            ) from None
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"{where}: ground_truth {ground_truth!r} must be a finite number >= 0")
-        if question_type == "object_counting" and not value.is_integer():
-            raise ValueError(f"{where}: ground_truth {ground_truth!r} of object_counting must be an integer")
-        return record
-    if isinstance(options, (str, bytes)) or not isinstance(options, Sequence) or len(options) < 2:
-        raise ValueError(
-            f"{where}: multiple-choice question_type {question_type!r} needs a list of >= 2 options, got {options!r}"
-        )
-    if not all(isinstance(option, str) for option in options):
-        raise ValueError(f"{where}: options must be strings, got {options!r}")
-    try:
-        letters = option_letters(options)
-    except ValueError as error:
-        raise ValueError(f"{where}: {error}") from None
-    texts = [option[option.index(letter) + 1 :].lstrip(".):").strip() for option, letter in zip(options, letters)]
-    if len(set(texts)) != len(texts):
-        raise ValueError(f"{where}: options {list(options)!r} repeat an answer")
-    if ground_truth not in letters:
-        raise ValueError(f"{where}: ground_truth {ground_truth!r} is not one of the option letters {letters}")
-    return record
-
-
-def vsibench_messages(record: Mapping[str, Any], num_images: int) -> list[dict]:
-    """TRL vision chat messages for a VSI-Bench record: ``num_images`` image slots then the evaluation
-    prompt (:func:`build_vsibench_prompt`) as the user turn, the ground truth as the assistant turn."""
-    if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 0:
-        raise ValueError(f"num_images must be an int >= 0, got {num_images!r}")
-    text = build_vsibench_prompt(record["question"], record["question_type"], record.get("options"))
-    return [
-        # One dict per image (not [d] * n): consumers fill the slots in place.
-        {"role": "user", "content": [{"type": "image"} for _ in range(num_images)] + [{"type": "text", "text": text}]},
-        {"role": "assistant", "content": [{"type": "text", "text": record["ground_truth"]}]},
-    ]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ Building the rows opens each distinct video once (frame count and rate) and read
 (``FileNotFoundError`` with the path), a video that cannot be read, a conversation without an assistant (gpt) turn,
 placeholders that do not match the media, and, for a record whose ``question_type`` is one of VSI-Bench's ten, an
 answer that does not parse for it: the last gpt answer, read as the VSI-Bench metric reads a prediction
-(:func:`~spa3_vlm.evaluation.vsibench.normalize_answer`), must be a number (numerical types) or one of the option
+(:func:`~spa3_vlm.vsibench.normalize_answer`), must be a number (numerical types) or one of the option
 letters (multiple choice; options from the record's ``options`` or the "A. ..." lines of the question), checked by
 :func:`~spa3_vlm.data.synthrooms_qa.validate_record`. Other question types are not checked. Errors found while
 decoding (a damaged video, a file changed or removed since) also name the record.
@@ -50,9 +50,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from ..evaluation.vsibench import QUESTION_TYPES, normalize_answer
+from ..vsibench import QUESTION_TYPES, normalize_answer, validate_record
 from .lazy_frames import DecodeFrames, frame_set_key, source_signature
-from .synthrooms_qa import validate_record
 
 __all__ = ["VSI590K_FORMAT_VERSION", "FrameRule", "load_vsi590k", "read_vsi590k_annotations", "vsi590k_features"]
 

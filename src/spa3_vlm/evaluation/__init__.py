@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .vsibench import (
+from ..vsibench import (
     DEFAULT_PRE_PROMPT,
     DIRECTION_SUBTYPES,
     DIRECTION_TASK,
-    MRA_THRESHOLDS,
     MULTIPLE_CHOICE_POST_PROMPT,
     MULTIPLE_CHOICE_TYPES,
     NUMERICAL_POST_PROMPT,
@@ -18,11 +17,14 @@ from .vsibench import (
     QUESTION_TYPES,
     TASK_ORDER,
     build_vsibench_prompt,
-    mean_relative_accuracy,
-    multiple_choice_score,
     normalize_answer,
     option_letters,
     parse_numeric_prediction,
+)
+from .scoring import (
+    MRA_THRESHOLDS,
+    mean_relative_accuracy,
+    multiple_choice_score,
     vsibench_scores,
 )
 

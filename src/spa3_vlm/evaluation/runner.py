@@ -5,13 +5,13 @@ Protocol (the reference's lmms-eval run, see ``docs/evaluation.md``):
 * frames: up to ``num_frames`` (32) per question, all frames if the video has fewer, else
   ``linspace(0, n - 1, 32)`` cast to int (:func:`sample_frame_indices`);
 * chat: system message "You are a helpful assistant.", one user turn ``[image x T, text]`` whose text is
-  :func:`~spa3_vlm.evaluation.vsibench.build_vsibench_prompt` (lmms-eval's VSI-Bench prompt);
+  :func:`~spa3_vlm.vsibench.build_vsibench_prompt` (lmms-eval's VSI-Bench prompt);
 * generation: greedy (``do_sample=False``, one beam), at most 16 new tokens, on top of the checkpoint's own
   ``generation_config`` (so e.g. a ``repetition_penalty`` saved with the model applies, as it did in the
   reference); the answer is the decoded new tokens with special tokens skipped, no post-processing;
 * batches are left-padded; every answer is appended to the predictions JSONL and flushed as soon as it
   exists, so a rerun of the same command skips the ids already answered;
-* scoring: :func:`~spa3_vlm.evaluation.vsibench.vsibench_scores` on the predictions (whitespace-stripped, as
+* scoring: :func:`~spa3_vlm.evaluation.scoring.vsibench_scores` on the predictions (whitespace-stripped, as
   lmms-eval hands them to the task) joined with the dataset by id; the table follows the paper's column order
   (``TASK_ORDER``).
 
@@ -43,7 +43,7 @@ import PIL.Image
 
 from ..inference import DEFAULT_MAX_NEW_TOKENS, DTYPES, Spa3VLMGenerator
 from ..processing_spa3_vlm import sample_frame_indices
-from .vsibench import (
+from ..vsibench import (
     NUMERICAL_TYPES,
     PARSING_MODES,
     QUESTION_TYPES,
@@ -52,8 +52,8 @@ from .vsibench import (
     normalize_answer,
     option_letters,
     parse_numeric_prediction,
-    vsibench_scores,
 )
+from .scoring import vsibench_scores
 
 __all__ = [
     "DATASETS",

@@ -44,8 +44,8 @@ from trl import SFTTrainer
 
 from ..cards import VLM_FAMILIES, sft_model_card
 from ..configuration_spa3_vlm import encoder_only_spa3r_config
-from ..data.synthrooms_qa import validate_record
-from ..evaluation.vsibench import QUESTION_TYPES, normalize_answer, vsibench_scores
+from ..evaluation.scoring import vsibench_scores
+from ..vsibench import QUESTION_TYPES, normalize_answer, validate_record
 
 __all__ = [
     "ADAPTER_MODULES",

@@ -6,8 +6,9 @@ the installed ``spa3_vlm`` package (absolute import, one import per line for eva
 
 import datasets
 import evaluate
-from spa3_vlm.evaluation.vsibench import PARSING_MODES
-from spa3_vlm.evaluation.vsibench import vsibench_scores
+
+from spa3_vlm.evaluation.scoring import vsibench_scores
+from spa3_vlm.vsibench import PARSING_MODES
 
 _CITATION = """\
 @article{yang2024thinking,

@@ -1,4 +1,4 @@
-"""VSI-Bench scoring and prompts, matching lmms-eval's ``tasks/vsibench/utils.py`` (the commit pinned upstream).
+"""VSI-Bench scoring, matching lmms-eval's ``tasks/vsibench/utils.py`` (the commit pinned upstream).
 
 Scoring, per record:
 
@@ -27,198 +27,30 @@ Where we differ from the reference, on purpose (it would crash or be meaningless
 from __future__ import annotations
 
 import math
-import re
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-NUMERICAL_TYPES: tuple[str, ...] = (
-    "object_counting",
-    "object_abs_distance",
-    "object_size_estimation",
-    "room_size_estimation",
-)
-MULTIPLE_CHOICE_TYPES: tuple[str, ...] = (
-    "object_rel_distance",
-    "object_rel_direction_easy",
-    "object_rel_direction_medium",
-    "object_rel_direction_hard",
-    "route_planning",
-    "obj_appearance_order",
-)
-QUESTION_TYPES: tuple[str, ...] = NUMERICAL_TYPES + MULTIPLE_CHOICE_TYPES
-DIRECTION_TASK = "object_rel_direction"
-DIRECTION_SUBTYPES: tuple[str, ...] = (
-    "object_rel_direction_easy",
-    "object_rel_direction_medium",
-    "object_rel_direction_hard",
-)
-# Column order of the VSI-Bench paper's main table.
-TASK_ORDER: tuple[str, ...] = (
-    "object_counting",
-    "object_abs_distance",
-    "object_size_estimation",
-    "room_size_estimation",
-    "object_rel_distance",
+from ..vsibench import (
+    DIRECTION_SUBTYPES,
     DIRECTION_TASK,
-    "route_planning",
-    "obj_appearance_order",
+    NUMERICAL_TYPES,
+    QUESTION_TYPES,
+    TASK_ORDER,
+    check_parsing,
+    float_or_none,
+    normalize_answer,
+    option_letters,
+    parse_numeric_prediction,
 )
 
-PARSING_MODES: tuple[str, ...] = ("lmms-eval-2024", "first-number")
+__all__ = ["MRA_THRESHOLDS", "mean_relative_accuracy", "multiple_choice_score", "vsibench_scores"]
 
 # Built with the reference's own expression: int((0.95 - 0.5) / 0.05 + 2) is int(10.999…) = 10 points.
 # Kept as the exact float64 values of np.linspace so boundary cases round as in the reference
 # (e.g. 1 - 0.8 is 0.19999999999999996 < 0.2, so g=10, p=12 fails θ=0.8).
 MRA_THRESHOLDS: tuple[float, ...] = tuple(float(t) for t in np.linspace(0.5, 0.95, int((0.95 - 0.5) / 0.05 + 2)))
-
-DEFAULT_PRE_PROMPT = "These are frames of a video."
-NUMERICAL_POST_PROMPT = "Please answer the question using a single word or phrase."
-MULTIPLE_CHOICE_POST_PROMPT = "Answer with the option's letter from the given choices directly."
-
-# An option reads "A. sofa"; "(A) sofa", "A) sofa" and "A: sofa" are accepted too.
-_OPTION_LABEL = re.compile(r"\s*\(?([A-Za-z])[.):]")
-
-_UNITS = {
-    "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
-    "nine": 9,
-}
-_TEENS = {
-    "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15, "sixteen": 16,
-    "seventeen": 17, "eighteen": 18, "nineteen": 19,
-}
-_TENS = {
-    "twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80,
-    "ninety": 90,
-}
-_WORD_VALUES = {**_UNITS, **_TEENS, **_TENS}
-_SCALES = ("hundred", "thousand")
-# A sign counts only when it does not follow a word character ("room-3" is 3, "(-3" is -3).
-# Thousands separators only in the strict 1,234 form; "3,5" is 3 (no decimal commas).
-# A number token is a whole run of digits and commas (plus decimals), split up in Python by _number_value: a regex
-# that tried the 1,234 form at every start backtracked quadratically on long runs such as "1,234,234,...,2345".
-_TOKEN = re.compile(
-    r"(?P<number>(?:(?<![\w.])[-+])?\d[\d,]*(?:\.\d+)?|(?<![\w.])[-+]?\.\d+)"
-    r"|(?P<word>[A-Za-z]+)"
-)
-_GROUPED = re.compile(r"\d{1,3}(?:,\d{3})+")
-_WORD_GAP = re.compile(r"[\s-]+")
-
-
-def normalize_answer(prediction: str) -> str:
-    """lmms-eval's ``fuzzy_matching``: first piece of a split on " " only, trailing '.' removed, then stripped.
-
-    "B." -> "B", "A. sofa" -> "A", "3.5 meters" -> "3.5", "(A)" -> "(A)", "A\\nmore" -> "A\\nmore".
-    """
-    return prediction.split(" ")[0].rstrip(".").strip()
-
-
-def _float_or_none(text: str) -> float | None:
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return None
-
-
-def _word_kind(word: str) -> str | None:
-    if word in _UNITS:
-        return "unit"
-    if word in _TEENS:
-        return "teen"
-    if word in _TENS:
-        return "tens"
-    if word in _SCALES:
-        return word
-    if word == "and":
-        return "and"
-    return None
-
-
-# Which word may follow which in a number phrase ("two hundred and forty-one"); anything else ends it.
-_NEXT_KIND = {
-    "unit": {"hundred", "thousand"},
-    "teen": {"hundred", "thousand"},
-    "tens": {"unit", "thousand"},
-    "hundred": {"unit", "teen", "tens", "thousand", "and"},
-    "thousand": {"unit", "teen", "tens", "and"},
-    "and": {"unit", "teen", "tens"},
-}
-
-
-def _words_value(words: list[str]) -> float:
-    total, current = 0, 0
-    for word in words:
-        if word == "thousand":
-            total += current * 1000
-            current = 0
-        elif word == "hundred":
-            current *= 100
-        elif word != "and":
-            current += _WORD_VALUES[word]
-    return float(total + current)
-
-
-def _number_value(token: str) -> float:
-    """Value of a number token: "1,234.5" -> 1234.5; a run that is not in the strict 1,234 form counts up to its first
-    comma ("3,5" -> 3, "1,2345" -> 1), and decimals only when they follow the digits it keeps."""
-    sign, body = ("", token) if token[0] not in "+-" else (token[0], token[1:])
-    integer, dot, decimals = body.partition(".")
-    if "," in integer:
-        if not _GROUPED.fullmatch(integer):
-            return float(sign + integer.split(",", 1)[0])
-        integer = integer.replace(",", "")
-    return float(sign + integer + dot + decimals)
-
-
-def _first_number(text: str) -> float | None:
-    """The first number in ``text``: digits ("-3.5", "1,200") or English words ("three", "twenty-one",
-    "two hundred and five"); ``None`` when there is none."""
-    tokens = list(_TOKEN.finditer(text))
-    for index, token in enumerate(tokens):
-        if token.group("number") is not None:
-            return _number_value(token.group("number"))
-        word = token.group("word").lower()
-        kind = _word_kind(word)
-        if kind not in ("unit", "teen", "tens"):
-            continue
-        if word == "zero":  # never part of a longer phrase ("zero hundred")
-            return 0.0
-        words = [word]
-        previous, end = token, index + 1
-        while end < len(tokens):
-            following = tokens[end]
-            gap = text[previous.end() : following.start()]
-            next_word = (following.group("word") or "").lower()
-            next_kind = _word_kind(next_word)
-            if next_kind is None or next_word == "zero" or not _WORD_GAP.fullmatch(gap):
-                break
-            if next_kind not in _NEXT_KIND[kind]:
-                break
-            words.append(next_word)
-            kind, previous, end = next_kind, following, end + 1
-        if words[-1] == "and":  # "five hundred and a half": the "and" belongs to the sentence
-            words.pop()
-        return _words_value(words)
-    return None
-
-
-def parse_numeric_prediction(prediction: str | None, parsing: str = "lmms-eval-2024") -> float | None:
-    """The number a model's answer gives, or ``None`` if it gives none.
-
-    ``"lmms-eval-2024"`` (pinned reference): ``float(normalize_answer(prediction))`` — so "3.5 meters" is 3.5
-    but "about 3.5" and "three" are ``None``. Python's ``float`` also takes "1_000", "nan" and "inf"
-    (which then score 0). ``"first-number"`` (newer lmms-eval's idea, our implementation of it): the first
-    number anywhere in the text, digits (optional sign, decimals, 1,234-style separators) or English number
-    words up to the thousands ("three", "twenty-one", "two hundred and five").
-    """
-    _check_parsing(parsing)
-    if prediction is None:
-        return None
-    if parsing == "lmms-eval-2024":
-        return _float_or_none(normalize_answer(prediction))
-    return _first_number(prediction)
 
 
 def mean_relative_accuracy(prediction: float | None, ground_truth: float) -> float:
@@ -245,64 +77,10 @@ def multiple_choice_score(prediction: str | None, ground_truth: str) -> float:
     return 1.0 if normalize_answer(prediction).lower() == ground_truth.lower() else 0.0
 
 
-def option_letters(options: Sequence[str]) -> list[str]:
-    """The label letter of each option ("A. sofa" -> "A"); ``ValueError`` if an option has none."""
-    letters = []
-    for option in options:
-        match = _OPTION_LABEL.match(option) if isinstance(option, str) else None
-        if match is None:
-            raise ValueError(f"option {option!r} has no letter label; expected options like 'A. sofa'")
-        letters.append(match.group(1))
-    counts = Counter(letter.lower() for letter in letters)
-    repeated = sorted(letter for letter, count in counts.items() if count > 1)
-    if repeated:
-        raise ValueError(f"options repeat the letter(s) {repeated}: {list(options)!r}; each option needs its own letter")
-    return letters
-
-
-def build_vsibench_prompt(
-    question: str,
-    question_type: str,
-    options: Sequence[str] | None = None,
-    pre_prompt: str | None = DEFAULT_PRE_PROMPT,
-    numerical_post_prompt: str | None = NUMERICAL_POST_PROMPT,
-    multiple_choice_post_prompt: str | None = MULTIPLE_CHOICE_POST_PROMPT,
-) -> str:
-    """The user text lmms-eval's ``vsibench_doc_to_text`` builds for one question.
-
-    Numerical: ``pre + "\\n" + question + "\\n" + post``. Multiple choice: ``pre``, ``question``,
-    ``"Options:\\n" + "\\n".join(options)`` and ``post`` joined by "\\n". As in lmms-eval, an empty or ``None``
-    pre/post prompt falls back to the default text.
-    """
-    if not isinstance(question, str):
-        raise ValueError(f"question must be a string, got {type(question).__name__}")
-    pre = pre_prompt or DEFAULT_PRE_PROMPT
-    if question_type in NUMERICAL_TYPES:
-        if options:
-            raise ValueError(
-                f"question_type {question_type!r} is numerical and takes no options, got {list(options)!r}"
-            )
-        return pre + "\n" + question + "\n" + (numerical_post_prompt or NUMERICAL_POST_PROMPT)
-    if question_type in MULTIPLE_CHOICE_TYPES:
-        if isinstance(options, str) or not options or not all(isinstance(o, str) for o in options):
-            raise ValueError(
-                f"question_type {question_type!r} is multiple choice and needs a non-empty list of option "
-                f"strings, got {options!r}"
-            )
-        options_block = "Options:\n" + "\n".join(options)
-        return "\n".join([pre, question, options_block, multiple_choice_post_prompt or MULTIPLE_CHOICE_POST_PROMPT])
-    raise ValueError(f"unknown question_type {question_type!r}; expected one of {list(QUESTION_TYPES)}")
-
-
-def _check_parsing(parsing: str) -> None:
-    if parsing not in PARSING_MODES:
-        raise ValueError(f"unknown parsing {parsing!r}; expected one of {list(PARSING_MODES)}")
-
-
 def _numeric_ground_truth(value: Any, where: str) -> float:
     number = None
     if isinstance(value, str):
-        number = _float_or_none(value)
+        number = float_or_none(value)
     elif isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
         number = float(value)
     if number is None or not math.isfinite(number):
@@ -377,7 +155,7 @@ def vsibench_scores(records: Iterable[Mapping[str, Any]], parsing: str = "lmms-e
     Raises:
         ValueError: no records, an unknown parsing mode, or a malformed record (the message names its id).
     """
-    _check_parsing(parsing)
+    check_parsing(parsing)
     if records is None or isinstance(records, (Mapping, str, bytes)) or not isinstance(records, Iterable):
         raise ValueError(f"records must be a list of mappings, got {type(records).__name__}")
     per_record: dict[Any, float] = {}
