@@ -56,6 +56,13 @@ class TeacherArguments(TeacherDataArguments):
     init_from: Optional[str] = field(
         default=None, metadata={"help": "Start from this VGGTModel folder (a fine-tune) instead of a random init."}
     )
+    trainable: str = field(
+        default="all",
+        metadata={
+            "help": "all, or camera_head: train only the camera head on the frozen aggregator, so the tokens (the "
+            "PSFM geo targets) and the depth and point heads stay exactly as --init_from has them."
+        },
+    )
 
 
 def main(argv=None) -> dict:
@@ -77,6 +84,10 @@ def main(argv=None) -> dict:
         low, high = getattr(args, f"min_{name}"), getattr(args, f"max_{name}")
         if high < low:
             problems.append(f"--max_{name} ({high}) must be >= --min_{name} ({low})")
+    if args.trainable not in ("all", "camera_head"):
+        problems.append(f"--trainable must be all or camera_head, got {args.trainable!r}")
+    if args.trainable == "camera_head" and not args.init_from:
+        problems.append("--trainable camera_head fine-tunes a trained teacher: pass --init_from")
     if args.camera_loss_type not in ("huber", "l1"):
         problems.append(f"--camera_loss_type must be huber or l1, got {args.camera_loss_type!r}")
     weights = ("camera_loss_weight", "depth_loss_weight", "point_loss_weight", "readout_loss_weight")
@@ -105,6 +116,10 @@ def main(argv=None) -> dict:
         start = VGGTModel.from_pretrained(args.init_from)
         model.vggt.load_state_dict(start.state_dict(), strict=True)
         logger.info("fine-tuning from %s", args.init_from)
+    if args.trainable == "camera_head":
+        for name, module in model.vggt.named_children():
+            if name != "camera_head":
+                module.requires_grad_(False)
     logger.info("VGGT teacher: %.2fM parameters", sum(p.numel() for p in model.vggt.parameters()) / 1e6)
     scenes = teacher_scenes(args, training_args.seed, "train")
     views, interval = (args.min_views, args.max_views), (args.min_interval, args.max_interval)
