@@ -43,7 +43,8 @@ from spa3_vlm.data.latent_cache import add_spatial_latents  # noqa: E402
 from spa3_vlm.data.row_transforms import raw_column  # noqa: E402
 from spa3_vlm.data.synthrooms_qa import build_synthrooms_qa  # noqa: E402
 from spa3_vlm.processing_spa3_vlm import Spa3VLMProcessor  # noqa: E402
-from spa3_vlm.training.sft import Spa3VLMSFTCollator, configure_trainable, processor_for_image_size  # noqa: E402
+from spa3_vlm.training.sft_data import Spa3VLMSFTCollator, processor_for_image_size  # noqa: E402
+from spa3_vlm.training.sft_model import configure_trainable  # noqa: E402
 
 TINY = Path(__file__).resolve().parents[1] / "hub_configs" / "spa3-vlm-tiny"
 OUTPUT = RESULTS_DIR / "latent_cache.json"

@@ -15,7 +15,7 @@ from huggingface_hub import DatasetCard, ModelCard
 
 from spa3_vlm import Spa3RConfig, VGGTConfig, VGGTModel
 from spa3_vlm.cards import COMPONENTS_KEY, data_component, folder_licence, psfm_model_card, resolve
-from spa3_vlm.training.sft import build_model_card
+from spa3_vlm.cards import sft_model_card as build_model_card
 from psfm_testing import psfm_trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -168,7 +168,8 @@ def test_the_sft_trainer_writes_the_card(tmp_path, processor):
     from trl import SFTConfig
 
     from spa3_vlm import Spa3VLMConfig, Spa3VLMForConditionalGeneration
-    from spa3_vlm.training.sft import Spa3VLMSFTCollator, Spa3VLMSFTTrainer
+    from spa3_vlm.training.sft_data import Spa3VLMSFTCollator
+    from spa3_vlm.training.sft_trainer import Spa3VLMSFTTrainer
     from sft_testing import record
 
     spa3r = spa3r_folder_with_card(tmp_path / "spa3r", SPA3R_BASE)

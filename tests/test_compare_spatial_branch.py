@@ -12,7 +12,7 @@ import torch
 
 from spa3_vlm import Spa3RForFieldPrediction
 from spa3_vlm.processing_spa3_vlm import Spa3VLMProcessor
-from spa3_vlm.training.sft import Spa3VLMSFTCollator
+from spa3_vlm.training.sft_data import Spa3VLMSFTCollator
 from spa3_vlm.vsibench import TASK_ORDER
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,7 +16,9 @@ from PIL import Image
 
 from spa3_vlm import Spa3VLMConfig, Spa3VLMForConditionalGeneration
 from spa3_vlm.data.latent_cache import add_spatial_latents, encoder_digest, frames_key
-from spa3_vlm.training.sft import Spa3VLMSFTCollator, Spa3VLMSFTTrainer, configure_trainable
+from spa3_vlm.training.sft_data import Spa3VLMSFTCollator
+from spa3_vlm.training.sft_model import configure_trainable
+from spa3_vlm.training.sft_trainer import Spa3VLMSFTTrainer
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "hub_configs" / "spa3-vlm-tiny"
@@ -180,7 +182,7 @@ def test_fingerprint_follows_encoder_weights_and_preprocessing(dataset, model, p
     other = Spa3VLMForConditionalGeneration(Spa3VLMConfig.from_pretrained(TINY))
     assert encoder_digest(other.spa3r) != encoder_digest(model.spa3r)
     assert add_spatial_latents(dataset, other, processor)._fingerprint != first._fingerprint
-    from spa3_vlm.training.sft import processor_for_image_size
+    from spa3_vlm.training.sft_data import processor_for_image_size
 
     resized = processor_for_image_size(processor, 56, 84)
     assert add_spatial_latents(dataset, model, resized)._fingerprint != first._fingerprint

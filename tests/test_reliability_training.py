@@ -13,7 +13,7 @@ from sft_testing import record
 from transformers import TrainerCallback
 
 from spa3_vlm.data.psfm import PSFMDataset, sample_strided_frames
-from spa3_vlm.training.sft import IGNORE_INDEX, Spa3VLMSFTCollator
+from spa3_vlm.training.sft_data import IGNORE_INDEX, Spa3VLMSFTCollator
 
 sft_vlm = import_train_script("sft_vlm")
 compare_spatial_branch = import_train_script("compare_spatial_branch")

@@ -14,22 +14,19 @@ import pytest
 import torch
 
 from spa3_vlm import Spa3RConfig, Spa3RForFieldPrediction, Spa3VLMConfig, Spa3VLMForConditionalGeneration
+from spa3_vlm.cards import sft_model_card as build_model_card
 from spa3_vlm.configuration_spa3_vlm import encoder_only_spa3r_config
 from spa3_vlm.processing_spa3_vlm import Spa3VLMProcessor
-from spa3_vlm.training.sft import (
+from spa3_vlm.training.sft_data import IGNORE_INDEX, Spa3VLMSFTCollator, processor_for_image_size, validate_sft_example
+from spa3_vlm.training.sft_model import (
     ADAPTER_MODULES,
-    IGNORE_INDEX,
-    Spa3VLMSFTCollator,
-    Spa3VLMSFTTrainer,
-    build_model_card,
     configure_trainable,
     load_spa3_vlm,
     optimizer_param_groups,
     parameter_group,
-    processor_for_image_size,
     spa3r_config_differences,
-    validate_sft_example,
 )
+from spa3_vlm.training.sft_trainer import Spa3VLMSFTTrainer
 from sft_testing import frame, record
 
 REPO = Path(__file__).resolve().parents[1]
@@ -211,7 +208,7 @@ def test_fused_lm_head_contract_fails_loudly_when_the_internals_change(processor
     import types
 
     from datasets import Dataset
-    from spa3_vlm.training.sft import check_fused_lm_head_contract
+    from spa3_vlm.training.sft_trainer import check_fused_lm_head_contract
 
     model = tiny_model()
     with pytest.raises(RuntimeError, match=r"no longer patches model.forward with a `fused_lm_head` keyword"):

@@ -334,7 +334,7 @@ def test_sft_starts_from_a_plain_qwen3_vl_checkpoint(tmp_path, spa3r_folder, rep
 
     from spa3_vlm import Spa3VLMProcessor
     from spa3_vlm.processing_spa3_vlm import build_qwen_image_processor
-    from spa3_vlm.training.sft import load_spa3_vlm
+    from spa3_vlm.training.sft_model import load_spa3_vlm
 
     torch.manual_seed(4)
     qwen3 = Qwen3VLForConditionalGeneration(Qwen3VLConfig(**qwen3_values(vocab_size=2000))).eval()

@@ -43,16 +43,10 @@ from spa3_vlm.evaluation.scoring import vsibench_scores
 from spa3_vlm.modeling_spa3_vlm import Spa3VLMForConditionalGeneration
 from spa3_vlm.processing_spa3_vlm import Spa3VLMProcessor
 from spa3_vlm.training.flags import at_least
-from spa3_vlm.training.sft import (
-    PARAMETER_GROUPS,
-    Spa3VLMSFTCollator,
-    Spa3VLMSFTTrainer,
-    configure_trainable,
-    evaluate_vsibench,
-    load_spa3r_encoder,
-    parameter_group,
-    processor_for_image_size,
-)
+from spa3_vlm.training.sft_data import Spa3VLMSFTCollator, processor_for_image_size
+from spa3_vlm.training.sft_eval import evaluate_vsibench
+from spa3_vlm.training.sft_model import PARAMETER_GROUPS, configure_trainable, load_spa3r_encoder, parameter_group
+from spa3_vlm.training.sft_trainer import Spa3VLMSFTTrainer
 from spa3_vlm.vsibench import NUMERICAL_TYPES, TASK_ORDER
 
 logger = logging.getLogger("compare_spatial_branch")

@@ -50,20 +50,14 @@ import torch
 from transformers import HfArgumentParser, set_seed
 from trl import SFTConfig
 
+from spa3_vlm.cards import sft_model_card
 from spa3_vlm.data.row_transforms import raw_column, row_columns
 from spa3_vlm.processing_spa3_vlm import Spa3VLMProcessor
 from spa3_vlm.training.flags import at_least, training_flag_problems
-from spa3_vlm.training.sft import (
-    DEFAULT_LORA_TARGETS,
-    Spa3VLMSFTCollator,
-    Spa3VLMSFTTrainer,
-    build_model_card,
-    configure_trainable,
-    evaluate_vsibench,
-    load_spa3_vlm,
-    lora_config,
-    processor_for_image_size,
-)
+from spa3_vlm.training.sft_data import Spa3VLMSFTCollator, processor_for_image_size
+from spa3_vlm.training.sft_eval import evaluate_vsibench
+from spa3_vlm.training.sft_model import DEFAULT_LORA_TARGETS, configure_trainable, load_spa3_vlm, lora_config
+from spa3_vlm.training.sft_trainer import Spa3VLMSFTTrainer
 from spa3_vlm.vsibench import TASK_ORDER
 
 logger = logging.getLogger("sft_vlm")
@@ -426,7 +420,7 @@ def main(argv=None) -> dict:
             repo = training_args.hub_model_id or os.path.basename(os.path.normpath(output_dir))
             final_model.push_to_hub(repo, token=training_args.hub_token, private=training_args.hub_private_repo)
             processor.push_to_hub(repo, token=training_args.hub_token)
-            build_model_card(**trainer.model_card_kwargs, training=trainer.training_summary()).push_to_hub(
+            sft_model_card(**trainer.model_card_kwargs, training=trainer.training_summary()).push_to_hub(
                 repo, token=training_args.hub_token
             )
         else:

@@ -2,8 +2,8 @@
 
 :class:`Spa3VLMGenerator` turns ``(frames, question)`` requests into greedy answers of a Spa3-VLM (either base) or
 a plain Qwen2.5-VL / Qwen3-VL. The evaluation runner, the lmms-eval plugin, SFT evaluation
-(:func:`~spa3_vlm.training.sft.generate_predictions`), the Space and the ``spa3-vlm ask`` command all answer through
-it, so the same frames and question get the same text everywhere.
+(:func:`~spa3_vlm.training.sft_eval.generate_predictions`), the Space and the ``spa3-vlm ask`` command all answer
+through it, so the same frames and question get the same text everywhere.
 
 Every request becomes one chat (an optional system turn, then one user turn ``[image x T, text]``, or a chat
 given whole), goes through :class:`~spa3_vlm.processing_spa3_vlm.Spa3VLMProcessor` (left-padded batch) and
