@@ -357,3 +357,30 @@ def test_a_camera_head_fine_tune_leaves_the_tokens_and_the_dense_heads_exactly_a
     frozen = [name for name in shipped if not name.startswith("camera_head.")]
     assert frozen and all(torch.equal(tuned[name], shipped[name]) for name in frozen)
     assert any(not torch.equal(tuned[name], shipped[name]) for name in shipped if name.startswith("camera_head."))
+
+
+def test_camera_part_weights_scale_the_translation_rotation_and_fov_parts():
+    """The camera loss is the sum of its translation, rotation and field-of-view parts, each scaled by its weight
+    (VGGT: all 1); bad weights are refused."""
+    from spa3_vlm.training.geometry_teacher import VGGTForGeometryTraining
+
+    config = VGGTModel.from_pretrained("hub_configs/vggt-tiny-synthrooms").config
+    torch.manual_seed(0)
+    inputs = dict(
+        pixel_values=torch.rand(1, 2, 3, 84, 112), depth=1 + torch.rand(1, 2, 84, 112),
+        extrinsics=torch.eye(4).repeat(1, 2, 1, 1) + torch.tensor([0.0, 0, 0, 0.3]).diag_embed()[None, None] * torch.tensor([0.0, 1.0])[None, :, None, None],
+        intrinsics=torch.tensor([[80.0, 0, 56], [0, 80, 42], [0, 0, 1]]).repeat(1, 2, 1, 1),
+    )  # fmt: skip
+
+    def camera_loss(weights):
+        torch.manual_seed(1)
+        model = VGGTForGeometryTraining(config, loss_weights={"depth": 0, "points": 0}, camera_part_weights=weights).eval()
+        with torch.no_grad():
+            return model(**inputs).losses["camera"]
+
+    parts = [camera_loss(w) for w in ((1, 0, 0), (0, 1, 0), (0, 0, 1))]
+    assert all(p > 0 for p in parts)
+    torch.testing.assert_close(camera_loss((1, 1, 1)), sum(parts))
+    torch.testing.assert_close(camera_loss((10, 1, 1)), 10 * parts[0] + parts[1] + parts[2])
+    with pytest.raises(ValueError, match="three weights >= 0"):
+        VGGTForGeometryTraining(config, camera_part_weights=(1, -1, 1))

@@ -49,6 +49,9 @@ class TeacherArguments(TeacherDataArguments):
     max_interval: int = field(default=4, metadata={"help": "Largest frame step between sampled views."})
     camera_loss_weight: float = field(default=5.0, metadata={"help": "Weight of the camera loss (VGGT: 5)."})
     camera_loss_type: str = field(default="huber", metadata={"help": "huber (the VGGT paper's) or l1."})
+    camera_part_weights: str = field(
+        default="1,1,1", metadata={"help": "Weights of the camera loss's translation, rotation and fov parts (VGGT: 1,1,1)."}
+    )
     depth_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the depth-map loss."})
     point_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the point-map loss."})
     readout_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the token read-out loss (0: off)."})
@@ -88,6 +91,12 @@ def main(argv=None) -> dict:
         problems.append(f"--trainable must be all or camera_head, got {args.trainable!r}")
     if args.trainable == "camera_head" and not args.init_from:
         problems.append("--trainable camera_head fine-tunes a trained teacher: pass --init_from")
+    try:
+        part_weights = tuple(float(w) for w in args.camera_part_weights.split(","))
+    except ValueError:
+        part_weights = ()
+    if len(part_weights) != 3 or not all(w >= 0 for w in part_weights):
+        problems.append(f"--camera_part_weights must be three weights >= 0 like 1,1,1, got {args.camera_part_weights!r}")
     if args.camera_loss_type not in ("huber", "l1"):
         problems.append(f"--camera_loss_type must be huber or l1, got {args.camera_loss_type!r}")
     weights = ("camera_loss_weight", "depth_loss_weight", "point_loss_weight", "readout_loss_weight")
@@ -109,6 +118,7 @@ def main(argv=None) -> dict:
             "readout": args.readout_loss_weight,
         },
         camera_loss_type=args.camera_loss_type,
+        camera_part_weights=part_weights,
     )
     if args.init_from:
         from spa3_vlm import VGGTModel

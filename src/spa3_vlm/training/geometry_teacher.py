@@ -110,6 +110,9 @@ class VGGTForGeometryTraining(VGGTPreTrainedModel):
         confidence_alpha: ``α`` of :func:`confidence_loss`.
         camera_gamma: weight decay over the camera head's refinement steps (the last step weighs 1).
         camera_loss_type: ``"huber"`` (the paper's ε-norm) or ``"l1"`` on the pose-encoding parts.
+        camera_part_weights: weights of the translation, rotation and field-of-view parts of the camera loss
+            (VGGT: equal). Metric translations of a few decimetres give small residuals; weighing them up keeps the
+            head from settling on near-zero translations.
     """
 
     DEFAULT_LOSS_WEIGHTS = {"camera": 5.0, "depth": 1.0, "points": 1.0, "readout": 1.0}
@@ -121,8 +124,12 @@ class VGGTForGeometryTraining(VGGTPreTrainedModel):
         confidence_alpha: float = 0.2,
         camera_gamma: float = 0.6,
         camera_loss_type: str = "huber",
+        camera_part_weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
     ):
         super().__init__(config)
+        if len(camera_part_weights) != 3 or not all(w >= 0 for w in camera_part_weights):
+            raise ValueError(f"camera_part_weights must be three weights >= 0 (translation, rotation, fov), got {camera_part_weights!r}")
+        self.camera_part_weights = tuple(float(w) for w in camera_part_weights)
         if camera_loss_type not in ("l1", "huber"):
             raise ValueError(f"camera_loss_type must be 'l1' or 'huber', got {camera_loss_type!r}")
         self.camera_loss = F.l1_loss if camera_loss_type == "l1" else F.huber_loss
@@ -173,8 +180,8 @@ class VGGTForGeometryTraining(VGGTPreTrainedModel):
             camera = torch.zeros((), device=depth.device)
             for index, encoding in enumerate(output.pose_enc_list):
                 weight = self.camera_gamma ** (steps - 1 - index)
-                for part in (slice(0, 3), slice(3, 7), slice(7, 9)):
-                    camera = camera + weight * self.camera_loss(encoding[..., part].float(), target[..., part])
+                for part, part_weight in zip((slice(0, 3), slice(3, 7), slice(7, 9)), self.camera_part_weights):
+                    camera = camera + weight * part_weight * self.camera_loss(encoding[..., part].float(), target[..., part])
             losses["camera"] = camera
         if output.depth is not None:
             losses["depth"] = confidence_loss(output.depth.float(), depth[..., None].float(), output.depth_conf.float(), self.confidence_alpha)
