@@ -1,6 +1,6 @@
 """Speed, memory and scaling of Spa3R, every headline figure a ratio measured within one run.
 
-    python bench/bench_spa3r.py compute|passes|scaling|rows|all [--device cpu|cuda] [--repeats 5] [--threads 1] [--quick]
+    python bench/bench_spa3r.py compute|passes|scaling|rows|memory|compile|all [--device cpu|cuda] [--repeats 5] [--threads 1] [--quick]
 
 - ``compute``: achieved FLOP/s of the encoder forward (``encode_tokens`` on random backbone tokens), of a
   PSFM training step without the backbone (encoder + decoder + heads, forward + backward, random tokens,
@@ -17,6 +17,12 @@
   computes only the rows it returns (``Spa3RTransformer(output_rows=...)``, the default) vs all rows then
   sliced, for the tiny, the SynthRooms main-job and the base shapes: time ratio and the largest output
   difference. Writes ``results/spa3r_rows.json``.
+- ``memory`` (``spa3r_memory.py``): peak memory of Spa3R and VGGT forwards against the code of a git revision and,
+  given a checkout, the public reference's modules. Writes ``results/spa3r_memory.json``.
+- ``compile`` (``spa3r_compile.py``): ``torch.compile`` (fullgraph) against eager for the encoder, decoder,
+  aggregator and a PSFM step; compile time apart. Writes ``results/spa3r_compile.json``.
+
+The FLOP counts live in ``spa3r_flops.py``, the configs, inputs and measured calls in ``spa3r_workloads.py``.
 
 CPU runs compute in float32; ``--device cuda`` runs under bf16 autocast. FLOPs are counted analytically
 (2·m·n·k per Linear, QKᵀ and AV per attention, PRoPE's 4x4 camera matmuls; norms, activations, RoPE, softmax
@@ -61,377 +67,39 @@ from common import (  # noqa: E402
     sync,
     write_json,
 )
+from spa3r_flops import (  # noqa: E402
+    last_block_skipped_flops,
+    mlp_hidden_size,
+    spa3r_decoder_flops,
+    spa3r_encoder_flops,
+    spa3r_train_step_flops,
+    train_step_skipped_flops,
+    vggt_aggregator_flops,
+)
+from spa3r_workloads import (  # noqa: E402
+    HUB_CONFIGS,
+    build_model,
+    context_count,
+    decoder_forward,
+    encode,
+    encoder_forward,
+    encoder_train,
+    full_train_step,
+    random_field_batch,
+    random_images,
+    random_view_mask,
+    spa3r_config,
+    teacher_step,
+    train_step,
+)
 
-from spa3_vlm import Spa3RConfig, Spa3RForFieldPrediction, VGGTConfig  # noqa: E402
-from spa3_vlm.modeling_geometry import quaternion_to_matrix  # noqa: E402
-from spa3_vlm.modeling_spa3r import Spa3RTransformer, sample_view_mask  # noqa: E402
+from spa3r_compile import run_compile  # noqa: E402
+from spa3r_memory import DEFAULT_BASELINE, run_memory  # noqa: E402
 
-HUB_CONFIGS = Path(__file__).resolve().parents[1] / "hub_configs"
-SIZES = ("tiny", "mid", "base")
+from spa3_vlm import Spa3RConfig  # noqa: E402
+from spa3_vlm.modeling_spa3r import Spa3RTransformer  # noqa: E402
+
 MiB = 2**20
-
-# ---------------------------------------------------------------------------------------------- configs
-
-
-def mid_vggt_config() -> VGGTConfig:
-    """A VGGT between the tiny test model and VGGT-1B: width 384, 6 layers, conv patch embedding."""
-    return VGGTConfig(
-        image_size=224,
-        hidden_size=384,
-        num_hidden_layers=6,
-        num_attention_heads=6,
-        patch_embed_type="conv",
-        global_qk_norm="rmsnorm",
-        use_point_head=False,
-        camera_trunk_depth=1,
-        camera_num_heads=6,
-        dpt_features=64,
-        dpt_out_channels=[48, 96, 192, 384],
-        dpt_intermediate_layers=[1, 3, 4, 5],
-    )
-
-
-def spa3r_config(size: str, with_backbone: bool = False) -> Spa3RConfig:
-    """``tiny`` / ``base``: the hub configs; ``mid``: width 384, 4+4 layers, 128 queries, on the mid VGGT.
-
-    Without ``with_backbone`` there is no VGGT and no semantic teacher (the heads stay): backbone tokens,
-    cameras and targets are then passed in, which is what the trainable part costs.
-    """
-    if size == "mid":
-        config = Spa3RConfig(
-            hidden_size=384,
-            num_attention_heads=6,
-            num_queries=128,
-            num_encoder_layers=4,
-            num_decoder_layers=4,
-            backbone_hidden_size=768,
-            target_heads={"geo": 768},
-            vggt_config=mid_vggt_config().to_dict(),
-        )
-    elif size in ("tiny", "base"):
-        config = Spa3RConfig.from_pretrained(HUB_CONFIGS / f"spa3r-{size}")
-    else:
-        raise ValueError(f"size must be one of {SIZES}, got {size!r}")
-    if with_backbone:
-        return config
-    values = config.to_dict()
-    values["vggt_config"] = None
-    values["semantic_teacher_config"] = None
-    return Spa3RConfig.from_dict(values)
-
-
-def build_model(config: Spa3RConfig, device: torch.device, seed: int = 0) -> Spa3RForFieldPrediction:
-    torch.manual_seed(seed)
-    return Spa3RForFieldPrediction(config).to(device).train()
-
-
-# ---------------------------------------------------------------------------------------------- FLOPs
-
-
-def linear_flops(rows: int, fan_in: int, fan_out: int) -> int:
-    """``2·m·n·k`` of one Linear on ``rows`` tokens (the bias add is ignored)."""
-    return 2 * rows * fan_in * fan_out
-
-
-def block_flops(batch: int, seq: int, dim: int, mlp_hidden: int, attention_pairs: Optional[int] = None) -> dict:
-    """Forward FLOPs of one pre-norm Transformer block on ``batch`` sequences of ``seq`` tokens.
-
-    ``linear``: qkv, output projection and the two MLP layers. ``attention``: QKᵀ and AV summed over heads,
-    ``2·pairs·dim`` each, where ``pairs`` (query, key) couples are attended (``seq²`` unless masked).
-    """
-    pairs = seq * seq if attention_pairs is None else attention_pairs
-    linear = linear_flops(seq, dim, 3 * dim) + linear_flops(seq, dim, dim)
-    linear += linear_flops(seq, dim, mlp_hidden) + linear_flops(seq, mlp_hidden, dim)
-    return {"linear": batch * linear, "attention": batch * 4 * pairs * dim}
-
-
-def _mlp_hidden(config: Spa3RConfig) -> int:
-    return int(config.hidden_size * config.mlp_ratio)
-
-
-def _uses_encoder_prope(config: Spa3RConfig) -> bool:
-    return getattr(config, "encoder_camera_encoding", "none") == "prope"
-
-
-def prope_flops(layers: int, spatial_tokens: int, dim: int) -> int:
-    """PRoPE's 4x4 camera matmuls on half of each head's channels of q, k, v and the output, per layer."""
-    return layers * 4 * 4 * spatial_tokens * dim
-
-
-def camera_matrix_flops(cameras: int) -> int:
-    """PRoPE's per-camera set-up: K̃·E and E⁻¹·K̃⁻¹ (4x4 products) and -Rᵀt in the rigid inverse."""
-    return cameras * (2 * linear_flops(4, 4, 4) + linear_flops(3, 3, 1))
-
-
-def spa3r_encoder_flops(config: Spa3RConfig, views: int, grid: tuple[int, int], batch: int = 1) -> dict:
-    """Forward FLOPs of ``Spa3RModel.encode_tokens`` on ``views`` context views of a ``grid`` patch grid.
-
-    Returns ``projection`` (backbone tokens -> width), ``ray_embedding`` (context ray codes, where configured),
-    ``linear`` and ``attention`` of the encoder blocks, ``prope`` and ``camera_matrices`` (zero unless
-    ``encoder_camera_encoding="prope"``), ``last_block_skipped`` (negative: the rows the last block does not
-    compute, see :func:`last_block_skipped_flops`), ``total``.
-    """
-    patches = views * grid[0] * grid[1]
-    seq = config.num_register_tokens + config.num_queries + patches
-    blocks = block_flops(batch, seq, config.hidden_size, _mlp_hidden(config))
-    layers = config.num_encoder_layers
-    prope = _uses_encoder_prope(config)
-    ray_embedding = prope and config.ray_encoding == "plucker"
-    out = {
-        "projection": linear_flops(batch * patches, config.backbone_hidden_size, config.hidden_size),
-        "ray_embedding": linear_flops(batch * patches, config.ray_code_size, config.hidden_size) if ray_embedding else 0,
-        "linear": layers * blocks["linear"],
-        "attention": layers * blocks["attention"],
-        # The last block transforms no output back: it outputs only the query rows, which carry no camera.
-        "prope": prope_flops(layers, batch * patches, config.hidden_size) - 4 * batch * patches * config.hidden_size if prope else 0,
-        "camera_matrices": camera_matrix_flops(batch * views) if prope else 0,
-        "last_block_skipped": -last_block_skipped_flops(config, "encoder", views, grid, batch),
-    }
-    out["total"] = sum(out.values())
-    return out
-
-
-def spa3r_decoder_flops(config: Spa3RConfig, views: int, grid: tuple[int, int], batch: int = 1) -> dict:
-    """Forward FLOPs of ``Spa3RForFieldPrediction.decode_field`` for ``views`` cameras.
-
-    Every view is one decoder sequence ``[registers ; latents ; ray tokens]``. ``prope``: the 4x4 camera
-    matrices PRoPE applies to half of each head's channels of q, k, v and the output, on the ray tokens
-    (``4 · hidden`` FLOPs per token and tensor). ``heads``: the field heads; ``depth_probe``: the probe;
-    ``last_block_skipped`` (negative): the register and latent rows the last block does not compute.
-    """
-    patches = grid[0] * grid[1]
-    sequences = batch * views
-    rows = sequences * patches
-    seq = config.num_register_tokens + config.num_queries + patches
-    dim, hidden, layers = config.hidden_size, _mlp_hidden(config), config.num_decoder_layers
-    blocks = block_flops(sequences, seq, dim, hidden)
-    out = {
-        "pose_tokenizer": linear_flops(rows, config.ray_code_size, dim),
-        "linear": layers * blocks["linear"],
-        "attention": layers * blocks["attention"],
-        "prope": prope_flops(layers, rows, dim),
-        "heads": sum(linear_flops(rows, dim, hidden) + linear_flops(rows, hidden, size) for size in config.target_heads.values()),
-        "depth_probe": linear_flops(rows, dim, hidden) + linear_flops(rows, hidden, 1) if config.use_depth_probe else 0,
-        "camera_matrices": camera_matrix_flops(sequences),
-        "last_block_skipped": -last_block_skipped_flops(config, "decoder", views, grid, batch),
-    }
-    out["total"] = sum(out.values())
-    return out
-
-
-def spa3r_train_step_flops(config: Spa3RConfig, views: int, context_views: int, grid: tuple[int, int], batch: int = 1) -> dict:
-    """Forward + backward FLOPs of a PSFM step without the backbone: encode ``context_views``, decode ``views``.
-
-    Backward is 2x forward, except 1x where only one operand needs a gradient: the encoder's projection
-    (frozen backbone tokens in), the pose tokenizer (camera rays in), the depth probe's first layer (it reads
-    detached features) and PRoPE (the camera matrices are constants); the camera set-up has no backward.
-    """
-    encoder = spa3r_encoder_flops(config, context_views, grid, batch)
-    decoder = spa3r_decoder_flops(config, views, grid, batch)
-    forward = encoder["total"] + decoder["total"]
-    rows = batch * views * grid[0] * grid[1]
-    probe_first = linear_flops(rows, config.hidden_size, _mlp_hidden(config)) if config.use_depth_probe else 0
-    one_x = encoder["projection"] + encoder["ray_embedding"] + encoder["prope"] + decoder["pose_tokenizer"] + decoder["prope"] + probe_first
-    no_backward = encoder["camera_matrices"] + decoder["camera_matrices"]
-    backward = 2 * (forward - one_x - no_backward) + one_x
-    return {"encoder_forward": encoder["total"], "decoder_forward": decoder["total"], "forward": forward, "backward": backward, "total": forward + backward}
-
-
-def vggt_aggregator_flops(config: VGGTConfig, views: int, grid: tuple[int, int], batch: int = 1, num_context_views: Optional[int] = None) -> int:
-    """Forward FLOPs of the VGGT aggregator (patch embedding + frame and global blocks), no heads.
-
-    With ``num_context_views`` (the masked pass) context tokens attend to context tokens only.
-    """
-    patches = grid[0] * grid[1]
-    dim, hidden = config.hidden_size, int(config.hidden_size * config.mlp_ratio)
-    embed = 2 * batch * views * patches * dim * 3 * config.patch_size**2  # the patchify convolution
-    if config.patch_embed_type != "conv":  # DINOv2 blocks over [cls ; registers ; patches]
-        dino = block_flops(batch * views, 1 + config.num_register_tokens + patches, dim, hidden)
-        embed += config.patch_embed_num_layers * (dino["linear"] + dino["attention"])
-    per_view = 1 + config.num_register_tokens + patches
-    seq = views * per_view
-    pairs = None
-    if num_context_views is not None and num_context_views < views:
-        context = num_context_views * per_view
-        pairs = context * context + (seq - context) * seq
-    frame = block_flops(batch * views, per_view, dim, hidden)
-    global_ = block_flops(batch, seq, dim, hidden, attention_pairs=pairs)
-    return embed + config.num_hidden_layers * (frame["linear"] + frame["attention"] + global_["linear"] + global_["attention"])
-
-
-def last_block_skipped_flops(config: Spa3RConfig, part: str, views: int, grid: tuple[int, int], batch: int = 1) -> int:
-    """Forward FLOPs the last block of the encoder / decoder skips because its output rows are dropped.
-
-    ``encode_tokens`` keeps only the query rows and ``decode_field`` only the ray-token rows, and
-    ``Spa3RTransformer(output_rows=...)`` computes just those in its last block: the other rows' attention
-    rows, output projection and MLP are skipped (and, in a PRoPE encoder, the context rows' output transform,
-    which :func:`spa3r_encoder_flops` leaves out of ``prope``). Their keys and values are still needed, and q
-    comes out of the shared qkv projection of every row.
-    """
-    dim, hidden = config.hidden_size, _mlp_hidden(config)
-    patches = grid[0] * grid[1]
-    if part == "encoder":
-        sequences, seq = batch, config.num_register_tokens + config.num_queries + views * patches
-        kept = config.num_queries
-    elif part == "decoder":
-        sequences, seq = batch * views, config.num_register_tokens + config.num_queries + patches
-        kept = patches
-    else:
-        raise ValueError(f"part must be 'encoder' or 'decoder', got {part!r}")
-    dropped = seq - kept
-    per_row = linear_flops(1, dim, dim) + linear_flops(1, dim, hidden) + linear_flops(1, hidden, dim)  # out, MLP
-    return sequences * dropped * (per_row + 4 * seq * dim)
-
-
-def train_step_skipped_flops(config: Spa3RConfig, views: int, context_views: int, grid: tuple[int, int], batch: int = 1) -> int:
-    """Forward + backward FLOPs a PSFM step saves by computing only the kept rows of both last blocks (without the
-    PRoPE output transform a camera-aware encoder also skips, a 4·width-per-token sliver)."""
-    forward = last_block_skipped_flops(config, "encoder", context_views, grid, batch) + last_block_skipped_flops(config, "decoder", views, grid, batch)
-    return 3 * forward
-
-
-# ---------------------------------------------------------------------------------------------- inputs
-
-
-@dataclass
-class FieldBatch:
-    """Random PSFM inputs without a backbone: context tokens, cameras and per-head targets."""
-
-    context_tokens: torch.Tensor  # [B, Vc, N, C_backbone]
-    extrinsics: torch.Tensor  # [B, V, 4, 4]
-    intrinsics: torch.Tensor  # [B, V, 3, 3]
-    targets: dict  # name -> [B, V, N, C]
-    image_size: tuple[int, int]
-    grid: tuple[int, int]
-
-
-def random_cameras(batch: int, views: int, image_size: tuple[int, int], generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """World-to-camera ``[B, V, 4, 4]`` (view 0 = identity, others rotated and moved) and pixel intrinsics."""
-    height, width = image_size
-    extrinsics = torch.eye(4).repeat(batch, views, 1, 1)
-    quaternion = torch.randn(batch, views - 1, 4, generator=generator) * 0.2
-    quaternion[..., 3] = 1.0
-    extrinsics[:, 1:, :3, :3] = quaternion_to_matrix(quaternion)
-    extrinsics[:, 1:, :3, 3] = torch.randn(batch, views - 1, 3, generator=generator) * 0.5
-    intrinsics = torch.tensor([[float(width), 0.0, width / 2], [0.0, float(width), height / 2], [0.0, 0.0, 1.0]])
-    return extrinsics, intrinsics.repeat(batch, views, 1, 1)
-
-
-def random_field_batch(config: Spa3RConfig, views: int, context_views: int, image_size: tuple[int, int], device: torch.device, batch: int = 1, seed: int = 0) -> FieldBatch:
-    patch = config.patch_size
-    if image_size[0] % patch or image_size[1] % patch:
-        raise ValueError(f"image size {image_size} must be a multiple of the patch size {patch}")
-    grid = (image_size[0] // patch, image_size[1] // patch)
-    patches = grid[0] * grid[1]
-    generator = torch.Generator().manual_seed(seed)
-    tokens = torch.randn(batch, context_views, patches, config.backbone_hidden_size, generator=generator)
-    extrinsics, intrinsics = random_cameras(batch, views, image_size, generator)
-    targets = {name: torch.randn(batch, views, patches, size, generator=generator) for name, size in config.target_heads.items()}
-    if config.use_depth_probe:
-        targets["depth"] = 1 + 4 * torch.rand(batch, views, patches, 1, generator=generator)
-    to = lambda t: t.to(device)  # noqa: E731
-    return FieldBatch(to(tokens), to(extrinsics), to(intrinsics), {k: to(v) for k, v in targets.items()}, image_size, grid)
-
-
-def encode(model: Spa3RForFieldPrediction, data: FieldBatch) -> torch.Tensor:
-    """``encode_tokens`` on the batch; with an encoder PRoPE the first ``Vc`` cameras stand for the context views."""
-    if not _uses_encoder_prope(model.config):
-        return model.spa3r.encode_tokens(data.context_tokens, data.grid)
-    views = data.context_tokens.shape[1]
-    return model.spa3r.encode_tokens(
-        data.context_tokens, data.grid, data.extrinsics[:, :views], data.intrinsics[:, :views], data.image_size
-    )
-
-
-def context_count(config: Spa3RConfig, views: int) -> int:
-    """Context views of a PSFM sample, as ``sample_view_mask`` draws them."""
-    return max(1, int(views * (1 - config.mask_ratio)))
-
-
-# ---------------------------------------------------------------------------------------------- workloads
-
-
-def encoder_forward(model: Spa3RForFieldPrediction, data: FieldBatch, device: torch.device):
-    """``encode_tokens`` in inference mode (what Spa3-VLM runs)."""
-
-    def run():
-        with torch.no_grad(), autocast(device):
-            return encode(model, data)
-
-    return run
-
-
-def decoder_forward(model: Spa3RForFieldPrediction, data: FieldBatch, latents: torch.Tensor, device: torch.device):
-    """``decode_field`` (decoder + heads + probe) in inference mode for every camera of ``data``."""
-
-    def run():
-        with torch.no_grad(), autocast(device):
-            return model.decode_field(latents, data.extrinsics, data.intrinsics, data.image_size)
-
-    return run
-
-
-def encoder_train(model: Spa3RForFieldPrediction, data: FieldBatch, device: torch.device):
-    """Encoder forward + backward of a scalar loss (memory of a trainable encoder)."""
-
-    def run():
-        model.zero_grad(set_to_none=True)
-        with autocast(device):
-            loss = encode(model, data).float().square().mean()
-        loss.backward()
-
-    return run
-
-
-def train_step(model: Spa3RForFieldPrediction, data: FieldBatch, device: torch.device):
-    """PSFM step without the backbone: encode the context tokens, decode every view, losses, backward.
-
-    No optimiser update (elementwise, negligible FLOPs).
-    """
-
-    def run():
-        model.zero_grad(set_to_none=True)
-        with autocast(device):
-            latents = encode(model, data)
-            field = model.decode_field(latents, data.extrinsics, data.intrinsics, data.image_size)
-            losses = model.field_losses(field, data.targets, model.heads.keys())
-            loss = torch.stack(list(losses.values())).sum()
-        loss.backward()
-
-    return run
-
-
-def full_train_step(model: Spa3RForFieldPrediction, pixel_values: torch.Tensor, view_mask: torch.Tensor, device: torch.device):
-    """``model(pixel_values, view_mask).loss.backward()``: frozen backbone and teachers included."""
-
-    def run():
-        model.zero_grad(set_to_none=True)
-        with autocast(device):
-            loss = model(pixel_values, view_mask=view_mask).loss
-        loss.backward()
-
-    return run
-
-
-def teacher_step(model: Spa3RForFieldPrediction, pixel_values: torch.Tensor, view_mask: torch.Tensor, mode: str, device: torch.device, use_autocast: bool = True):
-    """``teacher_targets`` with ``masking_mode = mode`` (the config is read at call time)."""
-
-    def run():
-        model.config.masking_mode = mode
-        with torch.no_grad(), (autocast(device) if use_autocast else contextlib.nullcontext()):
-            return model.teacher_targets(pixel_values, view_mask)
-
-    return run
-
-
-def random_images(batch: int, views: int, image_size: tuple[int, int], device: torch.device, seed: int = 0) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.rand(batch, views, 3, *image_size, generator=generator).to(device)
-
-
-def random_view_mask(config: Spa3RConfig, batch: int, views: int, device: torch.device, seed: int = 0) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return sample_view_mask(batch, views, config.mask_ratio, generator=generator).to(device)
 
 
 def _stat_row(summary: dict, scale: float = 1.0) -> str:
@@ -511,7 +179,7 @@ def run_compute(args, device: torch.device) -> dict:
         counted = counted_flops(workload) if (with_backbone or args.quick) else None
         if flops is None:
             flops = counted
-        shape_probe = MatmulProbe(min(probe_rows, 4096), config.hidden_size, _mlp_hidden(config), device, dtype)
+        shape_probe = MatmulProbe(min(probe_rows, 4096), config.hidden_size, mlp_hidden_size(config), device, dtype)
         times = interleaved_times({"peak": peak_probe, "shape": shape_probe, "workload": workload}, device, args.repeats, args.warmup, args.min_seconds)
         achieved = [flops / t for t in times["workload"]]
         peak_rate = [peak_probe.flops / t for t in times["peak"]]
@@ -945,7 +613,14 @@ def run_rows(args, device: torch.device) -> dict:
     return {"benchmark": "spa3r_rows", "rows": rows, "table": table}
 
 
-BENCHMARKS = {"compute": run_compute, "passes": run_passes, "scaling": run_scaling, "rows": run_rows}
+BENCHMARKS = {
+    "compute": run_compute,
+    "passes": run_passes,
+    "scaling": run_scaling,
+    "rows": run_rows,
+    "memory": run_memory,
+    "compile": run_compile,
+}
 
 
 def main(argv: Optional[list[str]] = None) -> dict:
@@ -962,6 +637,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
         "whenever one core is taken, and small ops get 10-40x slower)",
     )
     parser.add_argument("--quick", action="store_true", help="smallest configurations, 1 round (smoke test)")
+    parser.add_argument("--baseline", default=DEFAULT_BASELINE, help="memory: the git revision to compare with")
+    parser.add_argument("--reference-dir", help="memory: a checkout of hustvl/Spa3R (its spa3r/models/layers) to compare with")
     parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     if args.quick:

@@ -94,6 +94,29 @@ def test_batched_left_padded_generation_matches_one_by_one(spa3_dir, vsibench_di
     assert [l["prediction"] for l in first] == [l["prediction"] for l in second]
 
 
+def test_scene_grouping_gives_the_same_answers_with_one_decode_and_encoder_run_per_video(spa3_dir, vsibench_dir, tmp_path, monkeypatch):
+    import spa3_vlm.video
+
+    decoded = []
+    load = spa3_vlm.video.load_video_frames
+    monkeypatch.setattr(spa3_vlm.video, "load_video_frames", lambda path, n: decoded.append(path) or load(path, n))
+    generator = Spa3VLMGenerator.from_pretrained(str(spa3_dir), device="cpu")
+    encoded = []
+    generator.model.spa3r.register_forward_hook(lambda module, args, output: encoded.append(output.latents.shape[0]))
+    grouped, single = tmp_path / "grouped.jsonl", tmp_path / "single.jsonl"
+    common = ["--limit", "6", "--batch_size", "2"]
+    # The questions alternate between the two videos (ids 0, 2, 4: 100 frames; 1, 3, 5: 10 frames). A first run
+    # stops after 3 of them; the second resumes with the other 3.
+    assert run_main([*vsibench_args(vsibench_dir, grouped, "--limit", "3", "--batch_size", "2")], generator=generator) == 0
+    assert run_main([*vsibench_args(vsibench_dir, grouped, *common)], generator=generator) == 0
+    assert len(decoded) == 4 and encoded == [1, 1, 1, 1]  # per run, each video decoded once and Spa3R once per video
+    decoded.clear(), encoded.clear()
+    assert run_main([*vsibench_args(vsibench_dir, single, *common, "--no_scene_grouping")], generator=generator) == 0
+    assert len(decoded) == 6 and encoded == [1] * 6  # per question
+    # The same answers, and the finished file in dataset order either way.
+    assert read_jsonl(grouped) == read_jsonl(single) and [line["id"] for line in read_jsonl(grouped)] == list(range(6))
+
+
 def test_plain_qwen_checkpoint_is_loaded_by_model_type(qwen_dir, spa3_dir, vsibench_dir, tmp_path):
     output = tmp_path / "qwen.jsonl"
     assert run_main(["--model", qwen_dir, *vsibench_args(vsibench_dir, output, "--limit", "2", "--batch_size", "2")]) == 0

@@ -32,7 +32,14 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_features, out_features or in_features, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        hidden = self.fc1(x)
+        if hidden.requires_grad:
+            hidden = self.act(hidden)  # autograd keeps the pre-activation for GELU's backward
+        else:
+            # Without autograd the widest activation of a block is held once instead of twice: GELU in place
+            # (the same kernel, the same values).
+            hidden = torch.ops.aten.gelu_(hidden, approximate=self.act.approximate)
+        return self.fc2(hidden)
 
 
 class LayerScale(nn.Module):
@@ -81,26 +88,34 @@ class RotaryEmbedding2D:
         if angles.dim() == 3:
             angles = angles[None]
         self.cos = angles.cos()[:, None].to(dtype)
-        self.sin = angles.sin()[:, None].to(dtype)
-
-    @staticmethod
-    def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-        x1, x2 = x.chunk(2, dim=-1)
-        return torch.cat([-x2, x1], dim=-1)
+        # rotate_half(x) * sin == swap_halves(x) * signed_sin exactly (a sign flip rounds nothing), which spares
+        # the negated copy rotate_half would make.
+        sin = angles.sin()[:, None].to(dtype)
+        first, second = sin.chunk(2, dim=-1)
+        self.signed_sin = torch.cat([-first, second], dim=-1)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [B, heads, N, D]`` -> rotated ``x`` (same shape)."""
+        """``x [B, heads, N, D]`` -> rotated ``x`` (same shape): ``x cos + rotate_half(x) sin`` per half."""
         shape = x.shape
         x = x.unflatten(-1, (2, shape[-1] // 2))  # [B, h, N, 2 (row/col half), D/2]
-        cos, sin = self.cos.to(x.dtype), self.sin.to(x.dtype)
-        out = x * cos + self._rotate_half(x) * sin
+        first, second = x.chunk(2, dim=-1)
+        # In place on the two fresh products: two temporaries of x's size instead of four (same roundings).
+        rotated = torch.cat([second, first], dim=-1)
+        rotated *= self.signed_sin.to(x.dtype)
+        out = x * self.cos.to(x.dtype)
+        out += rotated
         return out.flatten(-2)
 
 
 class PositionalTransform(Protocol):
-    """A per-forward camera/position transform applied around scaled dot-product attention."""
+    """A per-forward camera/position transform applied around scaled dot-product attention. Each takes and returns
+    ``[B, heads, T, d]``; queries, keys and values go one at a time, so each input can be freed before the next."""
 
-    def transform_qkv(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]: ...
+    def transform_query(self, q: torch.Tensor) -> torch.Tensor: ...
+
+    def transform_key(self, k: torch.Tensor) -> torch.Tensor: ...
+
+    def transform_value(self, v: torch.Tensor) -> torch.Tensor: ...
 
     def transform_output(self, out: torch.Tensor, rows: Optional[slice] = None, sequence_length: Optional[int] = None) -> torch.Tensor: ...
 
@@ -181,11 +196,19 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         batch, seq, dim = x.shape
         q, k, v = self.qkv(x).reshape(batch, seq, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        q, k = self.q_norm(q), self.k_norm(k)
+        # One tensor at a time, each result replacing its input, so that no step holds both the normed and the
+        # rotated copy of another tensor (the attention's memory peak).
+        q = self.q_norm(q)
         if rope is not None:
-            q, k = rope(q), rope(k)
+            q = rope(q)
         if camera_transform is not None:
-            q, k, v = camera_transform.transform_qkv(q, k, v)
+            q = camera_transform.transform_query(q)
+        k = self.k_norm(k)
+        if rope is not None:
+            k = rope(k)
+        if camera_transform is not None:
+            k = camera_transform.transform_key(k)
+            v = camera_transform.transform_value(v)
         if query_rows is not None:
             if num_context_tokens is not None:
                 raise ValueError("query_rows and num_context_tokens cannot be combined")
@@ -241,10 +264,21 @@ class Block(GradientCheckpointingLayer):
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
 
     def forward(self, x: torch.Tensor, query_rows: Optional[slice] = None, **attention_kwargs) -> torch.Tensor:
-        attended = self.attn(self.norm1(x), query_rows=query_rows, **attention_kwargs)
-        x = x if query_rows is None else x[:, query_rows]
-        x = x + self.ls1(attended)
-        return x + self.ls2(self.mlp(self.norm2(x)))
+        """``x [B, N, C]`` -> ``[B, N, C]`` (``[B, rows, C]`` with ``query_rows``)."""
+        residual = x if query_rows is None else x[:, query_rows]
+        # Each branch's fresh output takes the residual in place and becomes the stream: the attention output is
+        # not kept alive through the MLP, where the block's memory peaks, and no third [B, N, C] tensor is made.
+        x = _add_residual(self.ls1(self.attn(self.norm1(x), query_rows=query_rows, **attention_kwargs)), residual)
+        return _add_residual(self.ls2(self.mlp(self.norm2(x))), x)
+
+
+def _add_residual(update: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """``residual + update``, written into ``update`` (a branch output nothing else holds) when that keeps the dtype
+    the sum would have (not for a bf16 branch on an fp32 stream under autocast)."""
+    if update.dtype != residual.dtype:
+        return residual + update
+    update += residual
+    return update
 
 
 def patch_grid_positions(height: int, width: int, device=None, offset: int = 0) -> torch.Tensor:
@@ -255,6 +289,7 @@ def patch_grid_positions(height: int, width: int, device=None, offset: int = 0) 
     return grid + offset
 
 
+@torch.compiler.disable  # reads values back to the host: torch.compile runs it as it is
 def check_finite_tensors(values: dict, shape_hint: str) -> None:
     """Raise a ``ValueError`` unless every ``name -> value`` is a floating-point tensor without NaN or infinite
     entries; the values are read back with one host synchronisation for all of them.

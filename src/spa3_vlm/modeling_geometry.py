@@ -290,11 +290,20 @@ class ProjectiveRoPE:
         spatial = torch.cat([projective, rope_x, rope_y], dim=-1).reshape(batch, heads, n, d)
         return torch.cat([prefix, spatial], dim=2)
 
+    def transform_query(self, q: torch.Tensor) -> torch.Tensor:
+        """``[B, heads, T, d]``: queries by ``Pᵀ``."""
+        return self._apply(q, self.projection, transpose=True, inverse_rope=False)
+
+    def transform_key(self, k: torch.Tensor) -> torch.Tensor:
+        """``[B, heads, T, d]``: keys by ``P⁻¹``."""
+        return self._apply(k, self.projection_inv, transpose=False, inverse_rope=False)
+
+    def transform_value(self, v: torch.Tensor) -> torch.Tensor:
+        """``[B, heads, T, d]``: values by ``P⁻¹``."""
+        return self._apply(v, self.projection_inv, transpose=False, inverse_rope=False)
+
     def transform_qkv(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        q = self._apply(q, self.projection, transpose=True, inverse_rope=False)
-        k = self._apply(k, self.projection_inv, transpose=False, inverse_rope=False)
-        v = self._apply(v, self.projection_inv, transpose=False, inverse_rope=False)
-        return q, k, v
+        return self.transform_query(q), self.transform_key(k), self.transform_value(v)
 
     def transform_output(self, out: torch.Tensor, rows: Optional[slice] = None, sequence_length: Optional[int] = None) -> torch.Tensor:
         """``out [B, heads, T, d]``: the attention output of all rows, or of ``rows`` (a slice of a

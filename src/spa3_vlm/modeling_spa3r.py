@@ -64,23 +64,43 @@ class Spa3RTransformer(nn.Module):
         )
         self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
 
-    def forward(self, tokens: torch.Tensor, output_rows: Optional[slice] = None, **attention_kwargs) -> torch.Tensor:
-        """``tokens [B, T, C]`` -> ``[B, T, C]``, or only the rows ``output_rows`` (a contiguous slice of the
-        ``T`` tokens) of it: the last block then computes attention, output projection and MLP for those rows
-        only (the same values at less cost; every row still gives keys and values)."""
+    def forward(
+        self, tokens: torch.Tensor, output_rows: Optional[slice] = None, prefix: Optional[torch.Tensor] = None, **attention_kwargs
+    ) -> torch.Tensor:
+        """``[prefix ; tokens]`` -> ``[B, T, C]``, or only the rows ``output_rows`` (a contiguous slice of the ``T``
+        tokens) of it: the last block then computes attention, output projection and MLP for those rows only (the
+        same values at less cost; every row still gives keys and values).
+
+        ``tokens [B, T - P, C]`` follow the optional ``prefix [B, P, C]`` (queries, latents): passed apart, so that no
+        concatenated copy of the two stays alive through every layer as an argument of this call.
+        """
         num_registers = self.register_tokens.shape[1]
-        x = torch.cat([self.register_tokens.expand(tokens.shape[0], -1, -1).to(tokens.dtype), tokens], dim=1)
-        if output_rows is None:
-            output_rows = slice(0, tokens.shape[1])
-        start, stop, step = output_rows.indices(tokens.shape[1])
-        if step != 1:
-            raise ValueError(f"output_rows must be a contiguous slice, got {output_rows}")
+        registers = self.register_tokens.expand(tokens.shape[0], -1, -1).to(tokens.dtype)
+        head = [registers] if prefix is None else [registers, prefix.to(tokens.dtype)]
+        x = torch.cat([*head, tokens], dim=1)
+        start, stop = contiguous_slice_bounds(output_rows or slice(None), x.shape[1] - num_registers)
         last_rows = slice(num_registers + start, num_registers + stop)
         for index, block in enumerate(self.blocks):
             x = block(x, query_rows=last_rows if index == len(self.blocks) - 1 else None, **attention_kwargs)
         if not self.blocks:
             x = x[:, last_rows]
         return self.norm(x)
+
+
+def contiguous_slice_bounds(rows: slice, length) -> tuple:
+    """``rows.indices(length)[:2]`` for a step-1 slice. Unlike ``slice.indices`` it accepts a symbolic ``length``
+    without fixing it to a constant, so that ``torch.compile`` keeps one graph for every view count."""
+    if rows.step not in (None, 1):
+        raise ValueError(f"output_rows must be a contiguous slice, got {rows}")
+
+    def bound(value, default):
+        if value is None:
+            return default
+        if value < 0:
+            value = value + length
+        return min(max(value, 0), length)
+
+    return bound(rows.start, 0), bound(rows.stop, length)
 
 
 def ray_codes(
@@ -308,11 +328,11 @@ class Spa3RModel(Spa3RPreTrainedModel):
                 rays = ray_codes(self.config, extrinsics, intrinsics, patch_grid, size).flatten(1, 2)
                 tokens = tokens + self.ray_embedding(rays.to(tokens.dtype))
             camera = ProjectiveRoPE(extrinsics, intrinsics, size, patch_grid, self.config.head_dim, self.config.prope_freq_base)
-            encoded = self.encoder(torch.cat([queries, tokens], dim=1), output_rows=slice(0, num_queries), camera_transform=camera)
+            encoded = self.encoder(tokens, output_rows=slice(0, num_queries), prefix=queries, camera_transform=camera)
         else:
             positions = encoder_positions(self.config.num_register_tokens + num_queries, patch_grid, views, tokens.device)
             rope = RotaryEmbedding2D(positions, self.config.head_dim, self.config.rope_theta, dtype=tokens.dtype)
-            encoded = self.encoder(torch.cat([queries, tokens], dim=1), output_rows=slice(0, num_queries), rope=rope)
+            encoded = self.encoder(tokens, output_rows=slice(0, num_queries), prefix=queries, rope=rope)
         return encoded
 
     def _embed_context_inputs(
@@ -378,6 +398,7 @@ _ROTATION_TOLERANCE = 1e-3
 _MAX_TRANSLATION = 1e6
 
 
+@torch.compiler.disable  # reads values back to the host: torch.compile runs it as it is
 def check_cameras(extrinsics: torch.Tensor, intrinsics: torch.Tensor, batch: int, views: int) -> None:
     """Raise a ``ValueError`` unless extrinsics are ``[B, V, 3|4, 4]`` rigid world-to-camera transforms and intrinsics
     ``[B, V, 3, 3]`` pinhole matrices (positive focal lengths, last row ``0 0 1``), all finite, one per view.
@@ -547,7 +568,8 @@ class Spa3RForFieldPrediction(Spa3RPreTrainedModel):
 
         rays = ray_codes(self.config, extrinsics, intrinsics, grid, image_size).flatten(0, 1)  # [B*V, N, code]
         ray_tokens = self.pose_tokenizer(rays.to(self.pose_tokenizer.weight.dtype))
-        view_latents = latents.repeat_interleave(views, dim=0).to(ray_tokens.dtype)
+        # Each view's sequence reads its sample's latents: [B*V, Q, C] (a view, no copy, for one sample).
+        view_latents = latents[:, None].expand(-1, views, -1, -1).reshape(batch * views, *latents.shape[1:]).to(ray_tokens.dtype)
         prope = ProjectiveRoPE(
             to_homogeneous(extrinsics).reshape(batch * views, 1, 4, 4),
             intrinsics.reshape(batch * views, 1, 3, 3),
@@ -557,7 +579,7 @@ class Spa3RForFieldPrediction(Spa3RPreTrainedModel):
             freq_base=self.config.prope_freq_base,
         )
         decoded = self.decoder(
-            torch.cat([view_latents, ray_tokens], dim=1), output_rows=slice(self.config.num_queries, None), camera_transform=prope
+            ray_tokens, output_rows=slice(self.config.num_queries, None), prefix=view_latents, camera_transform=prope
         )
         hidden = decoded.reshape(batch, views, num_patches, -1)
         field = {"hidden_states": hidden}

@@ -49,6 +49,7 @@ def imagenet_normalize(images: torch.Tensor) -> torch.Tensor:
     return (images - mean) / std
 
 
+@torch.compiler.disable  # reads values back to the host: torch.compile runs it as it is
 def check_pixel_values(pixel_values: torch.Tensor, patch_size: int, name: str = "pixel_values") -> None:
     """Raise a ``ValueError`` that says what is wrong with a ``[B, S, 3, H, W]`` image batch in [0, 1]."""
     if not isinstance(pixel_values, torch.Tensor):
@@ -76,6 +77,7 @@ def check_pixel_values(pixel_values: torch.Tensor, patch_size: int, name: str = 
         )
 
 
+@torch.compiler.disable  # reads values back to the host: torch.compile runs it as it is
 def context_first_order(view_mask: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Per-sample view permutation that puts context views first, keeping their order.
 
@@ -158,9 +160,10 @@ class DinoV2PatchEmbed(nn.Module):
 
 def _special_tokens(token: torch.Tensor, batch: int, views: int) -> torch.Tensor:
     """``[1, 2, k, C]`` learned tokens -> ``[B*S, k, C]``: index 0 for view 0, index 1 for the others."""
-    first = token[:, :1].expand(batch, 1, -1, -1)
-    others = token[:, 1:].expand(batch, views - 1, -1, -1)
-    return torch.cat([first, others], dim=1).flatten(0, 1)
+    # Picked by index rather than expanded to `views - 1` copies: under torch.compile a symbolic view count then
+    # stays symbolic even when it starts at 2 (an expand to size 1 would fix it to that constant).
+    choice = (torch.arange(views, device=token.device) > 0).long()
+    return token[0, choice].expand(batch, -1, -1, -1).flatten(0, 1)
 
 
 class VGGTAggregator(nn.Module):

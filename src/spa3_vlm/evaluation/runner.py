@@ -73,6 +73,7 @@ __all__ = [
     "missing_videos",
     "read_predictions",
     "run_generation",
+    "scene_groups",
     "sample_frame_indices",
     "score_predictions",
     "validate_records",
@@ -518,6 +519,48 @@ class RunReport:
     duplicate_lines: list
 
 
+def scene_groups(samples: Sequence[EvalSample], num_frames: int) -> list[tuple[list, list[EvalSample]]]:
+    """``samples`` grouped by the frames they show: ``[(frames, samples of that frame set), ...]``.
+
+    Groups are ordered by their first sample, samples within a group keep their order. A VSI-Bench question's frames
+    are fixed by its video (and ``num_frames``, the same for the whole run), so each video is decoded once, for its
+    first question; samples without a video (SynthRooms-QA rows) are loaded and grouped by their pixels
+    (:func:`~spa3_vlm.data.latent_cache.frames_key`).
+    """
+    from ..data.latent_cache import frames_key
+
+    groups: dict[Any, tuple[list, list[EvalSample]]] = {}
+    for sample in samples:
+        if sample.video is not None:
+            key = ("video", sample.video)
+            if key not in groups:
+                groups[key] = (sample.load_frames(num_frames), [])
+        else:
+            frames = sample.load_frames(num_frames)
+            key = ("frames", frames_key(frames))
+            groups.setdefault(key, (frames, []))
+        groups[key][1].append(sample)
+    return list(groups.values())
+
+
+def _scene_latents(generator, frames: list):
+    """The frame set's Spa3R latents ``[1, Q, C]``, once for all its questions; ``None`` for generators without them
+    (plain Qwen, stand-ins)."""
+    encode = getattr(generator, "encode_scene", None)
+    return encode(frames) if callable(encode) else None
+
+
+def _in_sample_order(output_path: Path, samples: Sequence[EvalSample]) -> None:
+    """Rewrite the predictions file in the samples' order (other ids after them, as they were) unless it already is:
+    the finished file reads the same whatever the grouping and batching that wrote it."""
+    written = read_predictions(output_path)
+    position = {sample.id: index for index, sample in enumerate(samples)}
+    keys = list(written.predictions)
+    ordered = sorted(keys, key=lambda key: (key not in position, position.get(key, 0)))
+    if ordered != keys or written.needs_rewrite:
+        _rewrite_predictions(output_path, [written.predictions[key] for key in ordered])
+
+
 def run_generation(
     generator,
     samples: Sequence[EvalSample],
@@ -528,12 +571,19 @@ def run_generation(
     known_ids: Optional[Iterable] = None,
     progress: bool = True,
     log: Callable[[str], None] = _log_stderr,
+    group_by_scene: bool = True,
 ) -> RunReport:
     """Answer every sample not yet in ``output_path``, appending one JSON line per answer (flushed to disk).
 
     Broken lines of an existing file are reported, dropped (the file is rewritten atomically) and their
     questions answered again. Ids in the file that are not in ``known_ids`` (default: the samples' ids) raise
     ``ValueError`` before anything is generated. ``generator.generate(batch)`` takes ``(frames, prompt)`` pairs.
+
+    ``group_by_scene`` (the default) answers the questions of one frame set together (:func:`scene_groups`): its
+    frames are loaded once, its Spa3R latents computed once (``generator.encode_scene``, passed to ``generate`` as
+    ``spatial_latents``; the same latents the model would compute from the frames) and its questions batched
+    ``batch_size`` at a time. The file then fills in scene order and is put back in the samples' order at the end;
+    an interrupted run resumes by id either way. ``False``: one question after another, frames loaded per question.
     """
     from tqdm.auto import tqdm
 
@@ -563,13 +613,27 @@ def run_generation(
         log(f"resuming {output_path}: {already_done} of {len(samples)} questions already answered, {len(pending)} to go")
     output_path.parent.mkdir(parents=True, exist_ok=True)
     generated = 0
+
+    def batches():
+        """``(frames per sample, samples, spatial latents or None)`` in the order they are answered."""
+        if not group_by_scene:
+            for start in range(0, len(pending), batch_size):
+                batch = pending[start : start + batch_size]
+                yield [sample.load_frames(num_frames) for sample in batch], batch, None
+            return
+        for frames, members in scene_groups(pending, num_frames):
+            latents = _scene_latents(generator, frames)
+            for start in range(0, len(members), batch_size):
+                batch = members[start : start + batch_size]
+                expanded = None if latents is None else latents.expand(len(batch), *latents.shape[1:])
+                yield [frames] * len(batch), batch, expanded
+
     with open(output_path, "a", encoding="utf-8") as handle, tqdm(
         total=len(pending), desc="answering", unit="question", disable=not progress
     ) as bar:
-        for start in range(0, len(pending), batch_size):
-            batch = pending[start : start + batch_size]
-            frames = [sample.load_frames(num_frames) for sample in batch]
-            answers = generator.generate([(f, sample.prompt) for f, sample in zip(frames, batch)])
+        for frames, batch, latents in batches():
+            requests = [(f, sample.prompt) for f, sample in zip(frames, batch)]
+            answers = generator.generate(requests) if latents is None else generator.generate(requests, spatial_latents=latents)
             if len(answers) != len(batch):
                 raise RuntimeError(f"the generator returned {len(answers)} answers for {len(batch)} questions")
             for sample, sample_frames, answer in zip(batch, frames, answers):
@@ -587,6 +651,8 @@ def run_generation(
             os.fsync(handle.fileno())  # an answer on disk survives a crash of the next batch
             generated += len(batch)
             bar.update(len(batch))
+    if output_path.exists():
+        _in_sample_order(output_path, samples)
     return RunReport(
         total=len(samples),
         already_done=already_done,
@@ -715,7 +781,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hub_config", default="full", help=f"vsibench: {VSIBENCH_HUB_ID} config (Hub loading)")
     parser.add_argument("--output", required=True, help="predictions JSONL (appended to; a rerun resumes)")
     parser.add_argument("--metrics_output", help="metrics JSON (default: <output stem>.metrics.json)")
-    parser.add_argument("--batch_size", type=int, default=1)
+    parser.add_argument("--batch_size", type=int, default=1, help="questions per generate call (within one scene)")
+    parser.add_argument(
+        "--no_scene_grouping",
+        action="store_true",
+        help="answer questions one batch after another in dataset order, loading frames and running Spa3R per question "
+        "(default: per scene, frames and Spa3R once per video; the same answers)",
+    )
     parser.add_argument("--num_frames", type=int, default=DEFAULT_NUM_FRAMES)
     parser.add_argument("--max_new_tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
     parser.add_argument("--min_pixels", type=int, help="Qwen-branch pixel budget per frame (default: the processor's)")
@@ -775,7 +847,11 @@ def _evaluate(args, generator, log: Callable[[str], None]) -> dict[str, Any]:
     selected = samples[: args.limit] if args.limit else samples
     log(f"{args.dataset}: {len(selected)} of {len(samples)} questions from {source}")
     output = Path(args.output)
-    settings: dict[str, Any] = {"num_frames": args.num_frames, "batch_size": args.batch_size}
+    settings: dict[str, Any] = {
+        "num_frames": args.num_frames,
+        "batch_size": args.batch_size,
+        "group_by_scene": not args.no_scene_grouping,
+    }
     if not args.score_only:
         absent = missing_videos(selected)
         if absent:
@@ -805,6 +881,7 @@ def _evaluate(args, generator, log: Callable[[str], None]) -> dict[str, Any]:
             known_ids=[sample.id for sample in samples],
             progress=not args.no_progress,
             log=log,
+            group_by_scene=not args.no_scene_grouping,
         )
         log(f"answered {report.generated} question(s), {report.already_done} already in {output}")
         if hasattr(generator, "settings"):

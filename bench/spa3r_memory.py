@@ -1,0 +1,326 @@
+"""Peak memory of Spa3R and VGGT forwards: this code against the code of a git revision and the public reference.
+
+    python bench/bench_spa3r.py memory [--baseline 03bd959] [--reference-dir DIR] [--quick]
+
+Each case is one call (the encoder on random backbone tokens, the decoder with its heads, the VGGT aggregator as
+Spa3R runs it, Spa3R on images, a PSFM training step without the backbone) measured with
+:func:`common.peak_memory_bytes`: the most bytes of tensors created by the call and alive at once. Values do not
+change the peak, only shapes and code do, so random weights serve.
+
+- **now**: the package as it is checked out.
+- **baseline**: ``src/spa3_vlm`` of the git revision ``--baseline`` (default ``03bd959``, the last commit before the
+  blocks released the attention output ahead of the MLP), exported with ``git archive`` and measured by this file
+  in a child process with the same cases and inputs.
+- **reference**: with ``--reference-dir`` (a checkout of hustvl/Spa3R, commit ``07e0b60``: the folder holding
+  ``spa3r/models/layers``), the reference's own encoder and decoder Transformers (its ``Transformer``, ``Block``,
+  ``Attention``, ``PRoPEAttention``, ``Mlp``) at the same sizes, driven the way its ``Spa3R.forward`` drives them
+  (:class:`ReferenceSpa3R`). VGGT's reference repository is not measured here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from functools import partial
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+DEFAULT_BASELINE = "03bd959"
+MiB = 2**20
+
+# (case name, workload, size, views, image (H, W)); the quick set is what tests/test_bench_smoke.py runs.
+CASES = [
+    ("encoder tiny", "encoder", "tiny", 8, (112, 112)),
+    ("encoder base", "encoder", "base", 4, (224, 224)),
+    ("decoder tiny", "decoder", "tiny", 8, (112, 112)),
+    ("decoder base", "decoder", "base", 4, (224, 224)),
+    ("aggregator tiny", "aggregator", "tiny", 8, (112, 112)),
+    ("aggregator mid", "aggregator", "mid", 4, (224, 224)),
+    ("aggregator 1b-shaped", "aggregator", "1b-shaped", 2, (224, 224)),
+    ("spa3r on images tiny", "spa3r_images", "tiny", 8, (112, 112)),
+    ("train step tiny", "train_step", "tiny", 8, (112, 112)),
+    ("train step base", "train_step", "base", 2, (224, 224)),
+]
+QUICK_CASES = [
+    ("encoder tiny", "encoder", "tiny", 2, (28, 28)),
+    ("decoder tiny", "decoder", "tiny", 2, (28, 28)),
+    ("aggregator tiny", "aggregator", "tiny", 2, (28, 28)),
+]
+REFERENCE_WORKLOADS = ("encoder", "decoder")
+
+
+# ---------------------------------------------------------------------------------------------- the cases
+
+
+def vggt_config(size: str):
+    """The aggregator of ``size``: the tiny backbone, the mid one, or VGGT-1B's layer shape (width 1024, 16 heads,
+    DINOv2 patch embedding) with 2 + 2 aggregator and 2 patch-embedding layers: a forward's peak is set by one
+    block's working set, not by the depth (only the last layer's output is kept, as Spa3R asks)."""
+    from spa3r_workloads import HUB_CONFIGS, mid_vggt_config, spa3r_config
+
+    from spa3_vlm import VGGTConfig
+
+    if size == "mid":
+        return mid_vggt_config()
+    if size == "1b-shaped":
+        values = VGGTConfig.from_pretrained(HUB_CONFIGS / "vggt-1b").to_dict()
+        values.update(num_hidden_layers=2, patch_embed_num_layers=2, use_camera_head=False, use_depth_head=False,
+                      use_point_head=False, use_track_head=False, dpt_intermediate_layers=[0, 1, 1, 1])  # fmt: skip
+        return VGGTConfig.from_dict(values)
+    return spa3r_config(size, with_backbone=True).vggt_config
+
+
+def case_workload(workload: str, size: str, views: int, image_size: tuple[int, int], device: torch.device):
+    """``(model, callable)`` for one case; the model is returned so that it outlives the measurement."""
+    from spa3r_workloads import build_model, decoder_forward, encoder_forward, random_field_batch, spa3r_config, train_step
+
+    if workload == "aggregator":
+        from spa3_vlm import VGGTModel
+
+        torch.manual_seed(0)
+        config = vggt_config(size)
+        model = VGGTModel(config).to(device).eval()
+        images = torch.rand(1, views, 3, *image_size, generator=torch.Generator().manual_seed(0)).to(device)
+        last = {config.num_hidden_layers - 1}
+
+        def run():
+            with torch.no_grad():
+                return model.aggregator(images, keep_layers=last)
+
+        return model, run
+    if workload == "spa3r_images":
+        model = build_model(spa3r_config(size, with_backbone=True), device).eval()
+        images = torch.rand(1, views, 3, *image_size, generator=torch.Generator().manual_seed(0)).to(device)
+
+        def run():
+            with torch.no_grad():
+                return model.spa3r(images).latents
+
+        return model, run
+    config = spa3r_config(size)
+    model = build_model(config, device)
+    if workload == "train_step":
+        data = random_field_batch(config, views, max(1, views // 2), image_size, device)
+        return model, train_step(model, data, device)
+    model.eval()
+    data = random_field_batch(config, views, views, image_size, device)
+    if workload == "encoder":
+        return model, encoder_forward(model, data, device)
+    latents = torch.randn(1, config.num_queries, config.hidden_size, generator=torch.Generator().manual_seed(1)).to(device)
+    return model, decoder_forward(model, data, latents, device)
+
+
+def measure_cases(cases: list, device: torch.device) -> dict[str, int]:
+    """Peak bytes of each case, one model alive at a time."""
+    from common import peak_memory_bytes
+
+    peaks = {}
+    for name, workload, size, views, image_size in cases:
+        model, run = case_workload(workload, size, views, tuple(image_size), device)
+        if workload != "train_step":  # a first call would build caches inside the measurement: measure the steady state
+            run()
+        peaks[name] = peak_memory_bytes(run, device)
+        del model, run
+    return peaks
+
+
+# ---------------------------------------------------------------------------------------------- baseline
+
+
+def measure_revision(revision: str, cases: list, device: torch.device) -> tuple[Optional[dict], str]:
+    """Peaks of ``cases`` with ``src/spa3_vlm`` of git ``revision``, in a child process; ``(None, why)`` when the
+    revision cannot be exported (no git, not in the history)."""
+    with tempfile.TemporaryDirectory(prefix="spa3r-baseline-") as folder:
+        try:
+            archive = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", revision, "src/spa3_vlm"],
+                                     capture_output=True, check=True, timeout=120)  # fmt: skip
+            subprocess.run(["tar", "-x", "-C", folder], input=archive.stdout, check=True, timeout=120)
+        except (OSError, subprocess.SubprocessError) as error:
+            detail = getattr(error, "stderr", b"") or b""
+            return None, f"git archive {revision} failed: {detail.decode(errors='replace').strip() or error}"
+        command = [sys.executable, __file__, "--measure", "--src", str(Path(folder) / "src"), "--device", str(device),
+                   "--threads", str(torch.get_num_threads()), "--cases", json.dumps(cases)]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True, timeout=3600, env={**os.environ, "PYTHONPATH": ""})
+        if result.returncode != 0:
+            return None, f"measuring {revision} failed: {result.stderr.strip()[-2000:]}"
+        return json.loads(result.stdout.strip().splitlines()[-1]), f"git {revision}"
+
+
+# ---------------------------------------------------------------------------------------------- reference
+
+
+def _load_package(name: str, folder: Path):
+    spec = importlib.util.spec_from_file_location(name, folder / "__init__.py", submodule_search_locations=[str(folder)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_reference(reference_dir: str):
+    """The reference's ``spa3r/models/layers`` package and ``camera_utils`` module, imported on their own (its
+    ``spa3r`` package imports VGGT and the training stack, which these layers do not need)."""
+    root = Path(reference_dir) / "spa3r" / "models"
+    if not (root / "layers" / "__init__.py").is_file():
+        raise FileNotFoundError(f"{reference_dir} holds no spa3r/models/layers: pass a checkout of hustvl/Spa3R")
+    layers = _load_package("spa3r_reference_layers", root / "layers")
+    spec = importlib.util.spec_from_file_location("spa3r_reference_camera", root / "utils" / "camera_utils.py")
+    camera = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(camera)
+    return layers, camera
+
+
+class ReferenceSpa3R(nn.Module):
+    """The reference's encoder and decoder (its own modules) at the sizes of a Spa3R config, run as its
+    ``Spa3R.forward`` runs them: ``[queries ; tokens]`` with RoPE positions through the encoder, every view's
+    ``[latents ; ray tokens]`` with PRoPE through the decoder, then the heads and the depth probe."""
+
+    def __init__(self, layers, camera, config):
+        super().__init__()
+        dim, heads = config.hidden_size, config.num_attention_heads
+        hidden = int(dim * config.mlp_ratio)
+        self.camera, self.patch_size, self.num_queries = camera, config.patch_size, config.num_queries
+        self.position_getter = layers.PositionGetter()
+        self.projection = nn.Linear(config.backbone_hidden_size, dim)
+        self.query_embed = nn.Embedding(config.num_queries, dim)
+        self.pose_tokenizer = nn.Linear(3, dim)
+        common = dict(num_heads=heads, ffn_ratio=config.mlp_ratio, qk_norm=bool(config.qk_norm), num_register_tokens=config.num_register_tokens)
+        self.encoder = layers.Transformer(dim, depth=config.num_encoder_layers, **common)
+        self.decoder = layers.Transformer(dim, depth=config.num_decoder_layers, block_fn=partial(layers.Block, attn_layer=layers.PRoPEAttention), rope_freq=0, **common)
+        self.heads = nn.ModuleDict({name: layers.Mlp(dim, hidden_features=hidden, out_features=size) for name, size in config.target_heads.items()})
+        self.depth_prob = layers.Mlp(dim, hidden_features=hidden, out_features=1) if config.use_depth_probe else None
+
+    def encode(self, context_tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """``[B, Vc, N, C_backbone]`` -> latents ``[B, Q, C]``."""
+        x = self.projection(context_tokens)
+        batch, views, tokens, _ = x.shape
+        pos = self.position_getter(batch, grid[0], grid[1], device=x.device).reshape(batch, 1, tokens, 2)
+        query = self.query_embed.weight[None].expand(batch, -1, -1)
+        query_pos = torch.zeros_like(query[..., :2]).to(pos) - 1  # the Transformer adds 1
+        encoder_input = torch.cat([query, x.flatten(1, 2)], dim=1)
+        encoder_pos = torch.cat([query_pos, pos.expand(-1, views, -1, -1).flatten(1, 2)], dim=1)
+        return self.encoder(encoder_input, pos=encoder_pos)[:, : self.num_queries]
+
+    def decode(self, latents: torch.Tensor, extrinsics: torch.Tensor, intrinsics: torch.Tensor, image_size: tuple[int, int]) -> dict:
+        """Latents ``[B, Q, C]``, cameras ``[B, V, 4, 4]`` / ``[B, V, 3, 3]`` -> head outputs ``[B, V, N, C]``."""
+        height, width = image_size
+        grid_h, grid_w = height // self.patch_size, width // self.patch_size
+        batch, views = extrinsics.shape[:2]
+        tokens = grid_h * grid_w
+        cell_intrinsics = intrinsics.clone()
+        cell_intrinsics[..., :2, :] /= self.patch_size
+        rays = self.camera.get_camera_rays(cell_intrinsics, (grid_h, grid_w))  # [B, V, 3, h, w]
+        pose_cond = self.pose_tokenizer(rays.flatten(-2).transpose(-1, -2).flatten(0, 1))
+        pos = self.position_getter(batch, grid_h, grid_w, device=latents.device).reshape(batch, 1, tokens, 2)
+        query_pos = torch.zeros(batch, self.num_queries, 2, device=latents.device, dtype=pos.dtype) - 1
+        decoder_input = torch.cat([latents.repeat_interleave(views, dim=0), pose_cond], dim=1)
+        decoder_pos = torch.cat([query_pos.repeat_interleave(views, dim=0), pos.expand(-1, views, -1, -1).flatten(0, 1)], dim=1)
+        spatial_mask = torch.zeros(decoder_input.shape[1] + self.decoder.num_register_tokens, dtype=torch.bool, device=latents.device)
+        spatial_mask[-tokens:] = True
+        decoded = self.decoder(
+            decoder_input, pos=decoder_pos, viewmats=extrinsics.flatten(0, 1).unsqueeze(1), Ks=intrinsics.flatten(0, 1).unsqueeze(1),
+            spatial_mask=spatial_mask, patches_x=grid_w, patches_y=grid_h, image_width=width, image_height=height,
+        )  # fmt: skip
+        decoded = decoded[:, self.num_queries :].reshape(batch, views, tokens, -1)
+        field = {name: head(decoded) for name, head in self.heads.items()}
+        if self.depth_prob is not None:
+            field["depth"] = self.depth_prob(decoded.detach())
+        return field
+
+
+def measure_reference(reference_dir: str, cases: list, device: torch.device) -> dict[str, int]:
+    """Peaks of the encoder and decoder cases with the reference's modules (other workloads are not measured)."""
+    from common import peak_memory_bytes
+    from spa3r_workloads import random_field_batch, spa3r_config
+
+    layers, camera = load_reference(reference_dir)
+    peaks = {}
+    for name, workload, size, views, image_size in cases:
+        if workload not in REFERENCE_WORKLOADS:
+            continue
+        config = spa3r_config(size)
+        torch.manual_seed(0)
+        model = ReferenceSpa3R(layers, camera, config).to(device).eval()
+        data = random_field_batch(config, views, views, tuple(image_size), device)
+        if workload == "encoder":
+            def run(model=model, data=data):
+                with torch.no_grad():
+                    return model.encode(data.context_tokens, data.grid)
+        else:
+            latents = torch.randn(1, config.num_queries, config.hidden_size, generator=torch.Generator().manual_seed(1)).to(device)
+
+            def run(model=model, data=data, latents=latents):
+                with torch.no_grad():
+                    return model.decode(latents, data.extrinsics, data.intrinsics, data.image_size)
+        run()
+        peaks[name] = peak_memory_bytes(run, device)
+        del model, run
+    return peaks
+
+
+# ---------------------------------------------------------------------------------------------- benchmark
+
+
+def run_memory(args, device: torch.device) -> dict:
+    from common import format_table
+
+    cases = QUICK_CASES if args.quick else CASES
+    now = measure_cases(cases, device)
+    baseline, baseline_source = measure_revision(args.baseline, cases, device)
+    reference = measure_reference(args.reference_dir, cases, device) if args.reference_dir else None
+    rows = []
+    for name, workload, size, views, image_size in cases:
+        row = {"case": name, "workload": workload, "size": size, "views": views, "image_size": list(image_size), "now_bytes": now[name]}
+        for label, peaks in (("baseline", baseline), ("reference", reference)):
+            value = None if peaks is None else peaks.get(name)
+            row[f"{label}_bytes"] = value
+            row[f"now_over_{label}"] = now[name] / value if value else None
+        rows.append(row)
+
+    def ratio(value):
+        return "-" if value is None else f"{value:.3f}"
+
+    def mib(value):
+        return "-" if value is None else f"{value / MiB:.2f}"
+
+    print(f"Peak memory of one call on {device} (tensors created by the call, alive at once); baseline: {baseline_source}; "
+          f"reference: {args.reference_dir or 'not given (--reference-dir)'}")  # fmt: skip
+    table = format_table(
+        ["case", "views", "image", "now MiB", "baseline MiB", "now/baseline", "reference MiB", "now/reference"],
+        [[r["case"], r["views"], "x".join(map(str, r["image_size"])), mib(r["now_bytes"]), mib(r["baseline_bytes"]),
+          ratio(r["now_over_baseline"]), mib(r["reference_bytes"]), ratio(r["now_over_reference"])] for r in rows],
+    )  # fmt: skip
+    print(table)
+    return {"benchmark": "spa3r_memory", "baseline": baseline_source, "reference_dir": args.reference_dir, "rows": rows, "table": table}
+
+
+def _measure_main(argv: list[str]) -> None:
+    """Child-process entry: peaks of ``--cases`` with the package under ``--src``, as one JSON line on stdout."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--measure", action="store_true")
+    parser.add_argument("--src", required=True)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cases", required=True)
+    args = parser.parse_args(argv)
+    sys.path[:0] = [args.src, str(BENCH_DIR)]
+    torch.set_num_threads(args.threads)
+    import spa3_vlm
+
+    if not Path(spa3_vlm.__file__).resolve().is_relative_to(Path(args.src).resolve()):
+        raise SystemExit(f"imported {spa3_vlm.__file__}, not the package under {args.src}")
+    print(json.dumps(measure_cases(json.loads(args.cases), torch.device(args.device))))
+
+
+if __name__ == "__main__":
+    _measure_main(sys.argv[1:])
