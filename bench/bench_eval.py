@@ -143,7 +143,8 @@ def tiny_generator(device: torch.device):
 
 def run_mode(generator, samples, mode: str, args, folder: Path) -> tuple[float, dict]:
     """Seconds to answer every sample in ``mode``, and the answers by id."""
-    from spa3_vlm.evaluation.runner import read_predictions, run_generation
+    from spa3_vlm.evaluation.predictions import read_predictions
+    from spa3_vlm.evaluation.runner import run_generation
 
     output = folder / f"{mode}-{time.monotonic_ns()}.jsonl"
     batch = args.batch_size if mode == "grouped_batched" else 1
@@ -172,7 +173,7 @@ def stage_costs(generator, samples, args) -> dict:
 
 
 def measure(args, device: torch.device) -> dict:
-    from spa3_vlm.evaluation.runner import load_vsibench_samples
+    from spa3_vlm.evaluation.samples import load_vsibench_samples
 
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as folder:
         root = fake_vsibench(Path(folder) / "vsibench", args.scenes, args.questions, args.video_frames, tuple(args.video_size))

@@ -21,11 +21,9 @@ from eval_testing import (
 )
 from transformers import Qwen2_5_VLForConditionalGeneration
 
-from spa3_vlm.evaluation.runner import (
-    format_table,
-    load_synthrooms_qa_samples,
-    sample_frame_indices,
-)
+from spa3_vlm.evaluation.runner import format_table
+from spa3_vlm.evaluation.samples import load_synthrooms_qa_samples
+from spa3_vlm.processing_spa3_vlm import sample_frame_indices
 from spa3_vlm.evaluation.scoring import vsibench_scores
 from spa3_vlm.inference import (
     Spa3VLMGenerator,

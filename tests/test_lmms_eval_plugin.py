@@ -203,7 +203,8 @@ def vsibench_docs(vsibench_dir, samples):
 
 
 def test_generate_until_gives_the_runners_answers(lmms_eval, tiny_dir, vsibench_dir, tmp_path):
-    from spa3_vlm.evaluation.runner import load_vsibench_samples, main
+    from spa3_vlm.evaluation.runner import main
+    from spa3_vlm.evaluation.samples import load_vsibench_samples
 
     output = tmp_path / "runner.jsonl"
     assert main(["--model", str(tiny_dir), "--dataset", "vsibench", "--data_root", str(vsibench_dir), "--output",
@@ -231,7 +232,7 @@ def test_generate_until_gives_the_runners_answers(lmms_eval, tiny_dir, vsibench_
 
 
 def test_unsupported_requests_and_arguments_are_refused(lmms_eval, tiny_dir, vsibench_dir):
-    from spa3_vlm.evaluation.runner import load_vsibench_samples
+    from spa3_vlm.evaluation.samples import load_vsibench_samples
 
     cls = import_class(importlib.import_module(PLUGIN).CLASS_PATH)
     with pytest.raises(ValueError, match=r"unknown model_args \['max_frames_num'\] for spa3_vlm"):

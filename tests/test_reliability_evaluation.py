@@ -24,7 +24,8 @@ from spa3_vlm.evaluation import (
     parse_numeric_prediction,
     vsibench_scores,
 )
-from spa3_vlm.evaluation.runner import load_synthrooms_qa_samples, read_predictions
+from spa3_vlm.evaluation.predictions import read_predictions
+from spa3_vlm.evaluation.samples import load_synthrooms_qa_samples
 from spa3_vlm.inference import Spa3VLMGenerator
 
 # ---------------------------------------------------------------------------------------------- metric

@@ -20,7 +20,9 @@ geometry tensors are dropped), so a Spa3-VLM and its Qwen2.5-VL baseline see ide
 comes from the checkpoint's ``config.json`` ``model_type`` (``spa3_vlm``, ``spa3_vlm_qwen3``, ``qwen2_5_vl`` or
 ``qwen3_vl``).
 
-Answers come from :class:`~spa3_vlm.inference.Spa3VLMGenerator`, the package's one generation path (also the
+The questions come from :mod:`~spa3_vlm.evaluation.samples`, the predictions file is
+:mod:`~spa3_vlm.evaluation.predictions`, the metric :mod:`~spa3_vlm.evaluation.scoring`. Answers come from
+:class:`~spa3_vlm.inference.Spa3VLMGenerator`, the package's one generation path (also the
 lmms-eval plugin's, SFT evaluation's, the Space's and ``spa3-vlm ask``'s), so every path produces the same text
 for the same frames and prompt.
 """
@@ -34,475 +36,58 @@ import os
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
-import PIL.Image
-
 from ..inference import DEFAULT_MAX_NEW_TOKENS, DTYPES, Spa3VLMGenerator
-from ..processing_spa3_vlm import sample_frame_indices
 from ..vsibench import (
     NUMERICAL_TYPES,
     PARSING_MODES,
-    QUESTION_TYPES,
     TASK_ORDER,
-    build_vsibench_prompt,
     normalize_answer,
     option_letters,
     parse_numeric_prediction,
+)
+from .predictions import (
+    check_against_dataset,
+    describe_lines,
+    read_predictions,
+    rewrite_predictions,
+)
+from .samples import (
+    DEFAULT_NUM_FRAMES,
+    VSIBENCH_HUB_ID,
+    EvalSample,
+    id_key,
+    load_synthrooms_qa_samples,
+    load_vsibench_samples,
+    missing_videos,
+    scoring_record,
 )
 from .scoring import vsibench_scores
 
 __all__ = [
     "DATASETS",
-    "DEFAULT_NUM_FRAMES",
-    "EvalSample",
     "LMMS_EVAL_MAX_PIXELS",
     "LMMS_EVAL_MIN_PIXELS",
-    "PredictionFile",
     "RunReport",
     "build_parser",
     "format_table",
-    "frames_from_visuals",
-    "load_synthrooms_qa_samples",
-    "load_vsibench_records",
-    "load_vsibench_samples",
     "main",
-    "missing_videos",
-    "read_predictions",
     "run_generation",
     "scene_groups",
-    "sample_frame_indices",
     "score_predictions",
-    "validate_records",
 ]
 
-DEFAULT_NUM_FRAMES = 32
 # lmms-eval's Qwen2.5-VL wrapper defaults, in effect in the reference evaluation (spec section 11).
 LMMS_EVAL_MIN_PIXELS = 256 * 28 * 28
 LMMS_EVAL_MAX_PIXELS = 1605632
-VSIBENCH_HUB_ID = "nyu-visionx/VSI-Bench"
 DATASETS = ("vsibench", "synthrooms-qa")
-REQUIRED_FIELDS = ("id", "question_type", "question", "ground_truth")
 
 
 def _log_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------------------------------------- frames
-
-
-def frames_from_visuals(visuals: Any, num_frames: int = DEFAULT_NUM_FRAMES) -> list[PIL.Image.Image]:
-    """What an lmms-eval doc gives (a video path, images, or a list of them) -> the frames shown to the model.
-
-    A video (file or frame folder) is sampled to ``num_frames`` with the reference rule; images are kept as
-    they are, in order. One video per question, as in VSI-Bench; mixing videos with more visuals is refused.
-    """
-    from ..video import load_video_frames
-
-    items = list(visuals) if isinstance(visuals, (list, tuple)) else [visuals]
-    if not items:
-        raise ValueError("the request has no visuals; VSI-Bench questions need the scene video (one path)")
-    videos = [item for item in items if isinstance(item, (str, os.PathLike))]
-    if videos:
-        if len(items) != 1:
-            raise ValueError(
-                f"expected one video path per question, got {len(videos)} path(s) among {len(items)} visuals"
-            )
-        return load_video_frames(videos[0], num_frames)
-    frames = []
-    for index, item in enumerate(items):
-        if isinstance(item, PIL.Image.Image):
-            frames.append(item.convert("RGB"))
-        elif isinstance(item, np.ndarray) and item.ndim == 3:
-            frames.append(PIL.Image.fromarray(item).convert("RGB"))
-        else:
-            raise ValueError(
-                f"visual #{index} is a {type(item).__name__}; expected a video path, a PIL image or an HxWx3 array"
-            )
-    return frames
-
-
-# ---------------------------------------------------------------------------------------------- data
-
-
-@dataclass(frozen=True)
-class EvalSample:
-    """One question: its VSI-Bench record, the prompt text, and how to get its frames.
-
-    ``load_frames(num_frames)`` returns the frames shown to the model (sampled with the reference rule).
-    ``video`` is the video path for VSI-Bench (``None`` for SynthRooms-QA, whose frames are in the dataset).
-    """
-
-    record: Mapping[str, Any]
-    prompt: str
-    load_frames: Callable[[int], list]
-    video: Optional[str] = None
-
-    @property
-    def id(self):
-        return _id_key(self.record["id"])
-
-
-def _id_key(value: Any):
-    """Ids are str or int (VSI-Bench uses ints); numpy ints become Python ints so JSON round-trips match."""
-    if isinstance(value, bool):
-        raise ValueError(f"id must be a string or an int, got {value!r}")
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, str):
-        return value
-    raise ValueError(f"id must be a string or an int, got {value!r}")
-
-
-def validate_records(records: Sequence[Mapping[str, Any]], source: str, fields: Sequence[str] = REQUIRED_FIELDS) -> None:
-    """Check a dataset before any generation: fields, known question types, unique ids, well-formed answers."""
-    if not records:
-        raise ValueError(f"{source}: no records")
-    for index, record in enumerate(records):
-        if not isinstance(record, Mapping):
-            raise ValueError(f"{source}: record #{index} is a {type(record).__name__}, expected a mapping")
-        missing = [name for name in fields if name not in record or record[name] is None]
-        if missing:
-            raise ValueError(f"{source}: record #{index} (id {record.get('id')!r}) lacks field(s) {missing}")
-        try:
-            _id_key(record["id"])
-        except ValueError as error:
-            raise ValueError(f"{source}: record #{index}: {error}") from None
-    unknown = Counter(record["question_type"] for record in records if record["question_type"] not in QUESTION_TYPES)
-    if unknown:
-        raise ValueError(
-            f"{source}: {sum(unknown.values())} record(s) have unknown question types {dict(unknown)}; expected "
-            f"one of {list(QUESTION_TYPES)}"
-        )
-    counts = Counter(_id_key(record["id"]) for record in records)
-    duplicates = [record_id for record_id, count in counts.items() if count > 1]
-    if duplicates:
-        raise ValueError(f"{source}: {len(duplicates)} id(s) occur more than once, e.g. {duplicates[:5]}")
-    # Options / ground-truth formats: the metric's own validation on empty predictions.
-    try:
-        vsibench_scores([_scoring_record(record, None) for record in records])
-    except ValueError as error:
-        raise ValueError(f"{source}: {error}") from None
-
-
-def _scoring_record(record: Mapping[str, Any], prediction: Optional[str]) -> dict:
-    return {
-        "id": _id_key(record["id"]),
-        "question_type": record["question_type"],
-        "ground_truth": record["ground_truth"],
-        "options": record.get("options"),
-        "prediction": prediction,
-    }
-
-
-def _prompt(record: Mapping[str, Any]) -> str:
-    options = record.get("options")
-    if record["question_type"] in NUMERICAL_TYPES:
-        options = None  # VSI-Bench stores null/empty options for numerical questions
-    return build_vsibench_prompt(record["question"], record["question_type"], options)
-
-
-def _read_records_file(path: Path) -> list[dict]:
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    if suffix == ".jsonl":
-        records = []
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if line.strip():
-                    try:
-                        records.append(json.loads(line))
-                    except json.JSONDecodeError as error:
-                        raise ValueError(f"{path}: line {number} is not valid JSON ({error})") from None
-        return records
-    if suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
-        return data
-    raise ValueError(f"{path}: unsupported records file type {suffix!r}; expected .parquet, .jsonl or .json")
-
-
-def _find_records_files(root: Path, split: str) -> list[Path]:
-    """Local VSI-Bench record files: ``<split>-*.parquet`` (the Hub layout), else ``*.parquet`` / ``*.jsonl``."""
-    for folder in (root, root / "full", root / "data"):
-        if not folder.is_dir():
-            continue
-        for pattern in (f"{split}-*.parquet", f"{split}.parquet", f"{split}*.jsonl"):
-            found = sorted(folder.glob(pattern))
-            if found:
-                return found
-    for pattern in ("*.parquet", "*.jsonl"):
-        found = sorted(root.glob(pattern))
-        if len(found) > 1:
-            raise ValueError(
-                f"{root} holds several record files {[p.name for p in found]} and none is named {split}-*: pass "
-                "--records FILE"
-            )
-        if found:
-            return found
-    return []
-
-
-def load_vsibench_records(
-    data_root: Optional[str] = None,
-    records_path: Optional[str] = None,
-    split: str = "test",
-    hub_config: str = "full",
-) -> tuple[list[dict], str]:
-    """VSI-Bench records and where they came from.
-
-    Order of preference: ``records_path`` (parquet / jsonl / json); record files in ``data_root``
-    (``test-00000-of-00001.parquet`` as on the Hub, also under ``full/`` or ``data/``); else
-    ``datasets.load_dataset("nyu-visionx/VSI-Bench", hub_config, split=split)`` (needs the Hub).
-    """
-    if records_path is not None:
-        path = Path(records_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"records file not found: {path}")
-        return _read_records_file(path), str(path)
-    if data_root is not None:
-        root = Path(data_root)
-        if not root.is_dir():
-            raise FileNotFoundError(f"--data_root folder not found: {root}")
-        files = _find_records_files(root, split)
-        if files:
-            return [record for path in files for record in _read_records_file(path)], ", ".join(map(str, files))
-    try:
-        import datasets
-
-        dataset = datasets.load_dataset(VSIBENCH_HUB_ID, hub_config, split=split)
-    except Exception as error:  # offline, no access, unknown config: all mean "no records"
-        raise ValueError(
-            f"no VSI-Bench record file under {data_root!r} and {VSIBENCH_HUB_ID} ({hub_config}/{split}) could not be "
-            f"loaded ({type(error).__name__}: {error}); put test-00000-of-00001.parquet in --data_root or pass "
-            "--records FILE"
-        ) from error
-    columns = [c for c in dataset.column_names if c in (*REQUIRED_FIELDS, "options", "dataset", "scene_name")]
-    return dataset.select_columns(columns).to_list(), f"{VSIBENCH_HUB_ID}:{hub_config}/{split}"
-
-
-def _video_loader(path: str) -> Callable[[int], list]:
-    def load(num_frames: int) -> list:
-        from ..video import load_video_frames
-
-        return load_video_frames(path, num_frames)
-
-    return load
-
-
-def load_vsibench_samples(
-    data_root: Optional[str],
-    records_path: Optional[str] = None,
-    split: str = "test",
-    hub_config: str = "full",
-) -> tuple[list[EvalSample], str]:
-    """VSI-Bench questions with their videos at ``<data_root>/<dataset>/<scene_name>.mp4``."""
-    if data_root is None:
-        raise ValueError(
-            "--data_root is required for vsibench: the folder holding the videos as <dataset>/<scene_name>.mp4 "
-            "(arkitscenes/, scannet/, scannetpp/ unpacked from the dataset's zip files)"
-        )
-    records, source = load_vsibench_records(data_root, records_path, split, hub_config)
-    validate_records(records, source, fields=(*REQUIRED_FIELDS, "dataset", "scene_name"))
-    root = Path(data_root)
-    samples = []
-    for record in records:
-        video = str(root / str(record["dataset"]) / f"{record['scene_name']}.mp4")
-        samples.append(EvalSample(record=record, prompt=_prompt(record), load_frames=_video_loader(video), video=video))
-    return samples, source
-
-
-def missing_videos(samples: Iterable[EvalSample]) -> list[str]:
-    """Video paths of ``samples`` that do not exist (checked once per video)."""
-    paths = sorted({sample.video for sample in samples if sample.video is not None})
-    return [path for path in paths if not os.path.isfile(path)]
-
-
-def _dataset_frames(images_column, row: int) -> Callable[[int], list]:
-    def load(num_frames: int) -> list:
-        images = images_column[row]["images"]
-        if not images:
-            raise ValueError(f"SynthRooms-QA row {row} has no frames")
-        return [images[index].convert("RGB") for index in sample_frame_indices(len(images), num_frames)]
-
-    return load
-
-
-def load_synthrooms_qa_samples(
-    data_root: Optional[str] = None,
-    split: str = "test",
-    *,
-    num_scenes: int = 8,
-    frames_per_scene: int = 8,
-    image_size: tuple[int, int] = (84, 112),
-    seed: int = 0,
-    per_scene: Optional[int] = 10,
-    cache_dir: Optional[str] = None,
-) -> tuple[list[EvalSample], str]:
-    """SynthRooms-QA questions, frames from the dataset's ``images`` column.
-
-    ``data_root``: a folder written by ``Dataset.save_to_disk`` (a ``DatasetDict`` is indexed by ``split``);
-    without it the split is generated with :func:`~spa3_vlm.data.synthrooms_qa.build_synthrooms_qa` (cached).
-    """
-    import datasets
-
-    if data_root is not None:
-        if not Path(data_root).is_dir():
-            raise FileNotFoundError(f"--data_root folder not found: {data_root}")
-        dataset = datasets.load_from_disk(data_root)
-        if isinstance(dataset, datasets.DatasetDict):
-            if split not in dataset:
-                raise ValueError(f"{data_root} has splits {list(dataset)}, not {split!r}; pass --split")
-            dataset = dataset[split]
-        source = f"{data_root} ({split})"
-    else:
-        from ..data.synthrooms_qa import build_synthrooms_qa
-
-        dataset = build_synthrooms_qa(
-            num_scenes, frames_per_scene, tuple(image_size), seed, split, per_scene=per_scene, cache_dir=cache_dir
-        )
-        source = (
-            f"SynthRooms-QA {split} (scenes={num_scenes}, frames={frames_per_scene}, image_size={tuple(image_size)}, "
-            f"seed={seed}, per_scene={per_scene})"
-        )
-    if "images" not in dataset.column_names:
-        raise ValueError(f"{source}: the dataset has no 'images' column (columns: {dataset.column_names})")
-    record_columns = [c for c in dataset.column_names if c in (*REQUIRED_FIELDS, "options", "dataset", "scene_name")]
-    records = dataset.select_columns(record_columns).to_list()
-    validate_records(records, source)
-    images_column = dataset.select_columns(["images"])
-    samples = [
-        EvalSample(record=record, prompt=_prompt(record), load_frames=_dataset_frames(images_column, row))
-        for row, record in enumerate(records)
-    ]
-    return samples, source
-
-
-# ---------------------------------------------------------------------------------------------- predictions file
-
-
-@dataclass
-class PredictionFile:
-    """A predictions JSONL as read back: valid lines by id, and what was wrong with the others.
-
-    ``invalid_lines``: ``(line number, reason)`` of lines that are not a JSON object with a string or int ``id``
-    and a string ``prediction`` (e.g. a partial write from a crash). ``duplicate_lines``: later lines repeating
-    an id with the same prediction. ``needs_rewrite``: the file should be rewritten without those lines
-    (also when it does not end with a newline, so the next append starts on a fresh line).
-    """
-
-    path: Path
-    predictions: dict = field(default_factory=dict)
-    invalid_lines: list = field(default_factory=list)
-    duplicate_lines: list = field(default_factory=list)
-    needs_rewrite: bool = False
-
-
-def _check_prediction_line(data: Any) -> Optional[str]:
-    """Why a parsed line is not a usable prediction, or ``None``."""
-    if not isinstance(data, dict):
-        return f"expected a JSON object, got {type(data).__name__}"
-    if "id" not in data:
-        return "no 'id'"
-    try:
-        _id_key(data["id"])
-    except ValueError as error:
-        return str(error)
-    if "prediction" not in data:
-        return "no 'prediction'"
-    if not isinstance(data["prediction"], str):
-        return f"prediction must be a string, got {type(data['prediction']).__name__} {data['prediction']!r}"
-    if "question_type" in data and not isinstance(data["question_type"], str):
-        return f"question_type must be a string, got {data['question_type']!r}"
-    return None
-
-
-def read_predictions(path: str | os.PathLike) -> PredictionFile:
-    """Read a predictions JSONL, tolerating broken lines (reported in the result, never silently used).
-
-    Raises ``ValueError`` when two lines give the same id different predictions (which one is right?).
-    """
-    path = Path(path)
-    result = PredictionFile(path=path)
-    if not path.exists():
-        return result
-    raw = path.read_bytes()
-    for number, line in enumerate(raw.split(b"\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            result.invalid_lines.append((number, f"not valid JSON ({type(error).__name__})"))
-            continue
-        reason = _check_prediction_line(data)
-        if reason is not None:
-            result.invalid_lines.append((number, reason))
-            continue
-        key = _id_key(data["id"])
-        previous = result.predictions.get(key)
-        if previous is not None:
-            if previous["prediction"] != data["prediction"] or previous.get("question_type") != data.get("question_type"):
-                raise ValueError(
-                    f"{path}: id {key!r} appears twice with different answers (line {number}: {data['prediction']!r} vs "
-                    f"{previous['prediction']!r}); remove one of them"
-                )
-            result.duplicate_lines.append(number)
-            continue
-        result.predictions[key] = data
-    result.needs_rewrite = bool(result.invalid_lines or result.duplicate_lines or (raw and not raw.endswith(b"\n")))
-    return result
-
-
-def _rewrite_predictions(path: Path, lines: Iterable[Mapping[str, Any]]) -> None:
-    """Atomically replace ``path`` by ``lines`` (temporary file + rename: a crash leaves one of the two)."""
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        for line in lines:
-            handle.write(json.dumps(line, ensure_ascii=False) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
-def _check_against_dataset(
-    predictions: Mapping[Any, Mapping], question_types: Mapping[Any, Optional[str]], path: Path
-) -> None:
-    """Refuse a predictions file made for another dataset: unknown ids, or ids whose question type differs.
-
-    ``question_types``: id -> question type for every id of the dataset (``None``: not checked).
-    """
-    unknown = [key for key in predictions if key not in question_types]
-    if unknown:
-        raise ValueError(
-            f"{path} holds {len(unknown)} prediction(s) whose ids are not in the dataset (e.g. {unknown[:5]}): it was "
-            "written for another dataset or split; use another --output or remove those lines"
-        )
-    mismatched = [
-        key
-        for key, line in predictions.items()
-        if question_types[key] is not None and "question_type" in line and line["question_type"] != question_types[key]
-    ]
-    if mismatched:
-        key = mismatched[0]
-        raise ValueError(
-            f"{path}: {len(mismatched)} prediction(s) have a question_type that differs from the dataset's (e.g. id "
-            f"{key!r}: {predictions[key]['question_type']!r} vs {question_types[key]!r}); the file belongs to another "
-            "version of the dataset"
-        )
-
-
-def _describe_lines(lines: Sequence[tuple[int, str]], limit: int = 5) -> str:
-    shown = "; ".join(f"line {number}: {reason}" for number, reason in lines[:limit])
-    return shown + (f"; ... ({len(lines) - limit} more)" if len(lines) > limit else "")
 
 
 # ---------------------------------------------------------------------------------------------- generation
@@ -558,7 +143,7 @@ def _in_sample_order(output_path: Path, samples: Sequence[EvalSample]) -> None:
     keys = list(written.predictions)
     ordered = sorted(keys, key=lambda key: (key not in position, position.get(key, 0)))
     if ordered != keys or written.needs_rewrite:
-        _rewrite_predictions(output_path, [written.predictions[key] for key in ordered])
+        rewrite_predictions(output_path, [written.predictions[key] for key in ordered])
 
 
 def run_generation(
@@ -592,20 +177,20 @@ def run_generation(
     if not isinstance(num_frames, int) or isinstance(num_frames, bool) or num_frames < 1:
         raise ValueError(f"num_frames must be a positive int, got {num_frames!r}")
     output_path = Path(output_path)
-    question_types: dict[Any, Optional[str]] = {_id_key(key): None for key in (known_ids or ())}
+    question_types: dict[Any, Optional[str]] = {id_key(key): None for key in (known_ids or ())}
     question_types.update({sample.id: sample.record["question_type"] for sample in samples})
     existing = read_predictions(output_path)
-    _check_against_dataset(existing.predictions, question_types, output_path)
+    check_against_dataset(existing.predictions, question_types, output_path)
     if existing.invalid_lines:
         log(
             f"warning: {output_path}: dropped {len(existing.invalid_lines)} unreadable line(s) "
-            f"({_describe_lines(existing.invalid_lines)}); their questions are answered again"
+            f"({describe_lines(existing.invalid_lines)}); their questions are answered again"
         )
     if existing.duplicate_lines:
         duplicates = existing.duplicate_lines
         log(f"warning: {output_path}: dropped {len(duplicates)} duplicate line(s) {duplicates[:10]}")
     if existing.needs_rewrite:
-        _rewrite_predictions(output_path, existing.predictions.values())
+        rewrite_predictions(output_path, existing.predictions.values())
 
     pending = [sample for sample in samples if sample.id not in existing.predictions]
     already_done = len(samples) - len(pending)
@@ -705,7 +290,7 @@ def score_predictions(
         # lmms-eval strips generate_until outputs before the task scores them (ConfigurableTask.process_results);
         # the file keeps the raw text.
         prediction = None if line is None else line["prediction"].strip()
-        records.append(_scoring_record(sample.record, prediction))
+        records.append(scoring_record(sample.record, prediction))
         if prediction is not None:
             kind = _answer_kind_errors(sample.record, prediction, parsing)
             if kind is not None:
@@ -892,10 +477,10 @@ def _evaluate(args, generator, log: Callable[[str], None]) -> dict[str, Any]:
     written = read_predictions(output)
     if written.invalid_lines:
         raise ValueError(
-            f"{output} has {len(written.invalid_lines)} unreadable line(s) ({_describe_lines(written.invalid_lines)}); "
+            f"{output} has {len(written.invalid_lines)} unreadable line(s) ({describe_lines(written.invalid_lines)}); "
             "rerun without --score_only to answer those questions again"
         )
-    _check_against_dataset(written.predictions, {sample.id: sample.record["question_type"] for sample in samples}, output)
+    check_against_dataset(written.predictions, {sample.id: sample.record["question_type"] for sample in samples}, output)
     metrics = score_predictions(
         selected, written.predictions, parsing=args.parsing, allow_missing=args.allow_missing, source=str(output)
     )

@@ -28,7 +28,7 @@ from lmms_eval.api.model import lmms
 from lmms_eval.api.registry import register_model
 
 from ....inference import DEFAULT_MAX_NEW_TOKENS, Spa3VLMGenerator
-from ...runner import DEFAULT_NUM_FRAMES, frames_from_visuals
+from ...samples import DEFAULT_NUM_FRAMES, frames_from_visuals
 from .. import CLASS_NAME, MODEL_NAME
 
 __all__ = ["Spa3VLM"]
