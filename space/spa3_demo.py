@@ -349,6 +349,7 @@ def _load_vlm(spec: ModelSpec) -> VLMBundle:
 
 def _load_field_model(spec: ModelSpec) -> "FieldBundle":
     from spa3_vlm import Spa3RConfig, Spa3RForFieldPrediction, Spa3RImageProcessor
+    from spa3_vlm.field_view import load_field_model
 
     target = device()
     if spec.kind == "random":
@@ -356,26 +357,19 @@ def _load_field_model(spec: ModelSpec) -> "FieldBundle":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_SEED)
             model = Spa3RForFieldPrediction(Spa3RConfig.from_pretrained(folder))
-        spec, random_weights = ModelSpec("random", SPA3R_TINY_CONFIG), True
-    else:
-        try:
-            source = _hub_snapshot(spec.source, "spa3r") if spec.kind == "hub" else spec.source
-            model, info = Spa3RForFieldPrediction.from_pretrained(source, output_loading_info=True)
-        except (OSError, ValueError, KeyError) as err:
-            raise ValueError(f"Could not load a Spa3R field model from {spec.label}: {err}") from err
-        missing = [k for k in info["missing_keys"] if k.split(".")[0] in ("decoder", "heads", "pose_tokenizer")]
-        if missing:
-            raise ValueError(
-                f"{spec.label} has no field decoder weights (missing {missing[:3]}...): the See tab needs a "
-                "Spa3RForFieldPrediction checkpoint such as train/pretrain_psfm.py saves, not an encoder-only Spa3RModel."
-            )
-        random_weights = False
-    config = model.config
-    if config.vggt_config is None:
-        raise ValueError(f"{spec.label} has no VGGT backbone (vggt_config is None): it cannot encode images.")
-    width = int(config.vggt_config.image_size)
-    processor = Spa3RImageProcessor(target_width=width, max_height=width, patch_size=config.patch_size)
-    return FieldBundle(spec, model.to(target).eval(), processor, random_weights)
+        config = model.config
+        if config.vggt_config is None:
+            raise ValueError(f"{SPA3R_TINY_CONFIG} has no VGGT backbone (vggt_config is None): it cannot encode images.")
+        width = int(config.vggt_config.image_size)
+        processor = Spa3RImageProcessor(target_width=width, max_height=width, patch_size=config.patch_size)
+        return FieldBundle(ModelSpec("random", SPA3R_TINY_CONFIG), model.to(target).eval(), processor, True)
+    try:
+        source = _hub_snapshot(spec.source, "spa3r") if spec.kind == "hub" else spec.source
+        # The package's loader: refuses encoder-only checkpoints and models without a backbone, saying why.
+        model, processor = load_field_model(source, device=target)
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"Could not load a Spa3R field model from {spec.label}: {err}") from err
+    return FieldBundle(spec, model, processor, False)
 
 
 VLM_CACHE = _ModelCache(_load_vlm)
