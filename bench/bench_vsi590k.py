@@ -219,6 +219,10 @@ def main(argv=None) -> dict:
             names[(source, workers)]: DataLoader(
                 dataset, batch_size=args.batch_size, sampler=order, collate_fn=keep_rows, num_workers=workers,
                 persistent_workers=workers > 0,
+                # Spawned, not forked: a worker forked from this process (which has run PyAV's decoder threads and
+                # torch's pools) can hang joining a thread it never had (seen with torch 2.9); the rows' transform
+                # pickles as its settings, and persistent workers pay the start-up once.
+                multiprocessing_context="spawn" if workers > 0 else None,
             )
             for source, dataset in (("decode", plain), ("frame cache", cached))
             for workers in (0, args.workers)

@@ -97,7 +97,7 @@ def test_psfm_pre_training_runs_compiled_through_the_trainer(tmp_path):
 
 
 def test_slice_bounds_match_python_slices():
-    from spa3_vlm.modeling_spa3r import contiguous_slice_bounds
+    from spa3_vlm.modeling_geometry import contiguous_slice_bounds
 
     for rows in (slice(None), slice(0, 3), slice(3, None), slice(-4, None), slice(2, -1), slice(-20, 50), slice(5, 2), slice(None, None, 1)):
         for length in (0, 4, 7):

@@ -125,6 +125,22 @@ def invert_rigid(transform: torch.Tensor) -> torch.Tensor:
     return inverse
 
 
+def contiguous_slice_bounds(rows: slice, length) -> tuple:
+    """``rows.indices(length)[:2]`` for a step-1 slice. Unlike ``slice.indices`` it accepts a symbolic ``length``
+    without fixing it to a constant, so that ``torch.compile`` keeps one graph for every view count."""
+    if rows.step not in (None, 1):
+        raise ValueError(f"output_rows must be a contiguous slice, got {rows}")
+
+    def bound(value, default):
+        if value is None:
+            return default
+        if value < 0:
+            value = value + length
+        return min(max(value, 0), length)
+
+    return bound(rows.start, 0), bound(rows.stop, length)
+
+
 def relative_to_first(extrinsics: torch.Tensor) -> torch.Tensor:
     """World-to-camera ``[..., V, 4, 4]`` -> the same cameras in view 0's frame (``E_i inv(E_0)``; view 0 becomes
     the identity), the frame VGGT predicts cameras in and Spa3R's decoder reads them in."""
@@ -311,9 +327,9 @@ class ProjectiveRoPE:
         if rows is not None:
             if sequence_length is None:
                 raise ValueError("transform_output(rows=...) needs the full sequence_length")
-            start, stop, step = rows.indices(sequence_length)
+            start, stop = contiguous_slice_bounds(rows, sequence_length)
             first_spatial = sequence_length - self.num_spatial_tokens
-            if step != 1 or not (stop <= first_spatial or (stop == sequence_length and start <= first_spatial)):
+            if not (stop <= first_spatial or (stop == sequence_length and start <= first_spatial)):
                 raise ValueError(
                     f"PRoPE output rows {start}:{stop} of {sequence_length} must hold no spatial token or all "
                     f"{self.num_spatial_tokens} (the last ones)"

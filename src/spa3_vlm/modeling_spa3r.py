@@ -31,7 +31,7 @@ from .modeling_common import (
     check_finite_tensors,
     patch_grid_positions,
 )
-from .modeling_geometry import ProjectiveRoPE, camera_rays, plucker_rays, to_homogeneous
+from .modeling_geometry import ProjectiveRoPE, camera_rays, contiguous_slice_bounds, plucker_rays, to_homogeneous
 from .modeling_vggt import VGGTModel, check_pixel_values, context_first_order, gather_views, imagenet_normalize
 
 
@@ -85,22 +85,6 @@ class Spa3RTransformer(nn.Module):
         if not self.blocks:
             x = x[:, last_rows]
         return self.norm(x)
-
-
-def contiguous_slice_bounds(rows: slice, length) -> tuple:
-    """``rows.indices(length)[:2]`` for a step-1 slice. Unlike ``slice.indices`` it accepts a symbolic ``length``
-    without fixing it to a constant, so that ``torch.compile`` keeps one graph for every view count."""
-    if rows.step not in (None, 1):
-        raise ValueError(f"output_rows must be a contiguous slice, got {rows}")
-
-    def bound(value, default):
-        if value is None:
-            return default
-        if value < 0:
-            value = value + length
-        return min(max(value, 0), length)
-
-    return bound(rows.start, 0), bound(rows.stop, length)
 
 
 def ray_codes(
