@@ -36,18 +36,11 @@ QUICK_CASES = [("encoder", "tiny", 2, (28, 28))]
 
 def region_functions(workload: str, size: str, views: int, image_size: tuple[int, int], device: torch.device):
     """``(model, eager callable, compiled callable)`` computing the same output tensor."""
-    from spa3r_memory import vggt_config
     from common import autocast
-    from spa3r_workloads import build_model, random_field_batch, spa3r_config
-
-    from spa3_vlm import VGGTModel
+    from spa3r_workloads import aggregator_case, build_model, random_field_batch, spa3r_config
 
     if workload == "aggregator":
-        torch.manual_seed(0)
-        config = vggt_config(size)
-        model = VGGTModel(config).to(device).eval()
-        images = torch.rand(1, views, 3, *image_size, generator=torch.Generator().manual_seed(0)).to(device)
-        keep = {config.num_hidden_layers - 1}
+        model, images, keep = aggregator_case(size, views, image_size, device)
         compiled = torch.compile(model.aggregator, fullgraph=True)
 
         def call(aggregator):

@@ -62,36 +62,12 @@ REFERENCE_WORKLOADS = ("encoder", "decoder")
 # ---------------------------------------------------------------------------------------------- the cases
 
 
-def vggt_config(size: str):
-    """The aggregator of ``size``: the tiny backbone, the mid one, or VGGT-1B's layer shape (width 1024, 16 heads,
-    DINOv2 patch embedding) with 2 + 2 aggregator and 2 patch-embedding layers: a forward's peak is set by one
-    block's working set, not by the depth (only the last layer's output is kept, as Spa3R asks)."""
-    from spa3r_workloads import HUB_CONFIGS, mid_vggt_config, spa3r_config
-
-    from spa3_vlm import VGGTConfig
-
-    if size == "mid":
-        return mid_vggt_config()
-    if size == "1b-shaped":
-        values = VGGTConfig.from_pretrained(HUB_CONFIGS / "vggt-1b").to_dict()
-        values.update(num_hidden_layers=2, patch_embed_num_layers=2, use_camera_head=False, use_depth_head=False,
-                      use_point_head=False, use_track_head=False, dpt_intermediate_layers=[0, 1, 1, 1])  # fmt: skip
-        return VGGTConfig.from_dict(values)
-    return spa3r_config(size, with_backbone=True).vggt_config
-
-
 def case_workload(workload: str, size: str, views: int, image_size: tuple[int, int], device: torch.device):
     """``(model, callable)`` for one case; the model is returned so that it outlives the measurement."""
-    from spa3r_workloads import build_model, decoder_forward, encoder_forward, random_field_batch, spa3r_config, train_step
+    from spa3r_workloads import aggregator_case, build_model, decoder_forward, encoder_forward, random_field_batch, spa3r_config, train_step
 
     if workload == "aggregator":
-        from spa3_vlm import VGGTModel
-
-        torch.manual_seed(0)
-        config = vggt_config(size)
-        model = VGGTModel(config).to(device).eval()
-        images = torch.rand(1, views, 3, *image_size, generator=torch.Generator().manual_seed(0)).to(device)
-        last = {config.num_hidden_layers - 1}
+        model, images, last = aggregator_case(size, views, image_size, device)
 
         def run():
             with torch.no_grad():

@@ -216,3 +216,30 @@ def random_images(batch: int, views: int, image_size: tuple[int, int], device: t
 def random_view_mask(config: Spa3RConfig, batch: int, views: int, device: torch.device, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return sample_view_mask(batch, views, config.mask_ratio, generator=generator).to(device)
+
+
+def vggt_config(size: str):
+    """The aggregator of ``size``: the tiny backbone, the mid one, or VGGT-1B's layer shape (width 1024, 16 heads,
+    DINOv2 patch embedding) with 2 + 2 aggregator and 2 patch-embedding layers: a forward's peak is set by one
+    block's working set, not by the depth (only the last layer's output is kept, as Spa3R asks)."""
+    from spa3_vlm import VGGTConfig
+
+    if size == "mid":
+        return mid_vggt_config()
+    if size == "1b-shaped":
+        values = VGGTConfig.from_pretrained(HUB_CONFIGS / "vggt-1b").to_dict()
+        values.update(num_hidden_layers=2, patch_embed_num_layers=2, use_camera_head=False, use_depth_head=False,
+                      use_point_head=False, use_track_head=False, dpt_intermediate_layers=[0, 1, 1, 1])  # fmt: skip
+        return VGGTConfig.from_dict(values)
+    return spa3r_config(size, with_backbone=True).vggt_config
+
+def aggregator_case(size: str, views: int, image_size: tuple[int, int], device: torch.device):
+    """``(VGGTModel of size, images [1, V, 3, H, W], {last layer})``: the aggregator workload of the memory and
+    compile benchmarks (only the last layer's output is kept, as Spa3R asks)."""
+    from spa3_vlm import VGGTModel
+
+    torch.manual_seed(0)
+    config = vggt_config(size)
+    model = VGGTModel(config).to(device).eval()
+    images = torch.rand(1, views, 3, *image_size, generator=torch.Generator().manual_seed(0)).to(device)
+    return model, images, {config.num_hidden_layers - 1}
