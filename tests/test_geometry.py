@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -76,6 +77,16 @@ def test_closed_form_inverses():
     g = torch.Generator().manual_seed(2)
     transform = random_rigid(10, g)
     assert torch.allclose(invert_rigid(transform), torch.linalg.inv(transform), atol=1e-5)
+    # The renderer's numpy cameras go through the same function and come back as numpy, exact in float64.
+    as_numpy = torch.eye(4, dtype=torch.float64).repeat(10, 1, 1)
+    as_numpy[:, :3, :3] = quaternion_to_matrix(torch.randn(10, 4, dtype=torch.float64, generator=g))
+    as_numpy[:, :3, 3] = torch.randn(10, 3, dtype=torch.float64, generator=g)
+    as_numpy = as_numpy.numpy()
+    inverse = invert_rigid(as_numpy)
+    assert type(inverse) is type(as_numpy) and inverse.dtype == as_numpy.dtype
+    assert abs(inverse @ as_numpy - np.eye(4)).max() < 1e-12
+    with pytest.raises(ValueError, match=r"must be \[\.\.\., 4, 4\], got shape \(10, 3, 4\)"):
+        invert_rigid(transform[:, :3])
     intrinsics = torch.tensor([[[300.0, 0, 40], [0, 250, 30], [0, 0, 1]]])
     assert torch.allclose(invert_intrinsics(intrinsics), torch.linalg.inv(intrinsics), atol=1e-6)
     assert to_homogeneous(transform[:, :3]).equal(transform)

@@ -13,7 +13,6 @@ from spa3_vlm.data import (
     Light,
     Scene,
     SynthRoomsConfig,
-    extrinsics_relative_to_first,
     generate_scene,
     intrinsics_from_fov,
     load_synthrooms,
@@ -25,6 +24,7 @@ from spa3_vlm.data import (
     render_scene_frames,
     scene_seed,
 )
+from spa3_vlm.modeling_geometry import relative_to_first
 
 TINY = (84, 112)
 ODD = (49, 65)  # odd sizes: the centre pixel's ray is exactly the optical axis
@@ -321,7 +321,7 @@ def test_projected_part_centres_hit_their_object_unless_occluded(scenes):
 
 def test_relative_to_first_frame_is_identity_and_preserves_projection(scenes):
     scene = scenes[0]
-    relative = extrinsics_relative_to_first(scene.extrinsics)
+    relative = relative_to_first(scene.extrinsics)
     np.testing.assert_allclose(relative[0], np.eye(4), atol=1e-12)
     rotation = relative[:, :3, :3]
     np.testing.assert_allclose(rotation @ rotation.transpose(0, 2, 1), np.broadcast_to(np.eye(3), rotation.shape), atol=1e-12)
@@ -333,7 +333,7 @@ def test_relative_to_first_frame_is_identity_and_preserves_projection(scenes):
     np.testing.assert_allclose(z_rel, z_world, atol=1e-10)
     # Torch tensors and a leading batch dimension work the same way.
     batch = torch.as_tensor(np.stack([scene.extrinsics, scenes[1].extrinsics]))
-    relative_t = extrinsics_relative_to_first(batch)
+    relative_t = relative_to_first(batch)
     np.testing.assert_allclose(relative_t[0].numpy(), relative, atol=1e-12)
     np.testing.assert_allclose(relative_t[:, 0].numpy(), np.broadcast_to(np.eye(4), (2, 4, 4)), atol=1e-12)
 

@@ -115,7 +115,14 @@ def to_homogeneous(extrinsics: torch.Tensor) -> torch.Tensor:
 
 
 def invert_rigid(transform: torch.Tensor) -> torch.Tensor:
-    """Closed-form inverse of rigid ``[..., 4, 4]`` transforms: ``[Rᵀ | -Rᵀt]``."""
+    """Closed-form inverse of rigid ``[..., 4, 4]`` transforms: ``[Rᵀ | -Rᵀt]``.
+
+    Also takes a numpy array (the renderer's cameras) and returns one, exact in float64.
+    """
+    if not isinstance(transform, torch.Tensor):
+        return invert_rigid(torch.as_tensor(transform)).numpy()
+    if tuple(transform.shape[-2:]) != (4, 4):
+        raise ValueError(f"rigid transforms must be [..., 4, 4], got shape {tuple(transform.shape)}")
     rotation_t = transform[..., :3, :3].transpose(-1, -2)
     translation = transform[..., :3, 3:]
     inverse = torch.zeros_like(transform)
@@ -143,7 +150,10 @@ def contiguous_slice_bounds(rows: slice, length) -> tuple:
 
 def relative_to_first(extrinsics: torch.Tensor) -> torch.Tensor:
     """World-to-camera ``[..., V, 4, 4]`` -> the same cameras in view 0's frame (``E_i inv(E_0)``; view 0 becomes
-    the identity), the frame VGGT predicts cameras in and Spa3R's decoder reads them in."""
+    the identity), the frame VGGT predicts cameras in and Spa3R's decoder reads them in. Torch or numpy in, the
+    same out."""
+    if extrinsics.ndim < 3 or extrinsics.shape[-3] < 1:
+        raise ValueError(f"extrinsics must be [..., V, 4, 4] with V >= 1, got shape {tuple(extrinsics.shape)}")
     return extrinsics @ invert_rigid(extrinsics[..., :1, :, :])
 
 

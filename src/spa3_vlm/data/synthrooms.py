@@ -6,7 +6,7 @@ camera walk at eye height. Views are ray-cast (:func:`render`) into RGB, z-depth
 
 World frame: z up, room = ``[0, w] x [0, d] x [0, h]``. Cameras: world->camera 4x4 extrinsics with
 OpenCV axes, pixel intrinsics with the principal point at the image centre (the VGGT conventions);
-:func:`extrinsics_relative_to_first` re-expresses them in frame 0's camera frame as VGGT predicts them.
+``modeling_geometry.relative_to_first`` re-expresses them in frame 0's camera frame as VGGT predicts them.
 See :mod:`.synthrooms_scene` for the object frame and size conventions.
 
 Dataset columns built by :func:`load_synthrooms` (one row per scene, V = ``frames_per_scene``):
@@ -43,9 +43,7 @@ from .synthrooms_scene import (
     check_image_size,
     check_range,
     check_seed,
-    extrinsics_relative_to_first,
     intrinsics_from_fov,
-    invert_extrinsics,
     look_extrinsics,
     make_object,
     points_to_first_camera,
@@ -62,10 +60,8 @@ __all__ = [
     "SceneObject",
     "SynthRoomsConfig",
     "SPLITS",
-    "extrinsics_relative_to_first",
     "generate_scene",
     "intrinsics_from_fov",
-    "invert_extrinsics",
     "load_synthrooms",
     "look_extrinsics",
     "make_object",

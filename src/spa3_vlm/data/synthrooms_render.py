@@ -14,7 +14,8 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from .synthrooms_scene import PATTERNS, SHAPES, Scene, check_image_size, invert_extrinsics
+from ..modeling_geometry import invert_rigid
+from .synthrooms_scene import PATTERNS, SHAPES, Scene, check_image_size
 
 _SHAPE_CODE = {name: i for i, name in enumerate(SHAPES)}
 _PATTERN_CODE = {name: i for i, name in enumerate(PATTERNS)}
@@ -424,7 +425,7 @@ def render(
         raise ValueError("extrinsics must be rigid: their 3x3 rotation block is not orthonormal")
     if (intrinsics[:, 0, 0] <= 0).any() or (intrinsics[:, 1, 1] <= 0).any():
         raise ValueError("intrinsics must have positive focal lengths fx, fy")
-    centers = invert_extrinsics(extrinsics)[:, :3, 3]
+    centers = invert_rigid(extrinsics)[:, :3, 3]
     room = np.asarray(scene.room_size)
     if (centers <= 0).any() or (centers >= room).any():
         raise ValueError(f"every camera centre must be inside the room (0, 0, 0)-{tuple(room)}, got {centers.tolist()}")

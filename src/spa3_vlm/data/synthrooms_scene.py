@@ -229,42 +229,6 @@ def look_extrinsics(center: np.ndarray, yaw: float, pitch: float, roll: float = 
     return extrinsics
 
 
-def _backend(array):
-    if isinstance(array, np.ndarray):
-        return np
-    import torch
-
-    if isinstance(array, torch.Tensor):
-        return torch
-    raise TypeError(f"expected a numpy array or torch tensor, got {type(array).__name__}")
-
-
-def invert_extrinsics(extrinsics):
-    """Closed-form inverse ``[R^T | -R^T t]`` of rigid ``[..., 4, 4]`` transforms (numpy or torch)."""
-    xp = _backend(extrinsics)
-    if tuple(extrinsics.shape[-2:]) != (4, 4):
-        raise ValueError(f"extrinsics must be [..., 4, 4], got shape {tuple(extrinsics.shape)}")
-    rotation_t = extrinsics[..., :3, :3].swapaxes(-1, -2)
-    translation = -(rotation_t @ extrinsics[..., :3, 3:])
-    inverse = xp.zeros_like(extrinsics)
-    inverse[..., :3, :3] = rotation_t
-    inverse[..., :3, 3:] = translation
-    inverse[..., 3, 3] = 1.0
-    return inverse
-
-
-def extrinsics_relative_to_first(extrinsics):
-    """Re-express ``[..., V, 4, 4]`` world->camera extrinsics in frame 0's camera frame.
-
-    Returns ``E_i @ inv(E_0)`` (maps frame-0 camera coordinates to camera i), so frame 0 becomes the
-    identity, which is the frame VGGT predicts cameras in. Points go along with
-    :func:`points_to_first_camera`.
-    """
-    if extrinsics.ndim < 3 or extrinsics.shape[-3] < 1:
-        raise ValueError(f"extrinsics must be [..., V, 4, 4] with V >= 1, got shape {tuple(extrinsics.shape)}")
-    return extrinsics @ invert_extrinsics(extrinsics[..., :1, :, :])
-
-
 def points_to_first_camera(points, extrinsics):
     """World points ``[..., N, 3]`` -> frame-0 camera coordinates, given ``[..., V, 4, 4]`` extrinsics."""
     first = extrinsics[..., 0, :, :]
