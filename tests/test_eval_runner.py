@@ -115,6 +115,44 @@ def test_scene_grouping_gives_the_same_answers_with_one_decode_and_encoder_run_p
     assert read_jsonl(grouped) == read_jsonl(single) and [line["id"] for line in read_jsonl(grouped)] == list(range(6))
 
 
+def test_latent_cache_dir_keeps_scene_latents_across_runs(spa3_dir, vsibench_dir, tmp_path, capsys):
+    generator = Spa3VLMGenerator.from_pretrained(str(spa3_dir), device="cpu")
+    encoded = []
+    generator.model.spa3r.register_forward_hook(lambda module, args, output: encoded.append(output.latents.shape[0]))
+    cache = tmp_path / "latents"
+    common = ["--limit", "6", "--batch_size", "2", "--latent_cache_dir", cache]
+    first, second, plain = tmp_path / "first.jsonl", tmp_path / "second.jsonl", tmp_path / "plain.jsonl"
+    assert run_main(vsibench_args(vsibench_dir, first, *common), generator=generator) == 0
+    assert encoded == [1, 1]  # two videos, each encoded once and stored
+    (store,) = (cache / "spa3r_scene_latents").iterdir()
+    assert len(list(store.glob("*.safetensors"))) == 2 and not list(store.glob(".*"))  # no staging files left
+    assert "0 scene(s) read" in capsys.readouterr().err
+    # A new run (a fresh predictions file) reads both scenes and never runs Spa3R; answers equal a run without cache.
+    assert run_main(vsibench_args(vsibench_dir, second, *common), generator=generator) == 0
+    assert encoded == [1, 1] and "2 scene(s) read" in capsys.readouterr().err
+    assert run_main(vsibench_args(vsibench_dir, plain, "--limit", "6", "--batch_size", "2"), generator=generator) == 0
+    assert read_jsonl(first) == read_jsonl(second) == read_jsonl(plain)
+
+    # Other encoder weights: another store, nothing stale is read.
+    weight = next(generator.model.spa3r.parameters())
+    saved = weight.detach().clone()
+    with torch.no_grad():
+        weight.add_(0.5)
+    encoded.clear()
+    assert run_main(vsibench_args(vsibench_dir, tmp_path / "changed.jsonl", *common), generator=generator) == 0
+    assert encoded == [1, 1] and len(list((cache / "spa3r_scene_latents").iterdir())) == 2
+
+    # A damaged entry is named, not silently used or recomputed.
+    entry = next(store.glob("*.safetensors"))
+    entry.write_bytes(entry.read_bytes()[:40])
+    with torch.no_grad():
+        weight.copy_(saved)
+    assert run_main(vsibench_args(vsibench_dir, tmp_path / "broken.jsonl", *common), generator=generator) == 2
+    assert f"unreadable latent cache entry {entry}" in capsys.readouterr().err
+    assert run_main(vsibench_args(vsibench_dir, tmp_path / "x.jsonl", *common, "--no_scene_grouping"), generator=generator) == 2
+    assert "drop --no_scene_grouping" in capsys.readouterr().err
+
+
 def test_plain_qwen_checkpoint_is_loaded_by_model_type(qwen_dir, spa3_dir, vsibench_dir, tmp_path):
     output = tmp_path / "qwen.jsonl"
     assert run_main(["--model", qwen_dir, *vsibench_args(vsibench_dir, output, "--limit", "2", "--batch_size", "2")]) == 0

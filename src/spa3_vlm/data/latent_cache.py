@@ -23,6 +23,11 @@ reading one record of each (``num_workers`` DataLoader workers decode them).
 
 The fingerprint covers the distinct keys, a digest of the encoder's weights and the geometry preprocessing: a
 store is reused only for the same frame sets, encoder and preprocessing, whichever dataset asks.
+
+Evaluation meets its scenes one at a time and may stop at any point, so :class:`SceneLatentStore` keeps one file per
+frame set instead (``<cache_dir>/spa3r_scene_latents/<fingerprint>/<frames_key>.safetensors``, each written
+atomically, the fingerprint without the keys): a rerun or a resumed run reads a scene's latents instead of running
+the encoder again.
 """
 
 from __future__ import annotations
@@ -40,7 +45,14 @@ import torch
 
 from .row_transforms import add_row_transform, raw_column, row_columns
 
-__all__ = ["LATENT_CACHE_VERSION", "LatentLookup", "add_spatial_latents", "encoder_digest", "frames_key"]
+__all__ = [
+    "LATENT_CACHE_VERSION",
+    "LatentLookup",
+    "SceneLatentStore",
+    "add_spatial_latents",
+    "encoder_digest",
+    "frames_key",
+]
 
 # Part of the store fingerprint: bump whenever the stored latents would change for the same inputs.
 LATENT_CACHE_VERSION = 2
@@ -89,6 +101,15 @@ def encoder_digest(module: torch.nn.Module) -> str:
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
+
+
+def _store_settings(base, geometry) -> list:
+    """What the stored latents depend on besides the frames: format version, encoder weights, preprocessing."""
+    return [
+        LATENT_CACHE_VERSION,
+        encoder_digest(base.spa3r),
+        {k: v for k, v in geometry.to_dict().items() if k != "auto_map"},
+    ]
 
 
 def _base_model(model):
@@ -264,11 +285,7 @@ def add_spatial_latents(
     geometry = processor.geometry_image_processor
     spa3r_config = base.config.spa3r_config
     shape = (spa3r_config.num_queries, spa3r_config.hidden_size)
-    settings = [
-        LATENT_CACHE_VERSION,
-        encoder_digest(base.spa3r),
-        {k: v for k, v in geometry.to_dict().items() if k != "auto_map"},
-    ]
+    settings = _store_settings(base, geometry)
     if key_column not in dataset.column_names:
         source = json.dumps([getattr(dataset, "_fingerprint", None), images_column, key_column], default=str)
         fingerprint = "frames-key-" + hashlib.sha256(source.encode()).hexdigest()[:32]
@@ -294,3 +311,57 @@ def add_spatial_latents(
         _write_store(directory, dataset, list(first_rows.values()), base, geometry, shape, images_column, key_column,
                      batch_size, num_workers, desc)  # fmt: skip
     return add_row_transform(dataset, LatentLookup(directory, key_column, latents_column))
+
+
+class SceneLatentStore:
+    """Spa3R latents ``[1, Q, C]`` of single frame sets on disk, one file per :func:`frames_key`, added as scenes are
+    encoded (module docstring). ``get`` / ``put``; ``hits`` and ``misses`` count the lookups.
+
+    Args:
+        cache_dir: the store's parent folder.
+        model: the Spa3-VLM (or its PEFT wrapper) whose frozen ``spa3r`` encoder computes the latents.
+        processor: its ``Spa3VLMProcessor`` (the geometry preprocessing is part of the fingerprint).
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike, model, processor):
+        settings = _store_settings(_base_model(model), processor.geometry_image_processor)
+        fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:32]
+        self.directory = os.path.join(os.path.abspath(os.fspath(cache_dir)), "spa3r_scene_latents", fingerprint)
+        os.makedirs(self.directory, exist_ok=True)
+        self.hits = self.misses = 0
+
+    def _path(self, key: str) -> str:
+        if not (isinstance(key, str) and key and all(c in "0123456789abcdef" for c in key)):
+            raise ValueError(f"not a frames_key (a hex digest): {key!r}")
+        return os.path.join(self.directory, f"{key}.safetensors")
+
+    def get(self, key: str) -> Optional[torch.Tensor]:
+        """The stored latents of ``key`` (float32, CPU), or ``None`` when it has no entry yet."""
+        from safetensors.torch import load_file
+
+        path = self._path(key)
+        if not os.path.isfile(path):
+            self.misses += 1
+            return None
+        try:
+            latents = load_file(path)["latents"]
+        except Exception as error:  # safetensors raises several types for a truncated or foreign file
+            raise ValueError(f"unreadable latent cache entry {path} ({error}); delete it to recompute it") from error
+        self.hits += 1
+        return latents
+
+    def put(self, key: str, latents: torch.Tensor) -> None:
+        """Store ``latents`` ``[1, Q, C]`` under ``key``, atomically (a reader never sees half a file)."""
+        from safetensors.torch import save_file
+
+        path = self._path(key)
+        if latents.ndim != 3 or latents.shape[0] != 1:
+            raise ValueError(f"scene latents must be [1, Q, C], got {tuple(latents.shape)}")
+        handle, staging = tempfile.mkstemp(prefix=f".{key}.", dir=self.directory)
+        os.close(handle)
+        try:
+            save_file({"latents": latents.detach().float().cpu().contiguous()}, staging)
+            os.replace(staging, path)
+        finally:
+            if os.path.exists(staging):
+                os.remove(staging)

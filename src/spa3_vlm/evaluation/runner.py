@@ -128,11 +128,24 @@ def scene_groups(samples: Sequence[EvalSample], num_frames: int) -> list[tuple[l
     return list(groups.values())
 
 
-def _scene_latents(generator, frames: list):
-    """The frame set's Spa3R latents ``[1, Q, C]``, once for all its questions; ``None`` for generators without them
-    (plain Qwen, stand-ins)."""
+def _scene_latents(generator, frames: list, store=None):
+    """The frame set's Spa3R latents ``[1, Q, C]``, once for all its questions: read from ``store`` (a
+    :class:`~spa3_vlm.data.latent_cache.SceneLatentStore`) when it has them, else computed (and stored). ``None`` for
+    generators without them (plain Qwen, stand-ins)."""
     encode = getattr(generator, "encode_scene", None)
-    return encode(frames) if callable(encode) else None
+    if not callable(encode):
+        return None
+    if store is None:
+        return encode(frames)
+    from ..data.latent_cache import frames_key
+
+    key = frames_key(frames)
+    latents = store.get(key)
+    if latents is None:
+        latents = encode(frames)
+        if latents is not None:
+            store.put(key, latents)
+    return latents
 
 
 def _in_sample_order(output_path: Path, samples: Sequence[EvalSample]) -> None:
@@ -157,6 +170,7 @@ def run_generation(
     progress: bool = True,
     log: Callable[[str], None] = _log_stderr,
     group_by_scene: bool = True,
+    latent_store=None,
 ) -> RunReport:
     """Answer every sample not yet in ``output_path``, appending one JSON line per answer (flushed to disk).
 
@@ -169,6 +183,8 @@ def run_generation(
     ``spatial_latents``; the same latents the model would compute from the frames) and its questions batched
     ``batch_size`` at a time. The file then fills in scene order and is put back in the samples' order at the end;
     an interrupted run resumes by id either way. ``False``: one question after another, frames loaded per question.
+    ``latent_store`` (a :class:`~spa3_vlm.data.latent_cache.SceneLatentStore`, grouped runs only) keeps each frame
+    set's latents across runs: a rerun or a resumed run reads them instead of running Spa3R again.
     """
     from tqdm.auto import tqdm
 
@@ -207,7 +223,7 @@ def run_generation(
                 yield [sample.load_frames(num_frames) for sample in batch], batch, None
             return
         for frames, members in scene_groups(pending, num_frames):
-            latents = _scene_latents(generator, frames)
+            latents = _scene_latents(generator, frames, latent_store)
             for start in range(0, len(members), batch_size):
                 batch = members[start : start + batch_size]
                 expanded = None if latents is None else latents.expand(len(batch), *latents.shape[1:])
@@ -373,6 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="answer questions one batch after another in dataset order, loading frames and running Spa3R per question "
         "(default: per scene, frames and Spa3R once per video; the same answers)",
     )
+    parser.add_argument(
+        "--latent_cache_dir",
+        help="keep each scene's Spa3R latents here (one file per frame set and encoder): a rerun or resumed run reads "
+        "them instead of running Spa3R again (with scene grouping)",
+    )
     parser.add_argument("--num_frames", type=int, default=DEFAULT_NUM_FRAMES)
     parser.add_argument("--max_new_tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
     parser.add_argument("--min_pixels", type=int, help="Qwen-branch pixel budget per frame (default: the processor's)")
@@ -457,6 +478,14 @@ def _evaluate(args, generator, log: Callable[[str], None]) -> dict[str, Any]:
                 min_pixels=args.min_pixels,
                 max_pixels=args.max_pixels,
             )
+        latent_store = None
+        if args.latent_cache_dir:
+            if args.no_scene_grouping:
+                raise ValueError("--latent_cache_dir stores latents per scene: drop --no_scene_grouping to use it")
+            if getattr(generator, "takes_geometry", False):
+                from ..data.latent_cache import SceneLatentStore
+
+                latent_store = SceneLatentStore(args.latent_cache_dir, generator.model, generator.processor)
         report = run_generation(
             generator,
             selected,
@@ -467,8 +496,14 @@ def _evaluate(args, generator, log: Callable[[str], None]) -> dict[str, Any]:
             progress=not args.no_progress,
             log=log,
             group_by_scene=not args.no_scene_grouping,
+            latent_store=latent_store,
         )
         log(f"answered {report.generated} question(s), {report.already_done} already in {output}")
+        if latent_store is not None:
+            log(
+                f"Spa3R latents: {latent_store.hits} scene(s) read from {latent_store.directory}, "
+                f"{latent_store.misses} computed and stored"
+            )
         if hasattr(generator, "settings"):
             settings.update(generator.settings())
     elif not output.is_file():
