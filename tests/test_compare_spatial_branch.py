@@ -33,6 +33,9 @@ def test_arms_start_from_the_same_qwen_and_the_pretrained_spa3r(spa3r_folder):
     source = Spa3RForFieldPrediction.from_pretrained(spa3r_folder).spa3r.state_dict()
     assert all(torch.equal(v, source[k]) for k, v in spatial.spa3r.state_dict().items())
     assert not torch.equal(control.spa3r.projection.weight, spatial.spa3r.projection.weight)
+    # The Spa3-VLM arms start from one adapter: they differ only by their Spa3R.
+    adapter = {k: v for k, v in spatial.state_dict().items() if compare_spatial_branch.parameter_group(k) == "adapter"}
+    assert adapter and all(torch.equal(control.state_dict()[k], v) for k, v in adapter.items())
 
     processor = Spa3VLMProcessor.from_pretrained(REPO / "hub_configs" / "spa3-vlm-tiny")
     frames = [Image.new("RGB", (70, 56), (40 * k, 90, 200 - 30 * k)) for k in range(3)]
@@ -48,15 +51,29 @@ def test_arms_start_from_the_same_qwen_and_the_pretrained_spa3r(spa3r_folder):
 
 def test_minimal_comparison_writes_the_table(spa3r_folder, tmp_path, capsys):
     result = compare_spatial_branch.main([
-        "--spa3r_name_or_path", str(spa3r_folder), "--output_dir", str(tmp_path), "--num_train_scenes", "2",
-        "--num_eval_scenes", "1", "--frames_per_scene", "4", "--questions_per_scene", "4", "--max_steps", "2",
-        "--batch_size", "4", "--max_new_tokens", "2", "--random_spa3r_control", "false",
+        "--spa3r_name_or_path", str(spa3r_folder), "--output_dir", str(tmp_path), "--quick",
+        "--spa3r_variants", f"again={spa3r_folder}", "--random_spa3r_control", "false",
         "--data_cache_dir", str(tmp_path / "data"),
     ])  # fmt: skip
     written = json.loads((tmp_path / "compare_spatial_branch.json").read_text())
     assert written["task_order"] == list(TASK_ORDER)
+    assert written["args"]["max_steps"] == 2 and written["args"]["num_eval_scenes"] == 1  # --quick's settings
     arms = written["runs"]["0"]
-    assert set(arms) == {"qwen2.5-vl (no spatial branch)", "spa3-vlm (pre-trained Spa3R)"}
+    assert set(arms) == {"qwen2.5-vl (no spatial branch)", "spa3-vlm (pre-trained Spa3R)", "spa3-vlm (again)"}
+    # The variant arm has the same Spa3R, weights, data and seed as the main arm: the same run, the same numbers.
+    again, main_arm = arms.pop("spa3-vlm (again)"), arms["spa3-vlm (pre-trained Spa3R)"]
+    assert again["predictions"] == main_arm["predictions"] and again["held_out_answer_loss"] == main_arm["held_out_answer_loss"]
+    paired = written["paired_difference_to_plain"]
+    assert set(paired) == {"spa3-vlm (pre-trained Spa3R)", "spa3-vlm (again)"}
+    assert paired["spa3-vlm (again)"] == paired["spa3-vlm (pre-trained Spa3R)"]
+    difference = paired["spa3-vlm (again)"]
+    assert difference["difference"] == pytest.approx(main_arm["overall"] - arms["qwen2.5-vl (no spatial branch)"]["overall"])
+    assert difference["low"] <= difference["difference"] <= difference["high"] and difference["num_scenes"] == 1
+    assert written["overall_over_seeds"]["spa3-vlm (again)"]["std"] == 0.0  # one seed
+    prior = written["train_prior"]["tasks"]
+    assert {t: round(1 - prior[t], 9) for t in written["headroom"]} == {
+        t: round(room["train_prior"], 9) for t, room in written["headroom"].items()
+    }
     for arm in arms.values():
         assert len(arm["predictions"]) == written["num_held_out_questions"] > 0 and 0.0 <= arm["overall"] <= 1.0
         assert arm["held_out_answer_loss"] > 0
@@ -65,5 +82,7 @@ def test_minimal_comparison_writes_the_table(spa3r_folder, tmp_path, capsys):
     assert result["spa3_minus_qwen"][0]["overall"] == pytest.approx(
         arms["spa3-vlm (pre-trained Spa3R)"]["overall"] - arms["qwen2.5-vl (no spatial branch)"]["overall"]
     )
-    header = [line for line in capsys.readouterr().out.splitlines() if line.startswith("arm")][0]
+    printed = capsys.readouterr().out
+    assert "spa3-vlm (again): " in printed and "headroom below the ceiling" in printed
+    header = [line for line in printed.splitlines() if line.startswith("arm")][0]
     assert header.split()[1:] == ["overall", "count", "abs-dist", "obj-size", "room-size", "rel-dist", "rel-dir", "route", "appear", "ans-loss"]

@@ -12,9 +12,16 @@ which separates "pre-trained spatial field" from "extra adapter parameters".
     python train/compare_spatial_branch.py                                  # Spa3R from runs/spa3r-tiny
     python train/compare_spatial_branch.py --spa3r_name_or_path <folder> --seeds 0,1,2 --random_spa3r_control
 
+More arms (--spa3r_variants): Spa3-VLMs on other pre-trained Spa3Rs, e.g. the paper's ablations pre-trained with
+train/pretrain_psfm.py --config_overrides (Plücker rays: '{"ray_encoding": "plucker"}'; mask ratio:
+'{"mask_ratio": 0.25}'), each named and compared like the main arm.
+
 Prints per-arm rows in the paper's column order (TASK_ORDER, x100) plus the held-out answer loss (teacher-forced
-NLL of the answer tokens: more sensitive than greedy accuracy at this size), the mean over --seeds and the per-seed
-Spa3-VLM - Qwen difference, and writes JSON (--output_json, default <output_dir>/compare_spatial_branch.json).
+NLL of the answer tokens: more sensitive than greedy accuracy at this size), mean and standard deviation over
+--seeds, each arm's paired difference to the plain model with a 95% interval from resampling held-out scenes
+(spa3_vlm.evaluation.statistics), and per task the headroom the train prior and the plain model leave below the
+ceiling (a task they nearly solve is answerable without the spatial branch). Writes JSON (--output_json, default
+<output_dir>/compare_spatial_branch.json). --quick: a smoke run of every arm in well under a minute.
 Defaults (one seed, two arms, 1000 steps of batch 8 on 64 training scenes) take about 7 minutes on an idle
 2-core CPU; --max_steps 250 --num_train_scenes 32 takes about 2 (too short for the spatial branch to matter).
 """
@@ -40,6 +47,7 @@ from spa3_vlm.configuration_spa3_vlm import Spa3VLMConfig, encoder_only_spa3r_co
 from spa3_vlm.data.latent_cache import add_spatial_latents
 from spa3_vlm.data.synthrooms_qa import build_synthrooms_qa
 from spa3_vlm.evaluation.scoring import vsibench_scores
+from spa3_vlm.evaluation.statistics import paired_scene_bootstrap
 from spa3_vlm.modeling_spa3_vlm import Spa3VLMForConditionalGeneration
 from spa3_vlm.processing_spa3_vlm import Spa3VLMProcessor
 from spa3_vlm.training.flags import at_least
@@ -85,6 +93,16 @@ class CompareArguments:
     random_spa3r_control: bool = field(
         default=False, metadata={"help": "Add the Spa3-VLM arm with a random Spa3R (control; ~3 more minutes)."}
     )
+    spa3r_variants: Optional[str] = field(
+        default=None,
+        metadata={"help": "More Spa3-VLM arms: comma-separated name=folder pairs of other pre-trained Spa3Rs (e.g. "
+                  "plucker=runs/spa3r-plucker,mask-0.25=runs/spa3r-mask25); each arm is 'spa3-vlm (<name>)'."},
+    )
+    bootstrap_resamples: int = field(default=2000, metadata={"help": "Scene-bootstrap draws per paired interval."})
+    quick: bool = field(
+        default=False,
+        metadata={"help": "Smoke run: 2 training scenes, 1 held-out scene, 2 steps (numbers mean nothing)."},
+    )
     data_cache_dir: Optional[str] = field(default=None, metadata={"help": "datasets cache folder (default HF_HOME)."})
     cpu_threads: int = field(
         default=1,
@@ -93,20 +111,58 @@ class CompareArguments:
     )
 
 
+PLAIN_ARM = "qwen2.5-vl (no spatial branch)"
+SPATIAL_ARM = "spa3-vlm (pre-trained Spa3R)"
+QUICK = {
+    "num_train_scenes": 2, "num_eval_scenes": 1, "frames_per_scene": 4, "questions_per_scene": 4, "max_steps": 2,
+    "batch_size": 4, "max_new_tokens": 2, "bootstrap_resamples": 50,
+}  # fmt: skip
+# A task where the train prior or the plain model leaves less than this below the ceiling is flagged.
+MIN_HEADROOM = 0.2
+
+
+def parse_variants(text: Optional[str]) -> dict[str, str]:
+    """``"a=path,b=path"`` -> ``{"a": "path", "b": "path"}``; ``ValueError`` naming a malformed or repeated entry."""
+    variants: dict[str, str] = {}
+    for entry in (text or "").split(","):
+        if not entry.strip():
+            continue
+        name, sep, path = (part.strip() for part in entry.partition("="))
+        if not sep or not name or not path:
+            raise ValueError(f"--spa3r_variants entries must be name=folder, got {entry.strip()!r}")
+        if name in variants:
+            raise ValueError(f"--spa3r_variants names {name!r} twice")
+        variants[name] = path
+    return variants
+
+
+def _missing_spa3r(path: str, what: str) -> Optional[str]:
+    if os.path.exists(os.path.join(path, "config.json")):
+        return None
+    return (
+        f"no pre-trained Spa3R at {path!r} ({what}; no config.json). Train one first: python "
+        f"train/pretrain_psfm.py --output_dir {path}"
+    )
+
+
 def flag_problems(args: CompareArguments) -> list[str]:
     """What is wrong with the flags, checked before any work (each entry names the flag, its value, what is allowed)."""
     problems = []
-    if not os.path.exists(os.path.join(args.spa3r_name_or_path, "config.json")):
-        problems.append(
-            f"no pre-trained Spa3R at {args.spa3r_name_or_path!r} (no config.json). Train one first: python "
-            f"train/pretrain_psfm.py --output_dir {args.spa3r_name_or_path}  (or pass --spa3r_name_or_path)"
-        )
+    missing = _missing_spa3r(args.spa3r_name_or_path, "--spa3r_name_or_path")
+    if missing:
+        problems.append(missing + "  (or pass --spa3r_name_or_path)")
+    try:
+        for name, path in parse_variants(args.spa3r_variants).items():
+            problems += [m for m in [_missing_spa3r(path, f"--spa3r_variants {name}")] if m]
+    except ValueError as error:
+        problems.append(str(error))
     for name in ("learning_rate", "adapter_lr"):
         value = getattr(args, name)
         if value is not None and not (math.isfinite(value) and value > 0):
             problems.append(f"--{name} must be a positive number, got {value}")
     problems += at_least(args, ["num_train_scenes", "num_eval_scenes", "frames_per_scene", "questions_per_scene",
-                                "image_height", "image_width", "max_steps", "batch_size", "max_new_tokens"], 1)
+                                "image_height", "image_width", "max_steps", "batch_size", "max_new_tokens",
+                                "bootstrap_resamples"], 1)
     problems += at_least(args, ["warmup_steps", "cpu_threads"], 0)
     try:
         if not [int(value) for value in args.seeds.split(",") if value.strip()]:
@@ -117,11 +173,12 @@ def flag_problems(args: CompareArguments) -> list[str]:
 
 
 def build_arm_models(args: CompareArguments, seed: int) -> dict[str, Spa3VLMForConditionalGeneration]:
-    """The arms' initial models, sharing every Qwen2.5-VL weight."""
+    """The arms' initial models, sharing every Qwen2.5-VL weight; the Spa3-VLM arms also share the adapter's initial
+    weights, so they differ only by their Spa3R."""
     set_seed(seed)
     plain = Spa3VLMForConditionalGeneration(Spa3VLMConfig.from_pretrained(args.config_name, spatial_branch=False))
     qwen_state = plain.state_dict()
-    models = {"qwen2.5-vl (no spatial branch)": plain}
+    models = {PLAIN_ARM: plain}
 
     def spatial(spa3r_path: Optional[str]):
         from spa3_vlm.configuration_spa3r import Spa3RConfig
@@ -137,9 +194,17 @@ def build_arm_models(args: CompareArguments, seed: int) -> dict[str, Spa3VLMForC
             raise RuntimeError(f"Qwen weights do not transfer: unexpected {unexpected[:5]}, missing groups {groups}")
         if spa3r_path is not None:
             load_spa3r_encoder(model, spa3r_path)
+        if adapter_state:
+            model.load_state_dict(adapter_state, strict=False)
+        else:
+            adapter_state.update({k: v for k, v in model.state_dict().items() if parameter_group(k) == "adapter"})
         return model
 
-    models["spa3-vlm (pre-trained Spa3R)"] = spatial(args.spa3r_name_or_path)
+    adapter_state: dict = {}
+
+    models[SPATIAL_ARM] = spatial(args.spa3r_name_or_path)
+    for name, path in parse_variants(args.spa3r_variants).items():
+        models[f"spa3-vlm ({name})"] = spatial(path)
     if args.random_spa3r_control:
         torch.manual_seed(seed + 1)
         models["spa3-vlm (random Spa3R)"] = spatial(None)
@@ -167,7 +232,7 @@ def train_arm(name, model, args: CompareArguments, seed: int, processor, train, 
     for param_name, param in model.named_parameters():
         if param.requires_grad:
             trainable[parameter_group(param_name)] += param.numel()
-    run_name = name.split(" ")[0] + ("-random" if "random" in name else "") + f"-seed{seed}"
+    run_name = "-".join("".join(c if c.isalnum() or c in ".-" else " " for c in name).split()) + f"-seed{seed}"
     config = SFTConfig(
         output_dir=os.path.join(args.output_dir, run_name),
         max_steps=args.max_steps,
@@ -243,6 +308,9 @@ def main(argv=None) -> dict:
     parser = HfArgumentParser(CompareArguments)
     argv = sys.argv[1:] if argv is None else list(argv)
     (args,) = parser.parse_args_into_dataclasses(argv)
+    if args.quick:
+        for name, value in QUICK.items():
+            setattr(args, name, value)
     problems = flag_problems(args)
     if problems:
         parser.error("; ".join(problems))  # one line and exit status 2: a user mistake, not a crash
@@ -285,8 +353,22 @@ def main(argv=None) -> dict:
 
     arms = list(runs[seeds[0]])
     mean_rows = {"train prior (no video)": prior_row}
+    spread, paired = {}, {}
+    records = held_out.select_columns(["id", "question_type", "scene_name"]).to_list()
+
+    def per_record_mean(name):
+        return {i: statistics.fmean(runs[seed][name]["scores"]["per_record"][i] for seed in seeds) for i in table_ids}
+
+    table_ids = [record["id"] for record in records]
+    plain_scores = per_record_mean(PLAIN_ARM)
     for name in arms:
         per_seed = [runs[seed][name] for seed in seeds]
+        overall = [r["scores"]["overall"] for r in per_seed]
+        spread[name] = {"mean": statistics.fmean(overall), "std": statistics.stdev(overall) if len(overall) > 1 else 0.0}
+        if name != PLAIN_ARM:
+            paired[name] = paired_scene_bootstrap(
+                records, per_record_mean(name), plain_scores, num_resamples=args.bootstrap_resamples, seed=0
+            )
         mean_rows[name] = {
             "scores": {
                 "overall": statistics.fmean(r["scores"]["overall"] for r in per_seed),
@@ -297,7 +379,15 @@ def main(argv=None) -> dict:
             },
             "held_out_answer_loss": statistics.fmean(r["held_out_answer_loss"] for r in per_seed),
         }
-    spatial_name, plain_name = "spa3-vlm (pre-trained Spa3R)", "qwen2.5-vl (no spatial branch)"
+    spatial_name, plain_name = SPATIAL_ARM, PLAIN_ARM
+    headroom = {
+        task: {
+            "train_prior": 1 - prior_row["scores"]["tasks"][task],
+            "plain": 1 - mean_rows[PLAIN_ARM]["scores"]["tasks"][task],
+        }
+        for task in TASK_ORDER
+        if task in prior_row["scores"]["tasks"] and task in mean_rows[PLAIN_ARM]["scores"]["tasks"]
+    }
     differences = {
         seed: {
             "overall": runs[seed][spatial_name]["scores"]["overall"] - runs[seed][plain_name]["scores"]["overall"],
@@ -316,6 +406,21 @@ def main(argv=None) -> dict:
         for seed, d in differences.items()
     )
     print(f"\nspa3-vlm - qwen2.5-vl per seed: {per_seed_text}")
+    print(f"\noverall x100 over {len(seeds)} seed(s), mean ± std; paired difference to {PLAIN_ARM} on the same "
+          f"questions (mean over seeds) with its {100 * 0.95:.0f}% interval from {args.bootstrap_resamples} "
+          f"resamples of the {args.num_eval_scenes} held-out scenes:")
+    for name in arms:
+        line = f"  {name}: {100 * spread[name]['mean']:.1f} ± {100 * spread[name]['std']:.1f}"
+        if name in paired:
+            p = paired[name]
+            line += f"; difference {100 * p['difference']:+.1f} [{100 * p['low']:+.1f}, {100 * p['high']:+.1f}]"
+        print(line)
+    flagged = [t for t, room in headroom.items() if min(room.values()) < MIN_HEADROOM]
+    print("\nheadroom below the ceiling (x100), train prior / plain model: " + ", ".join(
+        f"{t} {100 * room['train_prior']:.0f}/{100 * room['plain']:.0f}" for t, room in headroom.items()))
+    if flagged:
+        print(f"warning: {', '.join(flagged)}: less than {100 * MIN_HEADROOM:.0f} points below the ceiling without "
+              "the spatial branch; these tasks cannot show what it adds")
     result = {
         "benchmark": "compare_spatial_branch",
         # Repo-relative paths: the JSON is compared across machines.
@@ -330,6 +435,10 @@ def main(argv=None) -> dict:
             for name, row in mean_rows.items()
         },
         "spa3_minus_qwen": differences,
+        "overall_over_seeds": spread,
+        "paired_difference_to_plain": paired,
+        "headroom": headroom,
+        "flagged_tasks": flagged,
         "runs": {
             seed: {
                 name: {
@@ -339,6 +448,7 @@ def main(argv=None) -> dict:
                     "task_counts": row["scores"]["task_counts"],
                     "question_type_scores": row["scores"]["question_type_scores"],
                     "predictions": row["scores"].get("predictions"),
+                    "per_record": row["scores"]["per_record"],
                 }
                 for name, row in by_arm.items()
             }

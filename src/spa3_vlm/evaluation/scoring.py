@@ -45,7 +45,13 @@ from ..vsibench import (
     parse_numeric_prediction,
 )
 
-__all__ = ["MRA_THRESHOLDS", "mean_relative_accuracy", "multiple_choice_score", "vsibench_scores"]
+__all__ = [
+    "MRA_THRESHOLDS",
+    "aggregate_question_types",
+    "mean_relative_accuracy",
+    "multiple_choice_score",
+    "vsibench_scores",
+]
 
 # Built with the reference's own expression: int((0.95 - 0.5) / 0.05 + 2) is int(10.999…) = 10 points.
 # Kept as the exact float64 values of np.linspace so boundary cases round as in the reference
@@ -135,6 +141,32 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(np.asarray(values, dtype=np.float64)))
 
 
+def aggregate_question_types(
+    type_scores: Mapping[str, float], type_counts: Mapping[str, int]
+) -> tuple[dict[str, float], dict[str, int], float]:
+    """Mean score per raw question type -> ``(task scores, task counts, overall)`` as lmms-eval aggregates them:
+    the relative-direction task is the unweighted mean of its sub-types, overall the mean of the tasks present."""
+    directions = [qt for qt in DIRECTION_SUBTYPES if qt in type_scores]
+    task_scores: dict[str, float] = {}
+    task_counts: dict[str, int] = {}
+    for task in TASK_ORDER:
+        if task == DIRECTION_TASK:
+            if directions:
+                # Unweighted over sub-types, in easy/medium/hard order like the reference's sum(...) / 3.
+                task_scores[task] = sum(type_scores[qt] for qt in directions) / float(len(directions))
+                task_counts[task] = sum(type_counts[qt] for qt in directions)
+        elif task in type_scores:
+            task_scores[task] = type_scores[task]
+            task_counts[task] = type_counts[task]
+    if not task_scores:
+        raise ValueError("no question type to aggregate")
+    # The reference sums its output dict: types sorted by name (pandas groupby), the direction task last.
+    summation_order = sorted(t for t in task_scores if t != DIRECTION_TASK)
+    summation_order += [DIRECTION_TASK] if DIRECTION_TASK in task_scores else []
+    overall = sum(task_scores[t] for t in summation_order) / len(summation_order)
+    return task_scores, task_counts, overall
+
+
 def vsibench_scores(records: Iterable[Mapping[str, Any]], parsing: str = "lmms-eval-2024") -> dict[str, Any]:
     """Score VSI-Bench answers and aggregate them as lmms-eval does.
 
@@ -174,24 +206,7 @@ def vsibench_scores(records: Iterable[Mapping[str, Any]], parsing: str = "lmms-e
 
     type_scores = {qt: _mean(by_type[qt]) for qt in QUESTION_TYPES if qt in by_type}
     type_counts = {qt: len(by_type[qt]) for qt in QUESTION_TYPES if qt in by_type}
-    directions = [qt for qt in DIRECTION_SUBTYPES if qt in type_scores]
-
-    task_scores: dict[str, float] = {}
-    task_counts: dict[str, int] = {}
-    for task in TASK_ORDER:
-        if task == DIRECTION_TASK:
-            if directions:
-                # Unweighted over sub-types, in easy/medium/hard order like the reference's sum(...) / 3.
-                task_scores[task] = sum(type_scores[qt] for qt in directions) / float(len(directions))
-                task_counts[task] = sum(type_counts[qt] for qt in directions)
-        elif task in type_scores:
-            task_scores[task] = type_scores[task]
-            task_counts[task] = type_counts[task]
-
-    # The reference sums its output dict: types sorted by name (pandas groupby), the direction task last.
-    summation_order = sorted(t for t in task_scores if t != DIRECTION_TASK)
-    summation_order += [DIRECTION_TASK] if DIRECTION_TASK in task_scores else []
-    overall = sum(task_scores[t] for t in summation_order) / len(summation_order)
+    task_scores, task_counts, overall = aggregate_question_types(type_scores, type_counts)
 
     return {
         "overall": overall,

@@ -1,0 +1,92 @@
+"""How sure a VSI-Bench comparison is: the paired difference of two models' overall scores on the same questions,
+with a bootstrap interval that resamples scenes.
+
+Questions about one scene share its room and frames, so their scores are correlated; resampling questions would
+pretend they are independent and give too narrow an interval. Each bootstrap draw takes as many scenes as there
+are, with replacement, scores both models on the questions of the drawn scenes (a scene drawn twice counts twice)
+and aggregates them exactly as :func:`~spa3_vlm.evaluation.scoring.vsibench_scores` does (per question type, then
+per task, then the mean of the tasks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .scoring import aggregate_question_types
+
+__all__ = ["paired_scene_bootstrap"]
+
+
+def _overall(scores: np.ndarray, weights: np.ndarray, types: np.ndarray, type_names: list[str]) -> float:
+    """Overall score of per-question ``scores`` counted ``weights`` times (question types present only)."""
+    type_scores, type_counts = {}, {}
+    for code, name in enumerate(type_names):
+        mine = types == code
+        total = weights[mine].sum()
+        if total > 0:
+            type_scores[name] = float((scores[mine] * weights[mine]).sum() / total)
+            type_counts[name] = int(total)
+    return aggregate_question_types(type_scores, type_counts)[2]
+
+
+def paired_scene_bootstrap(
+    records: Sequence[Mapping[str, Any]],
+    scores_a: Mapping[Any, float],
+    scores_b: Mapping[Any, float],
+    *,
+    scene_key: str = "scene_name",
+    num_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Overall score of model a minus model b on the same questions, with a percentile interval over scenes.
+
+    Args:
+        records: one mapping per question with ``id``, ``question_type`` and ``scene_key``.
+        scores_a / scores_b: ``{id: score in [0, 1]}`` for every record (``vsibench_scores(...)["per_record"]``, or
+            its mean over training seeds).
+        num_resamples / confidence / seed: the bootstrap's draws, interval coverage and random seed.
+
+    Returns ``difference`` (on all questions), ``low`` / ``high`` (the interval), ``num_scenes``, ``num_questions``,
+    ``num_resamples``, ``confidence``. Scores stay in [0, 1] (multiply by 100 for points).
+    """
+    if not records:
+        raise ValueError("no records to compare")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if not isinstance(num_resamples, int) or num_resamples < 1:
+        raise ValueError(f"num_resamples must be a positive int, got {num_resamples!r}")
+    ids = [record["id"] for record in records]
+    for name, scores in (("scores_a", scores_a), ("scores_b", scores_b)):
+        missing = [i for i in ids if i not in scores]
+        if missing:
+            raise ValueError(f"{name} has no score for {len(missing)} record(s), e.g. {missing[:3]}")
+    type_names = sorted({record["question_type"] for record in records})
+    types = np.array([type_names.index(record["question_type"]) for record in records])
+    scene_names = sorted({str(record[scene_key]) for record in records})
+    scenes = np.array([scene_names.index(str(record[scene_key])) for record in records])
+    a = np.array([float(scores_a[i]) for i in ids])
+    b = np.array([float(scores_b[i]) for i in ids])
+
+    ones = np.ones(len(ids))
+    difference = _overall(a, ones, types, type_names) - _overall(b, ones, types, type_names)
+    generator = np.random.default_rng(seed)
+    draws = np.empty(num_resamples)
+    for k in range(num_resamples):
+        picked = np.bincount(generator.integers(0, len(scene_names), len(scene_names)), minlength=len(scene_names))
+        weights = picked[scenes].astype(np.float64)
+        draws[k] = _overall(a, weights, types, type_names) - _overall(b, weights, types, type_names)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(draws, [tail, 1 - tail])
+    return {
+        "difference": float(difference),
+        "low": float(low),
+        "high": float(high),
+        "num_scenes": len(scene_names),
+        "num_questions": len(ids),
+        "num_resamples": num_resamples,
+        "confidence": confidence,
+    }
