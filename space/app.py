@@ -29,7 +29,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import gradio as gr  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper module next to this file
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper modules next to this file
 import spa3_demo as core  # noqa: E402
 from spa3_vlm.vsibench import QUESTION_TYPES  # noqa: E402
 

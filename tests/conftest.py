@@ -118,6 +118,6 @@ def app():
 
 @pytest.fixture(scope="module")
 def core(app):
-    """The Space's logic module (space/spa3_demo.py)."""
+    """The Space's logic (space/spa3_demo.py, which re-exports the space/space_*.py modules)."""
     return app.core
 

@@ -42,7 +42,7 @@ def server(core, tmp_path, monkeypatch):
     saved_model(root / "runs" / "unfinished", weights=False)  # still training: not offered
     saved_model(root / "src")
     saved_model(tmp_path / "outside")
-    monkeypatch.setattr(core, "SEARCH_ROOTS", (root,))
+    monkeypatch.setattr("space_models.SEARCH_ROOTS", (root,))
     monkeypatch.chdir(root)
     for name in (core.VLM_ENV, core.SPA3R_ENV, core.ALLOW_ENV):
         monkeypatch.delenv(name, raising=False)

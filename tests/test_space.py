@@ -73,16 +73,28 @@ def pixels(path) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ import
 
 
+def _space_modules() -> dict:
+    """The imported modules of space/ (the app, spa3_demo and the space_*.py modules behind it), by name."""
+    return {
+        name: module
+        for name, module in list(sys.modules.items())
+        if Path(getattr(module, "__file__", None) or "/").parent == SPACE
+    }
+
+
 def _fresh_app(name: str):
-    saved_helper = sys.modules.pop("spa3_demo", None)
+    saved = _space_modules()
+    for module_name in saved:
+        del sys.modules[module_name]
     try:
         spec = importlib.util.spec_from_file_location(name, SPACE / "app.py")
         fresh = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(fresh)
         return fresh
     finally:
-        if saved_helper is not None:
-            sys.modules["spa3_demo"] = saved_helper
+        for module_name in _space_modules():
+            del sys.modules[module_name]
+        sys.modules.update(saved)
 
 
 def test_import_builds_demo_without_loading_models_or_network(monkeypatch):
@@ -145,7 +157,7 @@ def test_pick_question(core):
 
 def test_model_resolution(core, tmp_path, monkeypatch):
     monkeypatch.delenv(core.VLM_ENV, raising=False)
-    monkeypatch.setattr(core, "SEARCH_ROOTS", (tmp_path,))
+    monkeypatch.setattr("space_models.SEARCH_ROOTS", (tmp_path,))
     assert core.resolve_model("", core.VLM_ENV, core.DEFAULT_VLM_FOLDER, "spa3_vlm").kind == "random"
     assert core.resolve_model("tiny-random", core.VLM_ENV, core.DEFAULT_VLM_FOLDER, "spa3_vlm").kind == "random"
     # A finished run under runs/ becomes the default; one without weights (still training) does not.
@@ -377,7 +389,7 @@ def test_bad_uploads_get_clear_errors_and_the_app_keeps_serving(client, core, tm
 
     big = write_images(tmp_path, 1)[0]  # ~28 KB of noise
     with monkeypatch.context() as patch:
-        patch.setattr(core, "MAX_FILE_MB", 0.01)
+        patch.setattr("space_uploads.MAX_FILE_MB", 0.01)
         message = error_of([big])
     assert re.fullmatch(r"view_00\.png is 0\.0\d+ MB; the limit is 0\.01 MB per file\.", message), message
 
