@@ -36,6 +36,13 @@ def test_arms_start_from_the_same_qwen_and_the_pretrained_spa3r(spa3r_folder):
     # The Spa3-VLM arms start from one adapter: they differ only by their Spa3R.
     adapter = {k: v for k, v in spatial.state_dict().items() if compare_spatial_branch.parameter_group(k) == "adapter"}
     assert adapter and all(torch.equal(control.state_dict()[k], v) for k, v in adapter.items())
+    # The VGGT-features arm reads the backbone's tokens through the same adapter (its projector input is wider).
+    args.vggt_features_arm = True
+    features = compare_spatial_branch.build_arm_models(args, seed=5)["spa3-vlm (VGGT features)"]
+    assert features.config.spatial_source == "backbone"
+    wider = {k for k, v in features.state_dict().items() if k in adapter and v.shape != adapter[k].shape}
+    assert wider == {"geometry_projector.0.weight"}
+    assert all(torch.equal(features.state_dict()[k], v) for k, v in adapter.items() if k not in wider)
 
     processor = Spa3VLMProcessor.from_pretrained(REPO / "hub_configs" / "spa3-vlm-tiny")
     frames = [Image.new("RGB", (70, 56), (40 * k, 90, 200 - 30 * k)) for k in range(3)]
@@ -52,19 +59,23 @@ def test_arms_start_from_the_same_qwen_and_the_pretrained_spa3r(spa3r_folder):
 def test_minimal_comparison_writes_the_table(spa3r_folder, tmp_path, capsys):
     result = compare_spatial_branch.main([
         "--spa3r_name_or_path", str(spa3r_folder), "--output_dir", str(tmp_path), "--quick",
-        "--spa3r_variants", f"again={spa3r_folder}", "--random_spa3r_control", "false",
+        "--spa3r_variants", f"again={spa3r_folder}", "--random_spa3r_control", "false", "--vggt_features_arm",
         "--data_cache_dir", str(tmp_path / "data"),
     ])  # fmt: skip
     written = json.loads((tmp_path / "compare_spatial_branch.json").read_text())
     assert written["task_order"] == list(TASK_ORDER)
     assert written["args"]["max_steps"] == 2 and written["args"]["num_eval_scenes"] == 1  # --quick's settings
     arms = written["runs"]["0"]
-    assert set(arms) == {"qwen2.5-vl (no spatial branch)", "spa3-vlm (pre-trained Spa3R)", "spa3-vlm (again)"}
+    assert set(arms) == {
+        "qwen2.5-vl (no spatial branch)", "spa3-vlm (pre-trained Spa3R)", "spa3-vlm (again)", "spa3-vlm (VGGT features)"
+    }  # fmt: skip
+    vggt_features = arms.pop("spa3-vlm (VGGT features)")
+    assert vggt_features["trainable_parameters"]["adapter"] > arms["spa3-vlm (pre-trained Spa3R)"]["trainable_parameters"]["adapter"]
     # The variant arm has the same Spa3R, weights, data and seed as the main arm: the same run, the same numbers.
     again, main_arm = arms.pop("spa3-vlm (again)"), arms["spa3-vlm (pre-trained Spa3R)"]
     assert again["predictions"] == main_arm["predictions"] and again["held_out_answer_loss"] == main_arm["held_out_answer_loss"]
     paired = written["paired_difference_to_plain"]
-    assert set(paired) == {"spa3-vlm (pre-trained Spa3R)", "spa3-vlm (again)"}
+    assert set(paired) == {"spa3-vlm (pre-trained Spa3R)", "spa3-vlm (again)", "spa3-vlm (VGGT features)"}
     assert paired["spa3-vlm (again)"] == paired["spa3-vlm (pre-trained Spa3R)"]
     difference = paired["spa3-vlm (again)"]
     assert difference["difference"] == pytest.approx(main_arm["overall"] - arms["qwen2.5-vl (no spatial branch)"]["overall"])

@@ -297,6 +297,39 @@ def test_spatial_latents_replace_the_encoder(model):
     assert not calls  # the frozen encoder does not run when latents are given
 
 
+def test_backbone_features_through_the_adapter(config, tmp_path):
+    """The paper's "VGGT features" ablation: the adapter reads the frozen backbone's tokens of every frame."""
+    backbone_config = Spa3VLMConfig.from_dict({**config.to_dict(), "spatial_source": "backbone"})
+    model = build_model(backbone_config, seed=3, random_adaptor=True)
+    width = backbone_config.spa3r_config.backbone_hidden_size
+    assert model.geometry_projector[0].in_features == width != config.spa3r_config.hidden_size
+    batch = make_batch([[(4, 4)], [(4, 6)]], frames_per_sample=[2, 2])
+    geometry = batch.pop("geometry_pixel_values")
+    with torch.no_grad():
+        tokens = model.compute_spatial_latents(geometry)
+        per_frame = model.spa3r(geometry[1][None]).context_tokens[0]  # [V, N, C_backbone]
+        assert tokens.shape == (2, per_frame.shape[0] * per_frame.shape[1], width)
+        assert torch.allclose(tokens[1], per_frame.flatten(0, 1), atol=1e-6)
+        from_images = model(**batch, geometry_pixel_values=geometry).logits
+        assert torch.equal(model(**batch, spatial_latents=tokens).logits, from_images)
+        # A fresh adapter is still the identity: the logits of the same model with a zeroed adaptor equal Qwen's.
+        plain = build_model(Spa3VLMConfig.from_dict({**config.to_dict(), "spatial_branch": False}), seed=3)
+        fresh = build_model(backbone_config, seed=3)
+        copy_qwen_weights(plain, fresh)
+        assert torch.equal(fresh(**batch, geometry_pixel_values=geometry).logits, plain(**qwen_inputs(batch)).logits)
+    with pytest.raises(ValueError, match=r"must be a \[B, V \* N, C_backbone\] = \[2, 'V \* N', 128\] tensor"):
+        model(**batch, spatial_latents=tokens[..., :64])
+    with pytest.raises(ValueError, match="need the same frame count and size"):
+        model.compute_spatial_latents([geometry[0], geometry[1][:1]])
+    with pytest.raises(ValueError, match=r"spatial_source must be one of \('spa3r', 'backbone'\), got 'vggt'"):
+        Spa3VLMConfig.from_dict({**config.to_dict(), "spatial_source": "vggt"})
+    model.save_pretrained(tmp_path)
+    reloaded = Spa3VLMForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert reloaded.config.spatial_source == "backbone"
+    with torch.no_grad():
+        assert torch.equal(reloaded(**batch, spatial_latents=tokens).logits, from_images)
+
+
 # ---------------------------------------------------------------------------------------------- generation
 
 

@@ -12,7 +12,8 @@ which separates "pre-trained spatial field" from "extra adapter parameters".
     python train/compare_spatial_branch.py                                  # Spa3R from runs/spa3r-tiny
     python train/compare_spatial_branch.py --spa3r_name_or_path <folder> --seeds 0,1,2 --random_spa3r_control
 
-More arms (--spa3r_variants): Spa3-VLMs on other pre-trained Spa3Rs, e.g. the paper's ablations pre-trained with
+The paper's "VGGT features" arm (--vggt_features_arm): the same adapter reads the frozen VGGT's patch tokens of
+every frame instead of Spa3R's latents. More arms (--spa3r_variants): Spa3-VLMs on other pre-trained Spa3Rs, e.g. the paper's ablations pre-trained with
 train/pretrain_psfm.py --config_overrides (Plücker rays: '{"ray_encoding": "plucker"}'; mask ratio:
 '{"mask_ratio": 0.25}'), each named and compared like the main arm.
 
@@ -98,6 +99,11 @@ class CompareArguments:
         metadata={"help": "More Spa3-VLM arms: comma-separated name=folder pairs of other pre-trained Spa3Rs (e.g. "
                   "plucker=runs/spa3r-plucker,mask-0.25=runs/spa3r-mask25); each arm is 'spa3-vlm (<name>)'."},
     )
+    vggt_features_arm: bool = field(
+        default=False,
+        metadata={"help": "Add the paper's 'VGGT features' arm: the same adapter reads the frozen VGGT's patch tokens of "
+                  "every frame (spatial_source='backbone') instead of Spa3R's latents."},
+    )
     bootstrap_resamples: int = field(default=2000, metadata={"help": "Scene-bootstrap draws per paired interval."})
     quick: bool = field(
         default=False,
@@ -180,10 +186,10 @@ def build_arm_models(args: CompareArguments, seed: int) -> dict[str, Spa3VLMForC
     qwen_state = plain.state_dict()
     models = {PLAIN_ARM: plain}
 
-    def spatial(spa3r_path: Optional[str]):
+    def spatial(spa3r_path: Optional[str], source: str = "spa3r"):
         from spa3_vlm.configuration_spa3r import Spa3RConfig
 
-        config = Spa3VLMConfig.from_pretrained(args.config_name, spatial_branch=True)
+        config = Spa3VLMConfig.from_pretrained(args.config_name, spatial_branch=True, spatial_source=source)
         if spa3r_path is not None:
             config.spa3r_config = encoder_only_spa3r_config(Spa3RConfig.from_pretrained(spa3r_path))
             config.spa3r_name_or_path = spa3r_path
@@ -194,10 +200,11 @@ def build_arm_models(args: CompareArguments, seed: int) -> dict[str, Spa3VLMForC
             raise RuntimeError(f"Qwen weights do not transfer: unexpected {unexpected[:5]}, missing groups {groups}")
         if spa3r_path is not None:
             load_spa3r_encoder(model, spa3r_path)
-        if adapter_state:
-            model.load_state_dict(adapter_state, strict=False)
+        own = model.state_dict()
+        if adapter_state:  # every adapter weight of the same shape (all but a wider projector input)
+            model.load_state_dict({k: v for k, v in adapter_state.items() if own[k].shape == v.shape}, strict=False)
         else:
-            adapter_state.update({k: v for k, v in model.state_dict().items() if parameter_group(k) == "adapter"})
+            adapter_state.update({k: v for k, v in own.items() if parameter_group(k) == "adapter"})
         return model
 
     adapter_state: dict = {}
@@ -205,6 +212,8 @@ def build_arm_models(args: CompareArguments, seed: int) -> dict[str, Spa3VLMForC
     models[SPATIAL_ARM] = spatial(args.spa3r_name_or_path)
     for name, path in parse_variants(args.spa3r_variants).items():
         models[f"spa3-vlm ({name})"] = spatial(path)
+    if args.vggt_features_arm:  # its projector reads another width: only the adapter's shapes differ
+        models["spa3-vlm (VGGT features)"] = spatial(args.spa3r_name_or_path, source="backbone")
     if args.random_spa3r_control:
         torch.manual_seed(seed + 1)
         models["spa3-vlm (random Spa3R)"] = spatial(None)

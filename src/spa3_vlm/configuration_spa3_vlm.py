@@ -67,6 +67,11 @@ def encoder_only_spa3r_config(config: Spa3RConfig | dict) -> Spa3RConfig:
     return Spa3RConfig(**values)
 
 
+# What the adapter reads: Spa3R's latent field (the paper's), or the frozen backbone's patch tokens of every frame
+# (the paper's "VGGT features" ablation).
+SPATIAL_SOURCES = ("spa3r", "backbone")
+
+
 class Spa3VLMConfigMixin(ValidatesKwargsMixin):
     """The Spa3-VLM additions to a base VLM config, shared by every base. Their fields are declared in each config
     class: declared here, plain fields still work but ``spa3r_config`` is not turned into a ``Spa3RConfig``
@@ -75,6 +80,8 @@ class Spa3VLMConfigMixin(ValidatesKwargsMixin):
     def __post_init__(self, **kwargs):
         if not isinstance(self.spatial_branch, bool):
             raise ValueError(f"spatial_branch must be True or False, got {self.spatial_branch!r}")
+        if self.spatial_source not in SPATIAL_SOURCES:
+            raise ValueError(f"spatial_source must be one of {SPATIAL_SOURCES}, got {self.spatial_source!r}")
         if self.spatial_branch and self.spa3r_config is None:
             self.spa3r_config = default_spa3r_encoder_config()
         for name in ("adapter_reduction", "adapter_num_heads"):
@@ -155,6 +162,10 @@ _ADDITIONS_DOC = r"""
             the reference uses torch's default 1e-5.
         spa3r_name_or_path: where the Spa3R encoder weights came from (hub id or folder); informational, used
             by ``from_qwen_pretrained``. Nothing is downloaded by the model.
+        spatial_source: what the adapter's visual tokens attend to: ``"spa3r"`` (the latent field
+            ``[num_queries, hidden]``, the paper's model) or ``"backbone"`` (the frozen VGGT's patch tokens of every
+            frame, ``[V * N, backbone_hidden_size]``: the paper's "VGGT features" ablation; samples of one batch
+            then need the same frame count and size).
 """
 
 
@@ -172,6 +183,7 @@ class Spa3VLMConfig(Spa3VLMConfigMixin, Qwen2_5_VLConfig):
     adapter_reduction: int = 4
     adapter_layer_norm_eps: float = 1e-5
     spa3r_name_or_path: str | None = None
+    spatial_source: str = "spa3r"
 
 
 class Spa3VLMQwen3Config(Spa3VLMConfigMixin, Qwen3VLConfig):
@@ -188,6 +200,7 @@ class Spa3VLMQwen3Config(Spa3VLMConfigMixin, Qwen3VLConfig):
     adapter_reduction: int = 4
     adapter_layer_norm_eps: float = 1e-5
     spa3r_name_or_path: str | None = None
+    spatial_source: str = "spa3r"
 
 
 Spa3VLMConfig.__doc__ = (

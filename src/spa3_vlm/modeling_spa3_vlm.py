@@ -203,10 +203,11 @@ class Spa3VLMMixin:
                     f"vision_config.out_hidden_size ({config.vision_config.out_hidden_size}) must equal the LLM hidden "
                     f"size ({hidden}): the adapter works on merged visual tokens in the LLM's embedding space"
                 )
-            spa3r_hidden = config.spa3r_config.hidden_size
             eps = config.adapter_layer_norm_eps
             self.spa3r = Spa3RModel(config.spa3r_config)
-            self.geometry_projector = nn.Sequential(nn.Linear(spa3r_hidden, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+            self.geometry_projector = nn.Sequential(
+                nn.Linear(self.spatial_context_size, hidden), nn.GELU(), nn.Linear(hidden, hidden)
+            )
             self.geom_cross_attention = GeometryCrossAttention(hidden, config.adapter_num_heads, eps=eps, config=config)
             self.ln = nn.LayerNorm(hidden, eps=eps)
             bottleneck = hidden // config.adapter_reduction
@@ -306,12 +307,19 @@ class Spa3VLMMixin:
 
     # ------------------------------------------------------------------------------------------ geometry
 
+    @property
+    def spatial_context_size(self) -> int:
+        """Channels of what the adapter reads: Spa3R's hidden size, or the backbone's for ``spatial_source="backbone"``."""
+        spa3r = self.config.spa3r_config
+        return spa3r.backbone_hidden_size if self.config.spatial_source == "backbone" else spa3r.hidden_size
+
     def _spa3r_dtype(self) -> torch.dtype:
         return self.spa3r.projection.weight.dtype
 
     @torch.no_grad()
     def compute_spatial_latents(self, geometry_pixel_values: Any) -> torch.Tensor:
-        """Frozen Spa3R encoder on every sample: ``[B, num_queries, C_spa3r]`` (for a latent cache).
+        """Frozen Spa3R encoder on every sample: ``[B, num_queries, C_spa3r]`` (for a latent cache); with
+        ``spatial_source="backbone"`` the backbone's patch tokens of every frame, ``[B, V * N, C_backbone]``.
 
         ``geometry_pixel_values``: list of ``[V, 3, H, W]`` in [0, 1] (no ``None``) or ``[B, V, 3, H, W]``.
         """
@@ -325,7 +333,8 @@ class Spa3VLMMixin:
         return self._encode_frames(frames)
 
     def _encode_frames(self, frames: list[torch.Tensor]) -> torch.Tensor:
-        """Frozen Spa3R on each ``[V, 3, H, W]`` (samples with equal shapes share one batch) -> ``[S, Q, C]``."""
+        """Frozen Spa3R on each ``[V, 3, H, W]`` (samples with equal shapes share one batch) -> ``[S, Q, C]``
+        (``[S, V * N, C_backbone]`` for ``spatial_source="backbone"``)."""
         if self.spa3r.backbone is None:
             raise ValueError(
                 "this model's Spa3R encoder has no VGGT backbone (spa3r_config.vggt_config is None): pass precomputed "
@@ -339,20 +348,40 @@ class Spa3VLMMixin:
         with torch.no_grad():
             for indices in groups.values():
                 batch = torch.stack([frames[i] for i in indices]).to(device=device, dtype=dtype)
-                encoded = self.spa3r(pixel_values=batch).latents
+                output = self.spa3r(pixel_values=batch)
+                if self.config.spatial_source == "backbone":
+                    encoded = output.context_tokens.flatten(1, 2)
+                else:
+                    encoded = output.latents
                 for position, index in enumerate(indices):
                     latents[index] = encoded[position]
+        if len({tuple(latent.shape) for latent in latents}) > 1:
+            shapes = sorted({tuple(frame.shape) for frame in frames})
+            raise ValueError(
+                f"spatial_source='backbone' reads every frame's tokens, so the samples of one batch need the same frame "
+                f"count and size; got frames {shapes}"
+            )
         return torch.stack(latents)
 
     def _check_spatial_latents(self, spatial_latents: Any, batch_size: int) -> torch.Tensor:
-        expected = (batch_size, self.config.spa3r_config.num_queries, self.config.spa3r_config.hidden_size)
-        if not isinstance(spatial_latents, torch.Tensor) or tuple(spatial_latents.shape) != expected:
-            got = tuple(spatial_latents.shape) if isinstance(spatial_latents, torch.Tensor) else type(spatial_latents).__name__
+        if self.config.spatial_source == "backbone":
+            layout, length = "[B, V * N, C_backbone]", None  # any token count: it follows the frames
+        else:
+            layout, length = "[B, num_queries, C_spa3r]", self.config.spa3r_config.num_queries
+        got = tuple(spatial_latents.shape) if isinstance(spatial_latents, torch.Tensor) else None
+        if (
+            got is None
+            or len(got) != 3
+            or got[0] != batch_size
+            or got[2] != self.spatial_context_size
+            or (length is not None and got[1] != length)
+        ):
+            expected = [batch_size, length or "V * N", self.spatial_context_size]
             raise ValueError(
-                f"spatial_latents must be a [B, num_queries, C_spa3r] = {list(expected)} tensor (Spa3R latents per sample), "
-                f"got {got}"
+                f"spatial_latents must be a {layout} = {expected} tensor (Spa3R latents per sample), "
+                f"got {got or type(spatial_latents).__name__}"
             )
-        check_finite_tensor("spatial_latents", spatial_latents, "[B, num_queries, C_spa3r]")
+        check_finite_tensor("spatial_latents", spatial_latents, layout)
         return spatial_latents
 
     def adapt_visual_tokens(self, visual_tokens: list[torch.Tensor], latents: torch.Tensor) -> list[torch.Tensor]:

@@ -104,10 +104,12 @@ def encoder_digest(module: torch.nn.Module) -> str:
 
 
 def _store_settings(base, geometry) -> list:
-    """What the stored latents depend on besides the frames: format version, encoder weights, preprocessing."""
+    """What the stored latents depend on besides the frames: format version, encoder weights, what the adapter
+    reads (``spatial_source``), preprocessing."""
     return [
         LATENT_CACHE_VERSION,
         encoder_digest(base.spa3r),
+        getattr(base.config, "spatial_source", "spa3r"),
         {k: v for k, v in geometry.to_dict().items() if k != "auto_map"},
     ]
 
@@ -209,7 +211,7 @@ def _with_content_keys(dataset, images_column, key_column, fingerprint, batch_si
     )
 
 
-def _write_store(directory, dataset, first_rows, base, geometry, shape, images_column, key_column, batch_size,
+def _write_store(directory, dataset, first_rows, base, geometry, images_column, key_column, batch_size,
                  num_workers, desc) -> None:  # fmt: skip
     """Encode one record per distinct frame set and write the store, atomically (a folder renamed into place)."""
     from torch.utils.data import DataLoader
@@ -219,10 +221,9 @@ def _write_store(directory, dataset, first_rows, base, geometry, shape, images_c
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.", dir=parent)
     try:
-        # Written row by row into a memory-mapped file: the store may be larger than memory.
-        latents = np.lib.format.open_memmap(
-            os.path.join(staging, "latents.npy"), mode="w+", dtype=np.float32, shape=(len(first_rows), *shape)
-        )
+        # Written row by row into a memory-mapped file (the store may be larger than memory), shaped by the first
+        # batch: [Q, C] latents, or [V * N, C] backbone tokens for spatial_source="backbone".
+        latents = None
         loader = DataLoader(
             dataset.select(first_rows), batch_size=batch_size, num_workers=num_workers,
             collate_fn=_GeometryInputs(geometry, images_column, key_column),
@@ -230,6 +231,16 @@ def _write_store(directory, dataset, first_rows, base, geometry, shape, images_c
         keys: list[str] = []
         for batch_keys, tensors in tqdm(loader, desc=desc, disable=desc is None, unit="batch"):
             encoded = base.compute_spatial_latents(tensors).float().cpu().numpy()
+            if latents is None:
+                latents = np.lib.format.open_memmap(
+                    os.path.join(staging, "latents.npy"), mode="w+", dtype=np.float32,
+                    shape=(len(first_rows), *encoded.shape[1:]),
+                )  # fmt: skip
+            elif encoded.shape[1:] != latents.shape[1:]:
+                raise ValueError(
+                    f"frame sets give spatial inputs of shape {encoded.shape[1:]} and {latents.shape[1:]}: with "
+                    "spatial_source='backbone' every record needs the same frame count and size"
+                )
             latents[len(keys) : len(keys) + len(batch_keys)] = encoded
             keys += batch_keys
         latents.flush()
@@ -283,8 +294,6 @@ def add_spatial_latents(
         if images_column not in columns:
             raise ValueError(f"the dataset has no {images_column!r} column (columns: {columns})")
     geometry = processor.geometry_image_processor
-    spa3r_config = base.config.spa3r_config
-    shape = (spa3r_config.num_queries, spa3r_config.hidden_size)
     settings = _store_settings(base, geometry)
     if key_column not in dataset.column_names:
         source = json.dumps([getattr(dataset, "_fingerprint", None), images_column, key_column], default=str)
@@ -308,7 +317,7 @@ def add_spatial_latents(
     root = os.fspath(cache_dir) if cache_dir is not None else datasets.config.HF_DATASETS_CACHE
     directory = os.path.join(os.path.abspath(root), "spa3r_latents", store)
     if not (load_from_cache_file and os.path.isfile(os.path.join(directory, "keys.json"))):
-        _write_store(directory, dataset, list(first_rows.values()), base, geometry, shape, images_column, key_column,
+        _write_store(directory, dataset, list(first_rows.values()), base, geometry, images_column, key_column,
                      batch_size, num_workers, desc)  # fmt: skip
     return add_row_transform(dataset, LatentLookup(directory, key_column, latents_column))
 
