@@ -639,6 +639,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="smallest configurations, 1 round (smoke test)")
     parser.add_argument("--baseline", default=DEFAULT_BASELINE, help="memory: the git revision to compare with")
     parser.add_argument("--reference-dir", help="memory: a checkout of hustvl/Spa3R (its spa3r/models/layers) to compare with")
+    parser.add_argument(
+        "--vggt-reference-dir",
+        help="memory: a folder holding facebookresearch/vggt's vggt package (its aggregator files) to compare with",
+    )
     parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     if args.quick:
