@@ -245,6 +245,9 @@ def test_teacher_scripts_refuse_bad_flags_in_one_line_before_any_work(tmp_path, 
         (["--learning_rate", "nan"], "--learning_rate must be a positive number, got nan"),
         (["--seeds", "0,one"], "--seeds must be a comma-separated list of at least one int, got '0,one'"),
         (["--seeds", ","], "--seeds must be a comma-separated list of at least one int"),
+        (["--spa3r_variants", "plucker=no/such/run"], "--spa3r_variants plucker: no pre-trained Spa3R at 'no/such/run'"),
+        (["--spa3r_variants", "plucker"], "--spa3r_variants entries must be name=folder, got 'plucker'"),
+        (["--bootstrap_resamples", "0"], "--bootstrap_resamples must be >= 1, got 0"),
     ],
 )
 def test_comparison_refuses_bad_flags_in_one_line_before_any_work(spa3r_folder, tmp_path, capsys, flags, message):

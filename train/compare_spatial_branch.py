@@ -142,24 +142,23 @@ def parse_variants(text: Optional[str]) -> dict[str, str]:
     return variants
 
 
-def _missing_spa3r(path: str, what: str) -> Optional[str]:
+def _missing_spa3r(path: str) -> Optional[str]:
     if os.path.exists(os.path.join(path, "config.json")):
         return None
-    return (
-        f"no pre-trained Spa3R at {path!r} ({what}; no config.json). Train one first: python "
-        f"train/pretrain_psfm.py --output_dir {path}"
-    )
+    return f"no pre-trained Spa3R at {path!r} (no config.json). Train one first: python train/pretrain_psfm.py --output_dir {path}"
 
 
 def flag_problems(args: CompareArguments) -> list[str]:
     """What is wrong with the flags, checked before any work (each entry names the flag, its value, what is allowed)."""
     problems = []
-    missing = _missing_spa3r(args.spa3r_name_or_path, "--spa3r_name_or_path")
+    missing = _missing_spa3r(args.spa3r_name_or_path)
     if missing:
         problems.append(missing + "  (or pass --spa3r_name_or_path)")
     try:
         for name, path in parse_variants(args.spa3r_variants).items():
-            problems += [m for m in [_missing_spa3r(path, f"--spa3r_variants {name}")] if m]
+            missing = _missing_spa3r(path)
+            if missing:
+                problems.append(f"--spa3r_variants {name}: {missing}")
     except ValueError as error:
         problems.append(str(error))
     for name in ("learning_rate", "adapter_lr"):
