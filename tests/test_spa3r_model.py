@@ -518,6 +518,39 @@ def test_plucker_ray_encoding_extends_the_camera_frame_rays(tiny_config):
         Spa3RConfig(ray_encoding="world")
 
 
+def test_plucker_rays_without_prope_the_papers_ablation(tiny_config, monkeypatch):
+    """decoder_camera_attention='none': the target camera reaches the decoder only through world-frame Plücker ray
+    tokens (the paper's "Plücker rays instead of PRoPE" arm); PRoPE is never built."""
+    values = {**tiny_config.to_dict(), "ray_encoding": "plucker"}
+    torch.manual_seed(0)
+    with_prope = Spa3RForFieldPrediction(Spa3RConfig.from_dict(values)).eval()
+    without = Spa3RForFieldPrediction(Spa3RConfig.from_dict({**values, "decoder_camera_attention": "none"})).eval()
+    without.load_state_dict(with_prope.state_dict())  # PRoPE has no weights: the same parameters
+    latents = torch.randn(1, 16, 64)
+    extrinsics = torch.eye(4).repeat(1, 2, 1, 1)
+    extrinsics[0, 1, :3, 3] = torch.tensor([0.3, -0.2, 0.5])
+    intrinsics = torch.tensor([[60.0, 0, 42], [0, 60, 28], [0, 0, 1]]).repeat(1, 2, 1, 1)
+    with torch.no_grad():
+        reference = with_prope.decode_field(latents, extrinsics, intrinsics, (56, 84))["geo"]
+        import spa3_vlm.modeling_spa3r as modeling
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("PRoPE built with decoder_camera_attention='none'")
+
+        monkeypatch.setattr(modeling, "ProjectiveRoPE", refuse)
+        plain = without.decode_field(latents, extrinsics, intrinsics, (56, 84))["geo"]
+        moved = extrinsics.clone()
+        moved[0, 1, :3, 3] = torch.tensor([-0.4, 0.1, 0.2])
+        after_move = without.decode_field(latents, moved, intrinsics, (56, 84))["geo"]
+    assert not torch.allclose(plain, reference, atol=1e-3)  # the switch changes the attention
+    # Views are decoded independently; only the moved camera's field changes, through its rays.
+    assert torch.equal(after_move[:, 0], plain[:, 0]) and not torch.allclose(after_move[:, 1], plain[:, 1], atol=1e-3)
+    with pytest.raises(ValueError, match="use ray_encoding='plucker'"):
+        Spa3RConfig(decoder_camera_attention="none")
+    with pytest.raises(ValueError, match=r"decoder_camera_attention must be one of \('prope', 'none'\)"):
+        Spa3RConfig(decoder_camera_attention="rope")
+
+
 def test_activation_checkpointing_gives_the_same_loss_and_gradients(tiny_config):
     """`activation_checkpointing_enable()` (transformers' API) recomputes every Transformer block in the backward pass:
     the blocks run twice, and loss and gradients are those of the plain pass, for Spa3R and for VGGT training."""

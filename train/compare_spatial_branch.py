@@ -14,8 +14,8 @@ which separates "pre-trained spatial field" from "extra adapter parameters".
 
 The paper's "VGGT features" arm (--vggt_features_arm): the same adapter reads the frozen VGGT's patch tokens of
 every frame instead of Spa3R's latents. More arms (--spa3r_variants): Spa3-VLMs on other pre-trained Spa3Rs, e.g. the paper's ablations pre-trained with
-train/pretrain_psfm.py --config_overrides (Plücker rays: '{"ray_encoding": "plucker"}'; mask ratio:
-'{"mask_ratio": 0.25}'), each named and compared like the main arm.
+train/pretrain_psfm.py --config_overrides (Plücker rays instead of PRoPE: '{"ray_encoding": "plucker",
+"decoder_camera_attention": "none"}'; mask ratio: '{"mask_ratio": 0.25}'), each named and compared like the main arm.
 
 Prints per-arm rows in the paper's column order (TASK_ORDER, x100) plus the held-out answer loss (teacher-forced
 NLL of the answer tokens: more sensitive than greedy accuracy at this size), mean and standard deviation over

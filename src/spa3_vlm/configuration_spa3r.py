@@ -11,6 +11,7 @@ from .configuration_vggt import VGGTConfig
 MASKING_MODES = ("two_pass", "masked_pass")
 ENCODER_CAMERA_ENCODINGS = ("none", "prope")
 RAY_ENCODINGS = ("camera", "plucker")
+DECODER_CAMERA_ATTENTIONS = ("prope", "none")
 HEAD_ACTIVATIONS = ("identity", "exp", "sigmoid")
 POSE_SOURCES = ("backbone", "dataset")
 
@@ -67,6 +68,9 @@ class Spa3RConfig(ValidatesKwargsMixin, PreTrainedConfig):
             the pose reaches attention through PRoPE) or ``"plucker"`` (an extension: world-frame Plücker
             coordinates, so every ray token also says where in the scene its ray runs; with
             ``encoder_camera_encoding="prope"`` the context tokens get the Plücker code of their rays too).
+        decoder_camera_attention: how the target camera reaches the decoder's attention: ``"prope"`` (the paper:
+            projective RoPE on queries, keys, values and outputs) or ``"none"`` (plain attention; with
+            ``ray_encoding="plucker"`` this is the paper's "Plücker rays instead of PRoPE" ablation).
         vggt_config: the geometry backbone; ``None`` builds no backbone (features are then passed in).
         semantic_teacher_config: a transformers vision-backbone config (e.g. DINOv3 ViT) for the ``sem``
             targets, or ``None``. The teacher is frozen and only used by ``Spa3RForFieldPrediction``.
@@ -104,6 +108,7 @@ class Spa3RConfig(ValidatesKwargsMixin, PreTrainedConfig):
     pose_source: str = "backbone"
     encoder_camera_encoding: str = "none"
     ray_encoding: str = "camera"
+    decoder_camera_attention: str = "prope"
     initializer_range: float = 0.02
     vggt_config: dict | PreTrainedConfig | None = None
     semantic_teacher_config: dict | None = None
@@ -182,6 +187,15 @@ class Spa3RConfig(ValidatesKwargsMixin, PreTrainedConfig):
             )
         if self.ray_encoding not in RAY_ENCODINGS:
             raise ValueError(f"ray_encoding must be one of {RAY_ENCODINGS}, got {self.ray_encoding!r}")
+        if self.decoder_camera_attention not in DECODER_CAMERA_ATTENTIONS:
+            raise ValueError(
+                f"decoder_camera_attention must be one of {DECODER_CAMERA_ATTENTIONS}, got {self.decoder_camera_attention!r}"
+            )
+        if self.decoder_camera_attention == "none" and self.ray_encoding != "plucker":
+            raise ValueError(
+                "decoder_camera_attention='none' leaves the decoder only its ray tokens to know the target camera: "
+                "use ray_encoding='plucker' (world-frame rays), camera-frame rays carry no pose"
+            )
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
         if self.hidden_size % self.num_attention_heads or (self.hidden_size // self.num_attention_heads) % 8:

@@ -4,7 +4,8 @@
   context views -> linear projection -> ``[queries ; tokens]`` through a Transformer with 2D RoPE ->
   latents ``[B, num_queries, hidden]``.
 - ``Spa3RForFieldPrediction`` (PSFM pre-training): adds a decoder that, for each view, reads
-  ``[latents ; camera-ray tokens]`` with PRoPE attention conditioned on that view's camera, field heads
+  ``[latents ; camera-ray tokens]`` with PRoPE attention conditioned on that view's camera (or plain attention on
+  world-frame Plücker ray tokens, ``decoder_camera_attention="none"``: the paper's ablation), field heads
   (``geo`` = VGGT features, ``sem`` = semantic-teacher features, any extra named target) and a depth probe
   on detached features, and returns the losses so the HF Trainer can train it directly.
 """
@@ -554,14 +555,16 @@ class Spa3RForFieldPrediction(Spa3RPreTrainedModel):
         ray_tokens = self.pose_tokenizer(rays.to(self.pose_tokenizer.weight.dtype))
         # Each view's sequence reads its sample's latents: [B*V, Q, C] (a view, no copy, for one sample).
         view_latents = latents[:, None].expand(-1, views, -1, -1).reshape(batch * views, *latents.shape[1:]).to(ray_tokens.dtype)
-        prope = ProjectiveRoPE(
-            to_homogeneous(extrinsics).reshape(batch * views, 1, 4, 4),
-            intrinsics.reshape(batch * views, 1, 3, 3),
-            image_size=(height, width),
-            patch_grid=grid,
-            head_dim=self.config.head_dim,
-            freq_base=self.config.prope_freq_base,
-        )
+        prope = None
+        if self.config.decoder_camera_attention == "prope":
+            prope = ProjectiveRoPE(
+                to_homogeneous(extrinsics).reshape(batch * views, 1, 4, 4),
+                intrinsics.reshape(batch * views, 1, 3, 3),
+                image_size=(height, width),
+                patch_grid=grid,
+                head_dim=self.config.head_dim,
+                freq_base=self.config.prope_freq_base,
+            )
         decoded = self.decoder(
             ray_tokens, output_rows=slice(self.config.num_queries, None), prefix=view_latents, camera_transform=prope
         )
