@@ -196,6 +196,26 @@ def test_processor_nested_and_flat_images_agree(processor):
     assert all(torch.equal(a, b) for a, b in zip(flat["geometry_pixel_values"], nested["geometry_pixel_values"]))
 
 
+def test_questions_about_the_same_frames_share_one_image_pass(processor, monkeypatch):
+    """Samples that show the very same frame objects (a scene's questions) are resized and normalised once; the
+    output equals processing copies of the frames sample by sample."""
+    scene = [random_image(80, 60, seed=k) for k in range(3)]
+    other = [random_image(64, 48, seed=9)]
+    texts = [f"{IMAGE_BLOCK * 3}How far?", f"{IMAGE_BLOCK}Which one?", f"{IMAGE_BLOCK * 3}How many chairs are there?"]
+    calls = []
+    qwen_frame = type(processor)._qwen_frame
+    monkeypatch.setattr(type(processor), "_qwen_frame", lambda self, *a: calls.append(1) or qwen_frame(self, *a))
+    shared = processor(text=texts, images=[scene, other, scene], padding=True, return_tensors="pt")
+    assert len(calls) == 4  # 3 scene frames once, 1 other frame
+    copies = processor(text=texts, images=[[f.copy() for f in scene], other, [f.copy() for f in scene]],
+                       padding=True, return_tensors="pt")  # fmt: skip
+    assert len(calls) == 4 + 7  # distinct objects: every frame processed
+    assert set(shared) == set(copies)
+    for key in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids"):
+        assert torch.equal(shared[key], copies[key]), key
+    assert all(torch.equal(a, b) for a, b in zip(shared["geometry_pixel_values"], copies["geometry_pixel_values"]))
+
+
 def test_qwen_branch_matches_stock_qwen_processor_on_reference_crop(full_size_processor):
     """640x480 -> geometry 518x392; Qwen gets the same frame top-left-cropped to 504x392 -> 252 tokens."""
     image = random_image(640, 480, seed=3)

@@ -560,6 +560,10 @@ class Spa3VLMProcessor(ProcessorMixin):
             images_kwargs.pop(key, None)
 
         geometry_pixel_values, qwen_frames, tokens_per_unit = [], [], []
+        image_sources: list[int] = []  # per image of the batch, in order: its entry in qwen_frames
+        # Samples showing the very same frame objects (several questions about one scene) share one pass: the
+        # frames are resized and normalised once per call, and their outputs repeated.
+        processed: dict[tuple, tuple] = {}
         patch, merge_length = self.image_processor.patch_size, self.image_processor.merge_size**2
         for index, units in enumerate(frames_per_unit):
             frames = [frame for unit in units for frame in unit]
@@ -567,20 +571,26 @@ class Spa3VLMProcessor(ProcessorMixin):
                 geometry_pixel_values.append(None)
                 tokens_per_unit.append([])
                 continue
-            try:
-                resized = self.geometry_image_processor.resize_sample(frames)
-            except ValueError as err:
-                raise ValueError(f"Sample {index}: {err}") from err
-            geometry_pixel_values.append(self.geometry_image_processor.to_tensor(resized))
-            frame_iter, sample_tokens = iter(resized), []
-            for unit in units:
-                unit_tokens = []
-                for _ in unit:
-                    array = self._qwen_frame(next(frame_iter), min_pixels, max_pixels)
-                    qwen_frames.append(array)
-                    unit_tokens.append((array.shape[1] // patch) * (array.shape[2] // patch) // merge_length)
-                sample_tokens.append(unit_tokens)
+            key = tuple(tuple(map(id, unit)) for unit in units)
+            if key not in processed:
+                try:
+                    resized = self.geometry_image_processor.resize_sample(frames)
+                except ValueError as err:
+                    raise ValueError(f"Sample {index}: {err}") from err
+                frame_iter, sample_tokens, sources = iter(resized), [], []
+                for unit in units:
+                    unit_tokens = []
+                    for _ in unit:
+                        array = self._qwen_frame(next(frame_iter), min_pixels, max_pixels)
+                        sources.append(len(qwen_frames))
+                        qwen_frames.append(array)
+                        unit_tokens.append((array.shape[1] // patch) * (array.shape[2] // patch) // merge_length)
+                    sample_tokens.append(unit_tokens)
+                processed[key] = (self.geometry_image_processor.to_tensor(resized), sample_tokens, sources)
+            geometry, sample_tokens, sources = processed[key]
+            geometry_pixel_values.append(geometry)
             tokens_per_unit.append(sample_tokens)
+            image_sources += sources
 
         data: dict[str, Any] = {}
         if qwen_frames:
@@ -592,8 +602,13 @@ class Spa3VLMProcessor(ProcessorMixin):
                 return_tensors=None,
                 **images_kwargs,
             )
-            data["pixel_values"] = np.asarray(vision["pixel_values"])
-            data["image_grid_thw"] = np.asarray(vision["image_grid_thw"])
+            pixel_values, grids = np.asarray(vision["pixel_values"]), np.asarray(vision["image_grid_thw"])
+            if len(image_sources) != len(qwen_frames):  # repeat the shared frames' patches in batch order
+                bounds = np.cumsum([0, *grids.prod(-1).tolist()])
+                pixel_values = np.concatenate([pixel_values[bounds[i] : bounds[i + 1]] for i in image_sources])
+                grids = grids[image_sources]
+            data["pixel_values"] = pixel_values
+            data["image_grid_thw"] = grids
             expected = [n for sample in tokens_per_unit for unit in sample for n in unit]
             produced = (data["image_grid_thw"].prod(-1) // merge_length).tolist()
             if produced != expected:  # a guard against a future image processor resizing behind our back
