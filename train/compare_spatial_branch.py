@@ -363,11 +363,12 @@ def main(argv=None) -> dict:
     mean_rows = {"train prior (no video)": prior_row}
     spread, paired = {}, {}
     records = held_out.select_columns(["id", "question_type", "scene_name"]).to_list()
+    table_ids = [record["id"] for record in records]
 
     def per_record_mean(name):
+        """Each held-out question's score for arm ``name``, averaged over the seeds."""
         return {i: statistics.fmean(runs[seed][name]["scores"]["per_record"][i] for seed in seeds) for i in table_ids}
 
-    table_ids = [record["id"] for record in records]
     plain_scores = per_record_mean(PLAIN_ARM)
     for name in arms:
         per_seed = [runs[seed][name] for seed in seeds]
