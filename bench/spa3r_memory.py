@@ -352,16 +352,12 @@ def build_vggt_reference(modules: dict, config) -> nn.Module:
     return model
 
 
-def vggt_parity(reference: nn.Module, size: str, views: int, image_size: tuple[int, int], images: torch.Tensor, device: torch.device) -> float:
-    """Our aggregator with the reference's weights (``vggt_state_dict``): max abs difference of the last layer's
-    tokens; raises if above :data:`PARITY_TOLERANCE` (a different model would make the memory comparison moot)."""
-    from spa3r_workloads import aggregator_case
-
+def vggt_parity(reference: nn.Module, model, images: torch.Tensor, last, size: str) -> float:
+    """Our aggregator case ``model`` (from ``spa3r_workloads.aggregator_case``) loaded with the reference's weights
+    (``vggt_state_dict``): max abs difference of the last layer's tokens on ``images``; raises if above
+    :data:`PARITY_TOLERANCE` (a different model would make the memory comparison moot)."""
     from spa3_vlm.conversion.reference import ConversionReport, vggt_state_dict
 
-    model, case_images, last = aggregator_case(size, views, image_size, device)
-    if not torch.equal(case_images, images):
-        raise AssertionError("the reference would run on other images than our aggregator case")
     state = vggt_state_dict({f"aggregator.{k}": v for k, v in reference.state_dict().items()}, model.config, ConversionReport())
     loaded = model.load_state_dict(state, strict=False)
     missing = [key for key in loaded.missing_keys if key.startswith("aggregator.")]
@@ -377,20 +373,21 @@ def vggt_parity(reference: nn.Module, size: str, views: int, image_size: tuple[i
 
 
 def measure_vggt_reference(vggt_reference_dir: str, reference_dir: Optional[str], cases: list, device: torch.device) -> tuple[dict, dict]:
-    """Peaks of the aggregator cases with the reference's aggregator, and each case's parity difference."""
+    """Peaks of the aggregator cases with the reference's aggregator on our cases' images, and each case's parity
+    difference."""
     from common import peak_memory_bytes
-    from spa3r_workloads import vggt_config
+    from spa3r_workloads import aggregator_case, vggt_config
 
     modules = load_vggt_reference(vggt_reference_dir, reference_dir)
     peaks, parity = {}, {}
     for name, workload, size, views, image_size in cases:
         if workload not in VGGT_REFERENCE_WORKLOADS:
             continue
+        ours, images, last = aggregator_case(size, views, tuple(image_size), device)
         torch.manual_seed(0)
         model = build_vggt_reference(modules, vggt_config(size)).to(device).eval()
-        # The images of spa3r_workloads.aggregator_case (checked in vggt_parity).
-        images = torch.rand(1, views, 3, *image_size, generator=torch.Generator().manual_seed(0)).to(device)
-        parity[name] = vggt_parity(model, size, views, tuple(image_size), images, device)
+        parity[name] = vggt_parity(model, ours, images, last, size)
+        del ours
 
         def run(model=model, images=images):
             with torch.no_grad():

@@ -305,8 +305,13 @@ def test_backbone_features_through_the_adapter(config, tmp_path):
     assert model.geometry_projector[0].in_features == width != config.spa3r_config.hidden_size
     batch = make_batch([[(4, 4)], [(4, 6)]], frames_per_sample=[2, 2])
     geometry = batch.pop("geometry_pixel_values")
+    encoder_calls = []
+    handle = model.spa3r.encoder.register_forward_hook(lambda *args: encoder_calls.append(1))
     with torch.no_grad():
         tokens = model.compute_spatial_latents(geometry)
+    handle.remove()
+    assert not encoder_calls  # only the frozen VGGT runs: Spa3R's encoder is not read
+    with torch.no_grad():
         per_frame = model.spa3r(geometry[1][None]).context_tokens[0]  # [V, N, C_backbone]
         assert tokens.shape == (2, per_frame.shape[0] * per_frame.shape[1], width)
         assert torch.allclose(tokens[1], per_frame.flatten(0, 1), atol=1e-6)

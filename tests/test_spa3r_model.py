@@ -486,6 +486,14 @@ def test_encoder_camera_encoding_uses_the_context_cameras(tiny_config):
     assert torch.isfinite(out.loss)
 
 
+def two_views_one_at_the_origin():
+    """Cameras ``[1, 2, 4, 4]`` / ``[1, 2, 3, 3]``: view 0 at the world origin, view 1 translated, for 56x84 images."""
+    extrinsics = torch.eye(4).repeat(1, 2, 1, 1)
+    extrinsics[0, 1, :3, 3] = torch.tensor([0.3, -0.2, 0.5])
+    intrinsics = torch.tensor([[60.0, 0, 42], [0, 60, 28], [0, 0, 1]]).repeat(1, 2, 1, 1)
+    return extrinsics, intrinsics
+
+
 def test_plucker_ray_encoding_extends_the_camera_frame_rays(tiny_config):
     """World-frame Plücker ray tokens reduce to the paper's camera-frame rays for a camera at the world origin;
     the encoder's ray embedding starts from the same encoder when its weights are zero."""
@@ -502,9 +510,7 @@ def test_plucker_ray_encoding_extends_the_camera_frame_rays(tiny_config):
     plucker.load_state_dict(state)
 
     latents = torch.randn(1, 16, 64)
-    extrinsics = torch.eye(4).repeat(1, 2, 1, 1)
-    extrinsics[0, 1, :3, 3] = torch.tensor([0.3, -0.2, 0.5])
-    intrinsics = torch.tensor([[60.0, 0, 42], [0, 60, 28], [0, 0, 1]]).repeat(1, 2, 1, 1)
+    extrinsics, intrinsics = two_views_one_at_the_origin()
     with torch.no_grad():
         ours = plucker.decode_field(latents, extrinsics, intrinsics, (56, 84))["geo"]
         paper = camera.decode_field(latents, extrinsics, intrinsics, (56, 84))["geo"]
@@ -527,9 +533,7 @@ def test_plucker_rays_without_prope_the_papers_ablation(tiny_config, monkeypatch
     without = Spa3RForFieldPrediction(Spa3RConfig.from_dict({**values, "decoder_camera_attention": "none"})).eval()
     without.load_state_dict(with_prope.state_dict())  # PRoPE has no weights: the same parameters
     latents = torch.randn(1, 16, 64)
-    extrinsics = torch.eye(4).repeat(1, 2, 1, 1)
-    extrinsics[0, 1, :3, 3] = torch.tensor([0.3, -0.2, 0.5])
-    intrinsics = torch.tensor([[60.0, 0, 42], [0, 60, 28], [0, 0, 1]]).repeat(1, 2, 1, 1)
+    extrinsics, intrinsics = two_views_one_at_the_origin()
     with torch.no_grad():
         reference = with_prope.decode_field(latents, extrinsics, intrinsics, (56, 84))["geo"]
         import spa3_vlm.modeling_spa3r as modeling

@@ -185,7 +185,9 @@ def build_arm_models(args: CompareArguments, seed: int) -> dict[str, Spa3VLMForC
     qwen_state = plain.state_dict()
     models = {PLAIN_ARM: plain}
 
-    def spatial(spa3r_path: Optional[str], source: str = "spa3r"):
+    def spatial(spa3r_path: Optional[str], source: str = "spa3r", adapter: Optional[dict] = None):
+        """A Spa3-VLM arm on the shared Qwen weights, starting from ``adapter``'s weights where the shapes agree (all
+        but the projector's input for another ``source``), else its own initialisation."""
         from spa3_vlm.configuration_spa3r import Spa3RConfig
 
         config = Spa3VLMConfig.from_pretrained(args.config_name, spatial_branch=True, spatial_source=source)
@@ -193,29 +195,25 @@ def build_arm_models(args: CompareArguments, seed: int) -> dict[str, Spa3VLMForC
             config.spa3r_config = encoder_only_spa3r_config(Spa3RConfig.from_pretrained(spa3r_path))
             config.spa3r_name_or_path = spa3r_path
         model = Spa3VLMForConditionalGeneration(config)
-        missing, unexpected = model.load_state_dict(qwen_state, strict=False)
+        own = model.state_dict()
+        shared = {k: v for k, v in (adapter or {}).items() if own[k].shape == v.shape}
+        missing, unexpected = model.load_state_dict({**qwen_state, **shared}, strict=False)
         groups = {parameter_group(name) for name in missing}
         if unexpected or not groups <= {"spa3r", "adapter"}:
             raise RuntimeError(f"Qwen weights do not transfer: unexpected {unexpected[:5]}, missing groups {groups}")
         if spa3r_path is not None:
             load_spa3r_encoder(model, spa3r_path)
-        own = model.state_dict()
-        if adapter_state:  # every adapter weight of the same shape (all but a wider projector input)
-            model.load_state_dict({k: v for k, v in adapter_state.items() if own[k].shape == v.shape}, strict=False)
-        else:
-            adapter_state.update({k: v for k, v in own.items() if parameter_group(k) == "adapter"})
         return model
 
-    adapter_state: dict = {}
-
     models[SPATIAL_ARM] = spatial(args.spa3r_name_or_path)
+    adapter = {k: v for k, v in models[SPATIAL_ARM].state_dict().items() if parameter_group(k) == "adapter"}
     for name, path in parse_variants(args.spa3r_variants).items():
-        models[f"spa3-vlm ({name})"] = spatial(path)
-    if args.vggt_features_arm:  # its projector reads another width: only the adapter's shapes differ
-        models["spa3-vlm (VGGT features)"] = spatial(args.spa3r_name_or_path, source="backbone")
+        models[f"spa3-vlm ({name})"] = spatial(path, adapter=adapter)
+    if args.vggt_features_arm:
+        models["spa3-vlm (VGGT features)"] = spatial(args.spa3r_name_or_path, source="backbone", adapter=adapter)
     if args.random_spa3r_control:
         torch.manual_seed(seed + 1)
-        models["spa3-vlm (random Spa3R)"] = spatial(None)
+        models["spa3-vlm (random Spa3R)"] = spatial(None, adapter=adapter)
     return models
 
 

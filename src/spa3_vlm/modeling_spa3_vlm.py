@@ -348,11 +348,10 @@ class Spa3VLMMixin:
         with torch.no_grad():
             for indices in groups.values():
                 batch = torch.stack([frames[i] for i in indices]).to(device=device, dtype=dtype)
-                output = self.spa3r(pixel_values=batch)
-                if self.config.spatial_source == "backbone":
-                    encoded = output.context_tokens.flatten(1, 2)
+                if self.config.spatial_source == "backbone":  # the frozen VGGT alone: the encoder is not read
+                    encoded = self.spa3r.backbone_tokens(batch).last_patch_tokens.flatten(1, 2)
                 else:
-                    encoded = output.latents
+                    encoded = self.spa3r(pixel_values=batch).latents
                 for position, index in enumerate(indices):
                     latents[index] = encoded[position]
         if len({tuple(latent.shape) for latent in latents}) > 1:

@@ -336,6 +336,21 @@ class Spa3RModel(Spa3RPreTrainedModel):
             total = total + self.context_input_projections[name](values.to(dtype))
         return total
 
+    def _check_images(self, pixel_values: torch.Tensor) -> None:
+        check_pixel_values(pixel_values, self.config.patch_size)
+        if self.backbone is None:
+            raise ValueError("this Spa3R config has no vggt_config: pass backbone tokens to encode_tokens() instead")
+
+    def backbone_tokens(self, pixel_values: torch.Tensor, compute_cameras: bool = False):
+        """The frozen VGGT on ``pixel_values [B, V, 3, H, W]`` in [0, 1]: its output, whose ``last_patch_tokens``
+        ``[B, V, N, C_backbone]`` are what the encoder reads (cameras too with ``compute_cameras``)."""
+        self._check_images(pixel_values)
+        return self._run_backbone(pixel_values, compute_cameras)
+
+    def _run_backbone(self, pixel_values: torch.Tensor, compute_cameras: bool):
+        with torch.no_grad(), frozen_autocast(pixel_values.device):
+            return self.backbone(pixel_values, compute_cameras=compute_cameras, compute_depth=False, output_all_layers=False)
+
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -350,9 +365,7 @@ class Spa3RModel(Spa3RPreTrainedModel):
         given; otherwise the backbone's camera head predicts them. ``context_inputs`` (``name -> [B, V, N, c]``)
         as in :meth:`encode_tokens`.
         """
-        check_pixel_values(pixel_values, self.config.patch_size)
-        if self.backbone is None:
-            raise ValueError("this Spa3R config has no vggt_config: pass backbone tokens to encode_tokens() instead")
+        self._check_images(pixel_values)
         if (extrinsics is None) != (intrinsics is None):
             raise ValueError("pass extrinsics and intrinsics together (one camera per view), or neither")
         if extrinsics is not None and self.config.encoder_camera_encoding != "prope":
@@ -365,8 +378,7 @@ class Spa3RModel(Spa3RPreTrainedModel):
         need_cameras = self.config.encoder_camera_encoding == "prope" and extrinsics is None
         if need_cameras and self.backbone.camera_head is None:
             raise ValueError("encoder_camera_encoding='prope' needs cameras: pass extrinsics/intrinsics or enable the camera head")
-        with torch.no_grad(), frozen_autocast(pixel_values.device):
-            out = self.backbone(pixel_values, compute_cameras=need_cameras, compute_depth=False, output_all_layers=False)
+        out = self._run_backbone(pixel_values, need_cameras)  # checked above
         if need_cameras:
             extrinsics, intrinsics = out.extrinsics.float(), out.intrinsics.float()
         tokens = out.last_patch_tokens

@@ -109,7 +109,7 @@ def _store_settings(base, geometry) -> list:
     return [
         LATENT_CACHE_VERSION,
         encoder_digest(base.spa3r),
-        getattr(base.config, "spatial_source", "spa3r"),
+        base.config.spatial_source,
         {k: v for k, v in geometry.to_dict().items() if k != "auto_map"},
     ]
 
