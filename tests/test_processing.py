@@ -326,6 +326,38 @@ def test_trl_vision_collator_assistant_only_labels(processor):
     assert image_tokens == int(batch["image_grid_thw"].prod(-1).sum()) // 4
 
 
+def test_spatial_slot_follows_each_samples_frames(processor, tmp_path):
+    """``spatial_slot_tokens``: one blank image block after each sample's last image (none for a text-only sample),
+    counted in the grid, the patches and the offsets that place the assistant mask; it survives save / load."""
+    slotted = Spa3VLMProcessor.from_pretrained(TINY_DIR, spatial_slot_tokens=24)
+    conversations = [
+        user_turn({"type": "image", "image": gray(0)}, {"type": "image", "image": gray(60)}, {"type": "text", "text": "How far?"})
+        + [{"role": "assistant", "content": [{"type": "text", "text": "2.5"}]}],
+        user_turn({"type": "text", "text": "No image here?"}) + [{"role": "assistant", "content": "left"}],
+        user_turn({"type": "image", "image": gray(90)}, {"type": "text", "text": "Which side?"})
+        + [{"role": "assistant", "content": [{"type": "text", "text": "right"}]}],
+    ]
+    kwargs = dict(tokenize=True, return_dict=True, return_tensors="pt", return_assistant_tokens_mask=True,
+                  processor_kwargs={"padding": True, "add_special_tokens": False})  # fmt: skip
+    plain, out = (p.apply_chat_template(conversations, **kwargs) for p in (processor, slotted))
+    # 24 merged tokens -> the squarest grid 4 x 6 -> 8 x 12 patches, after each sample's frames.
+    assert out["image_grid_thw"].tolist() == [*plain["image_grid_thw"][:2].tolist(), [1, 8, 12], plain["image_grid_thw"][2].tolist(), [1, 8, 12]]
+    assert out["pixel_values"].shape[0] == plain["pixel_values"].shape[0] + 2 * 96
+    decode = slotted.tokenizer.decode
+    block = "<|vision_start|>" + "<|image_pad|>" * 24 + "<|vision_end|>"
+    for index in range(3):
+        text, plain_text = decode(out["input_ids"][index]), decode(plain["input_ids"][index])
+        frames_end = plain_text.rfind("<|vision_end|>") + len("<|vision_end|>")
+        expected = plain_text if index == 1 else plain_text[:frames_end] + block + plain_text[frames_end:]
+        assert text.replace("<|endoftext|>", "") == expected.replace("<|endoftext|>", "")
+        answer = decode(out["input_ids"][index][out["assistant_masks"][index].bool()])
+        assert answer == decode(plain["input_ids"][index][plain["assistant_masks"][index].bool()])
+    slotted.save_pretrained(tmp_path)
+    assert Spa3VLMProcessor.from_pretrained(tmp_path).spatial_slot_tokens == 24
+    with pytest.raises(ValueError, match=r"spatial_slot_tokens must be an int >= 0; got -1"):
+        Spa3VLMProcessor.from_pretrained(TINY_DIR, spatial_slot_tokens=-1)
+
+
 # ---------------------------------------------------------------------------------------- videos
 def test_sample_frame_indices():
     assert sample_frame_indices(5, 8) == [0, 1, 2, 3, 4]

@@ -2,6 +2,7 @@
 unreadable or conflicting prediction files are refused by name (the VSI-Bench metric, its evaluate module and the
 runner); the first-number parser stays linear on adversarial text; a run cut off mid-line resumes."""
 
+import copy
 import json
 import random
 import re
@@ -212,3 +213,8 @@ def test_generator_rejects_empty_requests(spa3_dir):
         generator.generate([([], "How many chairs?")])
     with pytest.raises(ValueError, match="max_new_tokens must be a positive int, got 0"):
         Spa3VLMGenerator(generator.model, generator.processor, max_new_tokens=0)
+    # A processor that appends a latent-token slot, for a model that reads latents through its adapter.
+    slotted = copy.copy(generator.processor)
+    slotted.spatial_slot_tokens = 64
+    with pytest.raises(ValueError, match=r"latent-token slot of 64 tokens .* the model needs 0 \(its spatial_fusion: 'cross_attention'\)"):
+        Spa3VLMGenerator(generator.model, slotted)

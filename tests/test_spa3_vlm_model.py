@@ -335,6 +335,61 @@ def test_backbone_features_through_the_adapter(config, tmp_path):
         assert torch.equal(reloaded(**batch, spatial_latents=tokens).logits, from_images)
 
 
+def test_latents_appended_as_tokens(config, tmp_path):
+    """The paper's "latents as tokens" ablation: each sample's last image is a slot that its projected latents fill;
+    the vision tower never reads the slot's pixels, there is no adapter, and generation agrees with forward."""
+    tokens_config = Spa3VLMConfig.from_dict({**config.to_dict(), "spatial_fusion": "tokens"})
+    model = build_model(tokens_config, seed=4)
+    assert not hasattr(model, "geom_cross_attention") and not hasattr(model, "geometry_adaptor")
+    slot = (8, 8)  # 16 merged tokens = the tiny encoder's num_queries
+    batch = make_batch([[(4, 4), slot], [(4, 6), (6, 4), slot], []], text_lengths=[0, 2, 5], frames_per_sample=[2, 3, 0])
+    geometry = batch.pop("geometry_pixel_values")
+    seen_patches, embeds = [], []
+    hooks = [
+        model.model.visual.register_forward_hook(lambda module, args, out: seen_patches.append(args[0].shape[0])),
+        model.model.language_model.register_forward_pre_hook(
+            lambda module, args, kwargs: embeds.append(kwargs["inputs_embeds"]) and None, with_kwargs=True
+        ),
+    ]
+    with torch.no_grad():
+        latents = model.compute_spatial_latents([g for g in geometry if g is not None])
+        logits = model(**batch, geometry_pixel_values=geometry).logits
+    for hook in hooks:
+        hook.remove()
+    assert seen_patches == [16 + 24 + 24]  # every frame's patches, none of the two slots' 64 each
+    with torch.no_grad():
+        projected = model.geometry_projector(latents)
+    slot_rows = (batch["input_ids"] == IMAGE).nonzero()
+    for sample, last in ((0, 16), (1, 16)):
+        rows = slot_rows[slot_rows[:, 0] == sample][-last:, 1]  # the sample's last 16 image tokens: its slot
+        assert torch.allclose(embeds[0][sample, rows], projected[sample], atol=1e-6)
+    with torch.no_grad():
+        # The slot's pixels are never read; cached latents give the same logits as frames.
+        blank = dict(batch, pixel_values=batch["pixel_values"].clone())
+        blank["pixel_values"][-64:] = 7.0
+        assert torch.equal(model(**blank, geometry_pixel_values=geometry).logits, logits)
+        cached = torch.zeros(3, *latents.shape[1:])
+        cached[:2] = latents
+        assert torch.equal(model(**batch, spatial_latents=cached).logits, logits)
+        # Other latents change the answer: the tokens carry them.
+        assert not torch.allclose(model(**batch, spatial_latents=cached + 1).logits[:2], logits[:2])
+        # generate (which encodes every image itself, slots included) fills the slots the same way.
+        generated = model.generate(**batch, geometry_pixel_values=geometry, max_new_tokens=4, do_sample=False, pad_token_id=PAD)
+    assert torch.equal(generated, greedy_without_cache(model, dict(batch, geometry_pixel_values=geometry), 4))
+    no_slot = make_batch([[(4, 4)], [(4, 6)]])
+    with pytest.raises(ValueError, match=r"last image of sample\(s\) \[0, 1\] has \[4, 6\] tokens: build the processor with spatial_slot_tokens=16"):
+        model(**no_slot)
+    with pytest.raises(ValueError, match="spatial_fusion='tokens' .* needs spatial_source='spa3r', got 'backbone'"):
+        Spa3VLMConfig.from_dict({**config.to_dict(), "spatial_fusion": "tokens", "spatial_source": "backbone"})
+    with pytest.raises(ValueError, match=r"spatial_fusion must be one of \('cross_attention', 'tokens'\), got 'concat'"):
+        Spa3VLMConfig.from_dict({**config.to_dict(), "spatial_fusion": "concat"})
+    model.save_pretrained(tmp_path)
+    reloaded = Spa3VLMForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert reloaded.config.spatial_fusion == "tokens"
+    with torch.no_grad():
+        assert torch.equal(reloaded(**batch, geometry_pixel_values=geometry).logits, logits)
+
+
 # ---------------------------------------------------------------------------------------------- generation
 
 

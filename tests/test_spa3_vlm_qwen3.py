@@ -74,6 +74,8 @@ def test_config_names_its_base_and_checks_it(qwen3, spa3r_config):
     assert type(AutoConfig.for_model("spa3_vlm_qwen3")) is Spa3VLMQwen3Config
     with pytest.raises(ValueError, match=r"Spa3VLMConfig builds on a 'qwen2_5_vl' config, got a 'qwen3_vl' one \(use Spa3VLMQwen3Config"):
         Spa3VLMConfig.from_qwen(qwen3.config, spa3r_config=spa3r_config)
+    with pytest.raises(ValueError, match=r"spatial_fusion='tokens' is implemented for Qwen2.5-VL only \(Spa3VLMQwen3Config"):
+        Spa3VLMQwen3Config.from_qwen(qwen3.config, spa3r_config=spa3r_config, spatial_fusion="tokens")
     from transformers import Qwen2_5_VLConfig
 
     with pytest.raises(ValueError, match=r"Spa3VLMQwen3Config builds on a 'qwen3_vl' config, got a 'qwen2_5_vl' one"):

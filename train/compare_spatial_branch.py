@@ -13,7 +13,9 @@ which separates "pre-trained spatial field" from "extra adapter parameters".
     python train/compare_spatial_branch.py --spa3r_name_or_path <folder> --seeds 0,1,2 --random_spa3r_control
 
 The paper's "VGGT features" arm (--vggt_features_arm): the same adapter reads the frozen VGGT's patch tokens of
-every frame instead of Spa3R's latents. More arms (--spa3r_variants): Spa3-VLMs on other pre-trained Spa3Rs, e.g. the paper's ablations pre-trained with
+every frame instead of Spa3R's latents. Its "latents as tokens" arm (--latent_tokens_arm): no cross-attention adapter;
+the projected latents are appended after the frames as tokens of the LLM (Spa3VLMConfig(spatial_fusion="tokens")).
+More arms (--spa3r_variants): Spa3-VLMs on other pre-trained Spa3Rs, e.g. the paper's ablations pre-trained with
 train/pretrain_psfm.py --config_overrides (Plücker rays instead of PRoPE: '{"ray_encoding": "plucker",
 "decoder_camera_attention": "none"}'; mask ratio: '{"mask_ratio": 0.25}'), each named and compared like the main arm.
 
@@ -22,13 +24,16 @@ NLL of the answer tokens: more sensitive than greedy accuracy at this size), mea
 --seeds, each arm's paired difference to the plain model with a 95% interval from resampling held-out scenes
 (spa3_vlm.evaluation.statistics), and per task the headroom the train prior and the plain model leave below the
 ceiling (a task they nearly solve is answerable without the spatial branch). Writes JSON (--output_json, default
-<output_dir>/compare_spatial_branch.json). --quick: a smoke run of every arm in well under a minute.
+<output_dir>/compare_spatial_branch.json). --quick: a smoke run of every arm in well under a minute. --resume reuses the arms a run with the same settings
+already finished in --output_dir (each arm writes its result there): an interrupted run goes on where it stopped, and
+processes given different --seeds can share a machine's cores, then one more run with every seed prints the table.
 Defaults (one seed, two arms, 1000 steps of batch 8 on 64 training scenes) take about 7 minutes on an idle
 2-core CPU; --max_steps 250 --num_train_scenes 32 takes about 2 (too short for the spatial branch to matter).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -73,8 +78,12 @@ class CompareArguments:
     output_json: Optional[str] = field(
         default=None, metadata={"help": "Default: <output_dir>/compare_spatial_branch.json."}
     )
-    num_train_scenes: int = field(default=64, metadata={"help": "SynthRooms-QA training scenes."})
-    num_eval_scenes: int = field(default=16, metadata={"help": "Held-out scenes (the 'test' split: unseen rooms)."})
+    num_train_scenes: int = field(default=256, metadata={"help": "SynthRooms-QA training scenes."})
+    num_eval_scenes: int = field(
+        default=150,
+        metadata={"help": "Held-out scenes (the 'test' split: unseen rooms); about 1,200 questions by default (the printed "
+                  "95% intervals say whether they suffice)."},
+    )
     frames_per_scene: int = field(default=8, metadata={"help": "Frames per scene video."})
     questions_per_scene: int = field(default=10, metadata={"help": "Questions per scene."})
     image_height: int = field(default=84, metadata={"help": "Frame height (PSFM pre-training size)."})
@@ -103,6 +112,16 @@ class CompareArguments:
         default=False,
         metadata={"help": "Add the paper's 'VGGT features' arm: the same adapter reads the frozen VGGT's patch tokens of "
                   "every frame (spatial_source='backbone') instead of Spa3R's latents."},
+    )
+    latent_tokens_arm: bool = field(
+        default=False,
+        metadata={"help": "Add the paper's 'latents as tokens' arm: Spa3R's latents, projected, appended after the frames "
+                  "as LLM tokens (spatial_fusion='tokens') instead of read through the cross-attention adapter."},
+    )
+    resume: bool = field(
+        default=False,
+        metadata={"help": "Reuse arm results that a run with the same settings left in --output_dir (the Spa3R weights "
+                  "included) instead of training those arms again."},
     )
     bootstrap_resamples: int = field(default=2000, metadata={"help": "Scene-bootstrap draws per paired interval."})
     quick: bool = field(
@@ -185,18 +204,21 @@ def build_arm_models(args: CompareArguments, seed: int) -> dict[str, Spa3VLMForC
     qwen_state = plain.state_dict()
     models = {PLAIN_ARM: plain}
 
-    def spatial(spa3r_path: Optional[str], source: str = "spa3r", adapter: Optional[dict] = None):
+    def spatial(spa3r_path: Optional[str], source="spa3r", adapter: Optional[dict] = None, fusion="cross_attention"):
         """A Spa3-VLM arm on the shared Qwen weights, starting from ``adapter``'s weights where the shapes agree (all
-        but the projector's input for another ``source``), else its own initialisation."""
+        but the projector's input for another ``source``; only the projector for token fusion), else its own
+        initialisation."""
         from spa3_vlm.configuration_spa3r import Spa3RConfig
 
-        config = Spa3VLMConfig.from_pretrained(args.config_name, spatial_branch=True, spatial_source=source)
+        config = Spa3VLMConfig.from_pretrained(
+            args.config_name, spatial_branch=True, spatial_source=source, spatial_fusion=fusion
+        )
         if spa3r_path is not None:
             config.spa3r_config = encoder_only_spa3r_config(Spa3RConfig.from_pretrained(spa3r_path))
             config.spa3r_name_or_path = spa3r_path
         model = Spa3VLMForConditionalGeneration(config)
         own = model.state_dict()
-        shared = {k: v for k, v in (adapter or {}).items() if own[k].shape == v.shape}
+        shared = {k: v for k, v in (adapter or {}).items() if k in own and own[k].shape == v.shape}
         missing, unexpected = model.load_state_dict({**qwen_state, **shared}, strict=False)
         groups = {parameter_group(name) for name in missing}
         if unexpected or not groups <= {"spa3r", "adapter"}:
@@ -210,7 +232,10 @@ def build_arm_models(args: CompareArguments, seed: int) -> dict[str, Spa3VLMForC
     for name, path in parse_variants(args.spa3r_variants).items():
         models[f"spa3-vlm ({name})"] = spatial(path, adapter=adapter)
     if args.vggt_features_arm:
+        torch.manual_seed(seed + 2)  # its projector's wider input layer: the same start whichever arms come before
         models["spa3-vlm (VGGT features)"] = spatial(args.spa3r_name_or_path, source="backbone", adapter=adapter)
+    if args.latent_tokens_arm:
+        models["spa3-vlm (latents as tokens)"] = spatial(args.spa3r_name_or_path, adapter=adapter, fusion="tokens")
     if args.random_spa3r_control:
         torch.manual_seed(seed + 1)
         models["spa3-vlm (random Spa3R)"] = spatial(None, adapter=adapter)
@@ -231,6 +256,53 @@ def prior_answers(train, held_out) -> list[str]:
     return [prior.get(question_type, "") for question_type in held_out["question_type"]]
 
 
+def run_folder(args: CompareArguments, name: str, seed: int) -> str:
+    """``<output_dir>/<arm name as a file name>-seed<seed>``: the arm's Trainer scratch and its result."""
+    return os.path.join(
+        args.output_dir, "-".join("".join(c if c.isalnum() or c in ".-" else " " for c in name).split()) + f"-seed{seed}"
+    )
+
+
+# Settings that do not change an arm's result: where it is written, how the table is summarised, threads, and which
+# other arms run (each arm's start depends only on the seed and its own Spa3R, see build_arm_models).
+_NOT_RESULT_SETTINGS = (
+    "output_dir", "output_json", "seeds", "bootstrap_resamples", "data_cache_dir", "cpu_threads", "resume",
+    "spa3r_variants", "vggt_features_arm", "latent_tokens_arm", "random_spa3r_control",
+)  # fmt: skip
+
+
+def arm_settings(args: CompareArguments, model) -> dict:
+    """What an arm's result depends on: the run's settings and the arm's Spa3R weights (path, size, mtime)."""
+    settings = {k: v for k, v in asdict(args).items() if k not in _NOT_RESULT_SETTINGS}
+    path = getattr(model.config, "spa3r_name_or_path", None) if model.config.spatial_branch else None
+    weights = os.path.join(path, "model.safetensors") if path else None
+    if weights and os.path.exists(weights):
+        stat = os.stat(weights)
+        settings["spa3r_weights"] = [os.path.abspath(weights), stat.st_size, stat.st_mtime_ns]
+    settings["spatial"] = [model.config.spatial_branch, getattr(model.config, "spatial_source", None),
+                           getattr(model.config, "spatial_fusion", None), path]  # fmt: skip
+    return settings
+
+
+def reusable_result(folder: str, settings: dict) -> Optional[dict]:
+    """The arm result a run with the same ``settings`` wrote to ``folder``, else ``None``."""
+    try:
+        with open(os.path.join(folder, "arm_result.json")) as handle:
+            saved = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return saved["result"] if saved.get("settings") == json.loads(json.dumps(settings)) else None
+
+
+def save_result(folder: str, settings: dict, result: dict) -> None:
+    """Write the arm's result atomically: a run killed while writing leaves the old file or none."""
+    os.makedirs(folder, exist_ok=True)
+    temporary = os.path.join(folder, "arm_result.json.tmp")
+    with open(temporary, "w") as handle:
+        json.dump({"settings": settings, "result": result}, handle)
+    os.replace(temporary, os.path.join(folder, "arm_result.json"))
+
+
 def train_arm(name, model, args: CompareArguments, seed: int, processor, train, held_out) -> dict:
     spatial = model.config.spatial_branch
     configure_trainable(model, tune_llm=True, tune_adapter=spatial)
@@ -238,9 +310,8 @@ def train_arm(name, model, args: CompareArguments, seed: int, processor, train, 
     for param_name, param in model.named_parameters():
         if param.requires_grad:
             trainable[parameter_group(param_name)] += param.numel()
-    run_name = "-".join("".join(c if c.isalnum() or c in ".-" else " " for c in name).split()) + f"-seed{seed}"
     config = SFTConfig(
-        output_dir=os.path.join(args.output_dir, run_name),
+        output_dir=run_folder(args, name, seed),
         max_steps=args.max_steps,
         per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=16,
@@ -348,6 +419,15 @@ def main(argv=None) -> dict:
     for seed in seeds:
         runs[seed] = {}
         for name, model in build_arm_models(args, seed).items():
+            folder, settings = run_folder(args, name, seed), arm_settings(args, model)
+            if args.resume and (reused := reusable_result(folder, settings)) is not None:
+                logger.info("seed %d: %s reused from %s", seed, name, folder)
+                runs[seed][name] = reused
+                continue
+            arm_processor = processor
+            if getattr(model.config, "spatial_fusion", None) == "tokens":  # the slot its latents fill
+                arm_processor = copy.copy(processor)
+                arm_processor.spatial_slot_tokens = model.config.spa3r_config.num_queries
             arm_train, arm_held_out = train, held_out
             if model.config.spatial_branch:
                 arm_train = add_spatial_latents(train, model, processor)
@@ -355,7 +435,8 @@ def main(argv=None) -> dict:
             logger.info(
                 "seed %d: training %s (%d steps, then %d held-out questions)", seed, name, args.max_steps, len(held_out)
             )
-            runs[seed][name] = train_arm(name, model, args, seed, processor, arm_train, arm_held_out)
+            runs[seed][name] = train_arm(name, model, args, seed, arm_processor, arm_train, arm_held_out)
+            save_result(folder, settings, runs[seed][name])
 
     arms = list(runs[seeds[0]])
     mean_rows = {"train prior (no video)": prior_row}
@@ -368,6 +449,10 @@ def main(argv=None) -> dict:
         return {i: statistics.fmean(runs[seed][name]["scores"]["per_record"][i] for seed in seeds) for i in table_ids}
 
     plain_scores = per_record_mean(PLAIN_ARM)
+    # The overall is linear in the per-question scores, so "minus a model that scores 0" is its own interval.
+    plain_interval = paired_scene_bootstrap(
+        records, plain_scores, dict.fromkeys(table_ids, 0.0), num_resamples=args.bootstrap_resamples, seed=0
+    )
     for name in arms:
         per_seed = [runs[seed][name] for seed in seeds]
         overall = [r["scores"]["overall"] for r in per_seed]
@@ -422,6 +507,8 @@ def main(argv=None) -> dict:
             p = paired[name]
             line += f"; difference {100 * p['difference']:+.1f} [{100 * p['low']:+.1f}, {100 * p['high']:+.1f}]"
         print(line)
+    print(f"  (the overall of {PLAIN_ARM} alone: {100 * plain_interval['difference']:.1f} "
+          f"[{100 * plain_interval['low']:.1f}, {100 * plain_interval['high']:.1f}], resampling the same scenes)")
     flagged = [t for t, room in headroom.items() if min(room.values()) < MIN_HEADROOM]
     print("\nheadroom below the ceiling (x100), train prior / plain model: " + ", ".join(
         f"{t} {100 * room['train_prior']:.0f}/{100 * room['plain']:.0f}" for t, room in headroom.items()))
@@ -444,6 +531,7 @@ def main(argv=None) -> dict:
         "spa3_minus_qwen": differences,
         "overall_over_seeds": spread,
         "paired_difference_to_plain": paired,
+        "plain_overall_interval": plain_interval,
         "headroom": headroom,
         "flagged_tasks": flagged,
         "runs": {

@@ -70,6 +70,9 @@ def encoder_only_spa3r_config(config: Spa3RConfig | dict) -> Spa3RConfig:
 # What the adapter reads: Spa3R's latent field (the paper's), or the frozen backbone's patch tokens of every frame
 # (the paper's "VGGT features" ablation).
 SPATIAL_SOURCES = ("spa3r", "backbone")
+# How the visual tokens meet it: the gated cross-attention adapter (the paper's), or the projected latents appended
+# to the sequence as tokens (the paper's "latents as tokens" ablation).
+SPATIAL_FUSIONS = ("cross_attention", "tokens")
 
 
 class Spa3VLMConfigMixin(ValidatesKwargsMixin):
@@ -82,6 +85,18 @@ class Spa3VLMConfigMixin(ValidatesKwargsMixin):
             raise ValueError(f"spatial_branch must be True or False, got {self.spatial_branch!r}")
         if self.spatial_source not in SPATIAL_SOURCES:
             raise ValueError(f"spatial_source must be one of {SPATIAL_SOURCES}, got {self.spatial_source!r}")
+        if self.spatial_fusion not in SPATIAL_FUSIONS:
+            raise ValueError(f"spatial_fusion must be one of {SPATIAL_FUSIONS}, got {self.spatial_fusion!r}")
+        if self.spatial_fusion == "tokens" and self.spatial_source != "spa3r":
+            raise ValueError(
+                "spatial_fusion='tokens' appends a fixed number of latent tokens (Spa3R's queries); it needs "
+                f"spatial_source='spa3r', got {self.spatial_source!r}"
+            )
+        if self.spatial_fusion == "tokens" and not self.token_fusion_supported:
+            raise ValueError(
+                f"spatial_fusion='tokens' is implemented for Qwen2.5-VL only ({type(self).__name__}: Qwen3-VL's "
+                "deepstack features would also need the latent tokens)"
+            )
         if self.spatial_branch and self.spa3r_config is None:
             self.spa3r_config = default_spa3r_encoder_config()
         for name in ("adapter_reduction", "adapter_num_heads"):
@@ -166,6 +181,10 @@ _ADDITIONS_DOC = r"""
             ``[num_queries, hidden]``, the paper's model) or ``"backbone"`` (the frozen VGGT's patch tokens of every
             frame, ``[V * N, backbone_hidden_size]``: the paper's "VGGT features" ablation; samples of one batch
             then need the same frame count and size).
+        spatial_fusion: how the visual tokens meet it: ``"cross_attention"`` (the gated adapter, the paper's model) or
+            ``"tokens"`` (the paper's "latents as tokens" ablation, Qwen2.5-VL only: ``geometry_projector`` maps the
+            latents into the LLM's embedding space and they fill a slot of ``num_queries`` tokens that the processor
+            appends after each sample's last image, ``Spa3VLMProcessor(spatial_slot_tokens=num_queries)``).
 """
 
 
@@ -184,6 +203,8 @@ class Spa3VLMConfig(Spa3VLMConfigMixin, Qwen2_5_VLConfig):
     adapter_layer_norm_eps: float = 1e-5
     spa3r_name_or_path: str | None = None
     spatial_source: str = "spa3r"
+    spatial_fusion: str = "cross_attention"
+    token_fusion_supported = True
 
 
 class Spa3VLMQwen3Config(Spa3VLMConfigMixin, Qwen3VLConfig):
@@ -201,6 +222,8 @@ class Spa3VLMQwen3Config(Spa3VLMConfigMixin, Qwen3VLConfig):
     adapter_layer_norm_eps: float = 1e-5
     spa3r_name_or_path: str | None = None
     spatial_source: str = "spa3r"
+    spatial_fusion: str = "cross_attention"
+    token_fusion_supported = False
 
 
 Spa3VLMConfig.__doc__ = (

@@ -18,6 +18,11 @@ them to the base's own ``forward`` as ``mm_encoder_outputs``; Qwen's code scatte
 ``<|image_pad|>`` positions, builds the mRoPE positions and runs the LLM. Decoding steps carry no image
 features, so the adapter (and Spa3R) run on the prefill step only.
 
+The paper's "latents as tokens" ablation (``spatial_fusion="tokens"``, Qwen2.5-VL): no cross-attention adapter;
+``geometry_projector(L_b)`` *is* a block of ``Q`` LLM tokens, filling a slot image that the processor appends after
+the sample's last frame (``Spa3VLMProcessor(spatial_slot_tokens=Q)``: Qwen's own code then places it and gives it
+mRoPE positions like any image); the vision tower skips the slot's blank pixels.
+
 Videos: the processor, like the reference pipeline, gives a video as a list of frames (images). The base's own
 video input (``pixel_values_videos`` + ``video_grid_thw``, e.g. from Qwen3-VL's processor with its timestamps) is
 adapted the same way, from the same sample's ``geometry_pixel_values`` (the video's frames) or cached latents.
@@ -208,11 +213,12 @@ class Spa3VLMMixin:
             self.geometry_projector = nn.Sequential(
                 nn.Linear(self.spatial_context_size, hidden), nn.GELU(), nn.Linear(hidden, hidden)
             )
-            self.geom_cross_attention = GeometryCrossAttention(hidden, config.adapter_num_heads, eps=eps, config=config)
-            self.ln = nn.LayerNorm(hidden, eps=eps)
-            bottleneck = hidden // config.adapter_reduction
-            self.geometry_adaptor = nn.Sequential(nn.Linear(hidden, bottleneck), nn.GELU(), nn.Linear(bottleneck, hidden))
-            self.geometry_gate = nn.Sequential(nn.Linear(hidden, hidden), nn.Sigmoid())
+            if config.spatial_fusion == "cross_attention":  # with "tokens", the projected latents are LLM tokens
+                self.geom_cross_attention = GeometryCrossAttention(hidden, config.adapter_num_heads, eps=eps, config=config)
+                self.ln = nn.LayerNorm(hidden, eps=eps)
+                bottleneck = hidden // config.adapter_reduction
+                self.geometry_adaptor = nn.Sequential(nn.Linear(hidden, bottleneck), nn.GELU(), nn.Linear(bottleneck, hidden))
+                self.geometry_gate = nn.Sequential(nn.Linear(hidden, hidden), nn.Sigmoid())
             # Qwen's __init__ already ran post_init; modules initialised there are flagged and skipped now.
             self.post_init()
             self._freeze_spa3r()
@@ -398,6 +404,20 @@ class Spa3VLMMixin:
         adapted = queries + self.geometry_adaptor(normed) * self.geometry_gate(normed)
         return [adapted[s, :length].to(visual_tokens[s].dtype) for s, length in enumerate(lengths)]
 
+    def _spatial_slots(self, tokens_per_image: Sequence[int], owners: Sequence[int]) -> dict[int, int]:
+        """``spatial_fusion="tokens"``: sample -> index of its spatial slot, the last of its images, which must hold
+        ``num_queries`` tokens (the processor appends it: ``Spa3VLMProcessor(spatial_slot_tokens=num_queries)``)."""
+        slots = {owner: image for image, owner in enumerate(owners)}  # the last image of each sample wins
+        expected = self.config.spa3r_config.num_queries
+        wrong = {sample: tokens_per_image[image] for sample, image in slots.items() if tokens_per_image[image] != expected}
+        if wrong:
+            raise ValueError(
+                f"spatial_fusion='tokens' fills each sample's last image with its {expected} latent tokens, but the "
+                f"last image of sample(s) {sorted(wrong)} has {sorted(set(wrong.values()))} tokens: build the processor "
+                f"with spatial_slot_tokens={expected} (it appends that slot after each sample's frames)"
+            )
+        return slots
+
     def _placeholder_counts(self, token_id: int, input_ids, inputs_embeds) -> list[int]:
         """Placeholder tokens ``token_id`` (image or video pad) per sample."""
         if input_ids is not None:
@@ -454,6 +474,19 @@ class Spa3VLMMixin:
         samples = sorted({owner for modality in present for owner in owners[modality]})
         latents = self._latents_for_samples(samples, batch_size, geometry_pixel_values, spatial_latents)
         adapted_outputs = dict(encoder_outputs)
+        if self.config.spatial_fusion == "tokens":
+            if "video" in present:
+                raise ValueError("spatial_fusion='tokens' reads frames given as images (the processor's way), not videos")
+            outputs, features = encoder_outputs["image"], list(encoder_outputs["image"].pooler_output)
+            slots = self._spatial_slots([f.shape[0] for f in features], owners["image"])
+            dtype = next(self.geometry_projector.parameters()).dtype
+            projected = self.geometry_projector(latents.to(device=features[0].device, dtype=dtype))
+            for sample, image in slots.items():
+                features[image] = projected[samples.index(sample)].to(features[image].dtype)
+            copy = type(outputs)(**dict(outputs.items()))
+            copy.pooler_output = tuple(features)
+            adapted_outputs["image"] = copy
+            return adapted_outputs
         for modality in present:
             outputs, features = encoder_outputs[modality], list(encoder_outputs[modality].pooler_output)
             # Cross-attention rows are independent, so a sample's image and video tokens may be adapted apart.
@@ -544,8 +577,34 @@ class Spa3VLMMixin:
             # Qwen's vision tower turns a NaN patch into NaN logits for the whole sequence, without a word.
             check_finite_tensor(name, values, "(Qwen flattened patches, from the processor)")
             encoder = self.model.get_image_features if modality == "image" else self.model.get_video_features
+            if modality == "image" and self.config.spatial_branch and self.config.spatial_fusion == "tokens":
+                encoder_outputs[modality] = self._encode_images_around_slots(
+                    encoder, values, grid, input_ids, inputs_embeds, **vision_kwargs
+                )
+                continue
             encoder_outputs[modality] = encoder(values, grid, return_dict=True, **vision_kwargs)
         return self._adapt_encoder_outputs(encoder_outputs, input_ids, inputs_embeds, geometry_pixel_values, spatial_latents)
+
+    def _encode_images_around_slots(self, encoder, pixel_values, grid, input_ids, inputs_embeds, **vision_kwargs):
+        """The vision tower on every image but the spatial slots (their pixels are blank and their tokens are
+        replaced); a slot's features are zeros until ``_adapt_encoder_outputs`` fills them."""
+        patches = grid.prod(-1)
+        tokens = (patches // self.config.vision_config.spatial_merge_size**2).tolist()
+        counts = self._placeholder_counts(self.config.image_token_id, input_ids, inputs_embeds)
+        slots = set(self._spatial_slots(tokens, assign_images_to_samples(tokens, counts)).values())
+        keep = torch.tensor([image not in slots for image in range(len(tokens))], device=grid.device)
+        rows = torch.repeat_interleave(keep, patches).to(pixel_values.device)  # each patch row: its image kept?
+        outputs = encoder(pixel_values[rows], grid[keep], return_dict=True, **vision_kwargs)
+        encoded = iter(outputs.pooler_output)
+        features = []
+        for image, count in enumerate(tokens):
+            if image in slots:
+                features.append(outputs.pooler_output[0].new_zeros(count, outputs.pooler_output[0].shape[-1]))
+            else:
+                features.append(next(encoded))
+        copy = type(outputs)(**dict(outputs.items()))
+        copy.pooler_output = tuple(features)
+        return copy
 
     def _expand_inputs_for_generation(self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids=None, **model_kwargs):
         # Beam search / num_return_sequences repeat every batch tensor; a per-sample list needs the same.

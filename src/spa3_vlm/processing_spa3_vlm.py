@@ -23,6 +23,7 @@ Shipped to the Hub with the model: imports only numpy, PIL, torch, transformers 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable
@@ -282,6 +283,9 @@ class Spa3VLMProcessor(ProcessorMixin):
         video_loader: ``(path, num_frames) -> list[PIL.Image]`` for video paths; not saved. Default:
             :func:`default_video_loader`.
         min_pixels / max_pixels: if given, set the Qwen image processor's pixel budget.
+        spatial_slot_tokens: for a Spa3-VLM that reads its latents as tokens (``spatial_fusion="tokens"``): after
+            each sample's last image, one more image block of this many merged tokens (a blank image whose grid
+            factors the count) that the model fills with the projected latents; 0 (default) adds none.
 
     Call: ``processor(text=..., images=..., videos=..., return_tensors="pt")``. ``images`` is a flat list in
     placeholder order (split over the texts by their ``<|image_pad|>`` counts) or one list per text.
@@ -303,6 +307,7 @@ class Spa3VLMProcessor(ProcessorMixin):
         video_loader: Callable[[str, int], list] | None = None,
         min_pixels: int | None = None,
         max_pixels: int | None = None,
+        spatial_slot_tokens: int = 0,
         **kwargs,
     ):
         if tokenizer is None:
@@ -324,6 +329,9 @@ class Spa3VLMProcessor(ProcessorMixin):
         self.video_token_id = ids["video_token_id"]
         self.vision_start_token_id = ids["vision_start_token_id"]
         self.vision_end_token_id = ids["vision_end_token_id"]
+        if not isinstance(spatial_slot_tokens, int) or isinstance(spatial_slot_tokens, bool) or spatial_slot_tokens < 0:
+            raise ValueError(f"spatial_slot_tokens must be an int >= 0; got {spatial_slot_tokens!r}.")
+        self.spatial_slot_tokens = spatial_slot_tokens
         self.num_video_frames = num_video_frames
         self.crop_to_merge_multiple = bool(crop_to_merge_multiple)
         self.video_loader = video_loader
@@ -501,6 +509,14 @@ class Spa3VLMProcessor(ProcessorMixin):
             frame = frame.resize((new_width, new_height), resample=PIL.Image.Resampling.BICUBIC)
         return (np.asarray(frame, dtype=np.float32) / 255.0).transpose(2, 0, 1)
 
+    def _spatial_slot_frame(self) -> np.ndarray:
+        """The blank ``[3, h, w]`` image whose merged-token grid holds ``spatial_slot_tokens`` tokens (as square as
+        the count's divisors allow); its pixels are never read, the model replaces its tokens."""
+        count = self.spatial_slot_tokens
+        rows = max(d for d in range(1, math.isqrt(count) + 1) if count % d == 0)
+        factor = self.image_processor.patch_size * self.image_processor.merge_size
+        return np.zeros((3, rows * factor, count // rows * factor), dtype=np.float32)
+
     # ------------------------------------------------------------------ call
     def __call__(self, images=None, text=None, videos=None, audio=None, **kwargs) -> BatchFeature:
         if audio is not None:
@@ -561,12 +577,15 @@ class Spa3VLMProcessor(ProcessorMixin):
 
         geometry_pixel_values, qwen_frames, tokens_per_unit = [], [], []
         image_sources: list[int] = []  # per image of the batch, in order: its entry in qwen_frames
+        slot_tokens: list[int] = []  # per sample: merged tokens of its spatial slot (0: none)
+        slot_source = None  # every sample's slot is the same blank image
         # Samples showing the very same frame objects (several questions about one scene) share one pass: the
         # frames are resized and normalised once per call, and their outputs repeated.
         processed: dict[tuple, tuple] = {}
         patch, merge_length = self.image_processor.patch_size, self.image_processor.merge_size**2
         for index, units in enumerate(frames_per_unit):
             frames = [frame for unit in units for frame in unit]
+            slot_tokens.append(self.spatial_slot_tokens if frames else 0)
             if not frames:
                 geometry_pixel_values.append(None)
                 tokens_per_unit.append([])
@@ -591,6 +610,11 @@ class Spa3VLMProcessor(ProcessorMixin):
             geometry_pixel_values.append(geometry)
             tokens_per_unit.append(sample_tokens)
             image_sources += sources
+            if self.spatial_slot_tokens:
+                if slot_source is None:
+                    slot_source = len(qwen_frames)
+                    qwen_frames.append(self._spatial_slot_frame())
+                image_sources.append(slot_source)
 
         data: dict[str, Any] = {}
         if qwen_frames:
@@ -609,13 +633,15 @@ class Spa3VLMProcessor(ProcessorMixin):
                 grids = grids[image_sources]
             data["pixel_values"] = pixel_values
             data["image_grid_thw"] = grids
-            expected = [n for sample in tokens_per_unit for unit in sample for n in unit]
+            expected = []
+            for sample, slot in zip(tokens_per_unit, slot_tokens):
+                expected += [n for unit in sample for n in unit] + ([slot] if slot else [])
             produced = (data["image_grid_thw"].prod(-1) // merge_length).tolist()
             if produced != expected:  # a guard against a future image processor resizing behind our back
                 raise RuntimeError(f"Image token counts {produced} differ from the planned {expected}.")
 
         if texts is not None:
-            expanded, offsets = self._expand_placeholders(texts, tokens_per_unit)
+            expanded, offsets = self._expand_placeholders(texts, tokens_per_unit, slot_tokens)
             self._check_truncation(expanded, text_kwargs)
             text_inputs = self.tokenizer(expanded, **text_kwargs)
             data.update(text_inputs)
@@ -643,13 +669,15 @@ class Spa3VLMProcessor(ProcessorMixin):
             return [list(item) for item in items]
         raise ValueError(f"Got an empty or unreadable {kind} input ({_describe(items)}); pass {kind}s=None or {kind}s.")
 
-    def _expand_placeholders(self, texts: list[str], tokens_per_unit: list[list[list[int]]]):
-        """Replace each image placeholder by its image tokens and each video block by one block per frame."""
+    def _expand_placeholders(self, texts: list[str], tokens_per_unit: list[list[list[int]]], slot_tokens: list[int]):
+        """Replace each image placeholder by its image tokens and each video block by one block per frame; a sample's
+        spatial slot block (``slot_tokens``) follows its last visual block, inside that block's replacement (so the
+        offsets that place assistant masks count it)."""
         pattern = self._placeholder_pattern()
         expanded, all_offsets = [], []
-        for text, units in zip(texts, tokens_per_unit):
+        for text, units, slot in zip(texts, tokens_per_unit, slot_tokens):
             pieces, offsets, last, shift = [], [], 0, 0
-            for match, unit_tokens in zip(pattern.finditer(text), units):
+            for index, (match, unit_tokens) in enumerate(zip(pattern.finditer(text), units)):
                 start, end = match.span()
                 if match.lastgroup == "image":
                     replacement = self.image_token * unit_tokens[0]
@@ -658,6 +686,12 @@ class Spa3VLMProcessor(ProcessorMixin):
                         self.vision_start_token + self.image_token * count + self.vision_end_token
                         for count in unit_tokens
                     )
+                if slot and index == len(units) - 1:
+                    # After the block's closing token: an image placeholder sits inside its own start/end pair.
+                    if text.startswith(self.vision_end_token, end):
+                        replacement += self.vision_end_token
+                        end += len(self.vision_end_token)
+                    replacement += self.vision_start_token + self.image_token * slot + self.vision_end_token
                 pieces.append(text[last:start])
                 pieces.append(replacement)
                 offsets.append(
@@ -665,7 +699,7 @@ class Spa3VLMProcessor(ProcessorMixin):
                         "type": match.lastgroup,
                         "span": (start, end),
                         "new_span": (start + shift, start + shift + len(replacement)),
-                        "text": match.group(),
+                        "text": text[start:end],
                         "replacement": replacement,
                     }
                 )

@@ -308,5 +308,6 @@ def processor_for_image_size(processor, height: int, width: int):
         crop_to_merge_multiple=processor.crop_to_merge_multiple,
         min_pixels=min(size["shortest_edge"], height * width),
         max_pixels=max(size["longest_edge"], height * width),
+        spatial_slot_tokens=processor.spatial_slot_tokens,
     )
 
