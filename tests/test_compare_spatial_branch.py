@@ -116,6 +116,13 @@ def test_minimal_comparison_writes_the_table(spa3r_folder, tmp_path, capsys):
     assert result["spa3_minus_qwen"][0]["overall"] == pytest.approx(
         arms["spa3-vlm (pre-trained Spa3R)"]["overall"] - arms["qwen2.5-vl (no spatial branch)"]["overall"]
     )
+    markdown = (tmp_path / "compare_spatial_branch.md").read_text().splitlines()
+    assert len(markdown) == 2 + 1 + 5 + 1  # header, rule, train prior, the arms, question counts
+    tasks = [compare_spatial_branch.SHORT_TASK_NAMES[t] for t in TASK_ORDER if t in written["train_prior"]["tasks"]]
+    assert markdown[0] == "| " + " | ".join(["arm", "overall (1 seed)", "vs plain [95%]", *tasks, "answer loss"]) + " |"
+    spa3 = next(line for line in markdown if line.startswith("| spa3-vlm (pre-trained Spa3R) |")).split(" | ")
+    assert spa3[1] == f"{100 * main_arm['overall']:.1f} ± 0.0"
+    assert spa3[2] == f"{100 * difference['difference']:+.1f} [{100 * difference['low']:+.1f}, {100 * difference['high']:+.1f}]"
     printed = capsys.readouterr().out
     assert "spa3-vlm (again): " in printed and "headroom below the ceiling" in printed
     header = [line for line in printed.splitlines() if line.startswith("arm")][0]

@@ -24,9 +24,11 @@ NLL of the answer tokens: more sensitive than greedy accuracy at this size), mea
 --seeds, each arm's paired difference to the plain model with a 95% interval from resampling held-out scenes
 (spa3_vlm.evaluation.statistics), and per task the headroom the train prior and the plain model leave below the
 ceiling (a task they nearly solve is answerable without the spatial branch). Writes JSON (--output_json, default
-<output_dir>/compare_spatial_branch.json). --quick: a smoke run of every arm in well under a minute. --resume reuses the arms a run with the same settings
-already finished in --output_dir (each arm writes its result there): an interrupted run goes on where it stopped, and
-processes given different --seeds can share a machine's cores, then one more run with every seed prints the table.
+<output_dir>/compare_spatial_branch.json) and the table in Markdown next to it (.md). --quick: a smoke run of every
+arm in well under a minute. --resume reuses the arms that a run with the same settings already finished in
+--output_dir (each arm writes its result there): an interrupted run goes on where it stopped, an arm added later trains
+alone, and processes given different --seeds can share a machine's cores, then one more run with every seed prints the
+table.
 Defaults (one seed, two arms, 1000 steps of batch 8 on 64 training scenes) take about 7 minutes on an idle
 2-core CPU; --max_steps 250 --num_train_scenes 32 takes about 2 (too short for the spatial branch to matter).
 """
@@ -359,13 +361,16 @@ def train_arm(name, model, args: CompareArguments, seed: int, processor, train, 
     }
 
 
+SHORT_TASK_NAMES = {
+    "object_counting": "count", "object_abs_distance": "abs-dist", "object_size_estimation": "obj-size",
+    "room_size_estimation": "room-size", "object_rel_distance": "rel-dist", "object_rel_direction": "rel-dir",
+    "route_planning": "route", "obj_appearance_order": "appear",
+}  # fmt: skip
+
+
 def format_table(rows: dict[str, dict]) -> str:
     """Arms x (overall, the 8 tasks in the paper's order, held-out answer loss); scores x100."""
-    short = {
-        "object_counting": "count", "object_abs_distance": "abs-dist", "object_size_estimation": "obj-size",
-        "room_size_estimation": "room-size", "object_rel_distance": "rel-dist", "object_rel_direction": "rel-dir",
-        "route_planning": "route", "obj_appearance_order": "appear",
-    }  # fmt: skip
+    short = SHORT_TASK_NAMES
     width = max(len(name) for name in rows) + 2
     columns = "".join(short[t].rjust(10) for t in TASK_ORDER)
     header = "arm".ljust(width) + "overall".rjust(8) + columns + "ans-loss".rjust(10)
@@ -379,6 +384,32 @@ def format_table(rows: dict[str, dict]) -> str:
     counts = next(iter(rows.values()))["scores"]["task_counts"]
     lines.append("n".ljust(width) + "".rjust(8) + "".join(str(counts.get(t, 0)).rjust(10) for t in TASK_ORDER))
     return "\n".join(lines)
+
+
+def format_markdown(result: dict) -> str:
+    """The result as a Markdown table: per arm the overall (mean ± std over seeds), its paired difference to the plain
+    model with the 95% interval, the tasks (mean over seeds) and the held-out answer loss; scores x100."""
+    seeds = list(result["runs"])
+    tasks = [t for t in result["task_order"] if t in result["train_prior"]["tasks"]]
+    header = ["arm", f"overall ({len(seeds)} seed{'s' * (len(seeds) > 1)})", "vs plain [95%]"]
+    lines = ["| " + " | ".join(header + [SHORT_TASK_NAMES[t] for t in tasks] + ["answer loss"]) + " |"]
+    lines.append("|" + "---|" * (len(header) + len(tasks) + 1))
+    prior = result["train_prior"]
+    lines.append("| train prior (no video) | " + f"{100 * prior['overall']:.1f} | | "
+                 + " | ".join(f"{100 * prior['tasks'][t]:.1f}" for t in tasks) + " | |")  # fmt: skip
+    for name, row in result["mean_over_seeds"].items():
+        if name not in result["overall_over_seeds"]:
+            continue
+        spread, paired = result["overall_over_seeds"][name], result["paired_difference_to_plain"].get(name)
+        versus = f"{100 * paired['difference']:+.1f} [{100 * paired['low']:+.1f}, {100 * paired['high']:+.1f}]" if paired else ""
+        cells = [name, f"{100 * spread['mean']:.1f} ± {100 * spread['std']:.1f}", versus]
+        cells += [f"{100 * row['tasks'][t]:.1f}" if t in row["tasks"] else "-" for t in tasks]
+        cells.append(f"{row['held_out_answer_loss']:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    counts = next(iter(result["runs"][seeds[0]].values()))["task_counts"]
+    lines.append("| questions | " + f"{result['num_held_out_questions']} | | "
+                 + " | ".join(str(counts.get(t, 0)) for t in tasks) + " | |")  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> dict:
@@ -555,7 +586,10 @@ def main(argv=None) -> dict:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as handle:
         json.dump(result, handle, indent=2)
-    print(f"\nwritten {path} ({result['total_seconds']:.0f} s)")
+    markdown = os.path.splitext(path)[0] + ".md"
+    with open(markdown, "w") as handle:
+        handle.write(format_markdown(json.loads(json.dumps(result))))  # the JSON's view: seeds as strings
+    print(f"\nwritten {path} and {os.path.basename(markdown)} ({result['total_seconds']:.0f} s)")
     return result
 
 
