@@ -384,3 +384,47 @@ def test_camera_part_weights_scale_the_translation_rotation_and_fov_parts():
     torch.testing.assert_close(camera_loss((10, 1, 1)), 10 * parts[0] + parts[1] + parts[2])
     with pytest.raises(ValueError, match="three weights >= 0"):
         VGGTForGeometryTraining(config, camera_part_weights=(1, -1, 1))
+
+
+def test_translation_direction_term():
+    """``1 - cos`` between translations, blind to their length and to the first view's zero translation; in the model it
+    adds to the camera loss with the refinement steps' weights."""
+    from spa3_vlm.training.geometry_teacher import VGGTForGeometryTraining, cameras_to_pose_encoding, translation_direction_loss
+
+    target = torch.tensor([[0.0, 0.0, 0.0], [0.3, 0.0, 0.0], [0.0, 0.02, 0.0]])
+    assert translation_direction_loss(target * 5, target).item() == pytest.approx(0.0, abs=1e-7)
+    assert translation_direction_loss(-target, target).item() == pytest.approx(2.0)
+    perpendicular = torch.tensor([[9.0, 9.0, 9.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])  # the first row is not counted
+    assert translation_direction_loss(perpendicular, target).item() == pytest.approx(1.0)
+    still = translation_direction_loss(torch.ones(2, 3, requires_grad=True), torch.zeros(2, 3))
+    assert still.item() == 0.0 and still.requires_grad
+
+    config = VGGTModel.from_pretrained("hub_configs/vggt-tiny-synthrooms").config
+    torch.manual_seed(0)
+    extrinsics = torch.eye(4).repeat(1, 3, 1, 1)
+    extrinsics[0, 1, :3, 3] = torch.tensor([0.3, 0.0, 0.1])
+    extrinsics[0, 2, :3, 3] = torch.tensor([-0.1, 0.05, 0.2])
+    inputs = dict(
+        pixel_values=torch.rand(1, 3, 3, 84, 112), depth=1 + torch.rand(1, 3, 84, 112), extrinsics=extrinsics,
+        intrinsics=torch.tensor([[80.0, 0, 56], [0, 80, 42], [0, 0, 1]]).repeat(1, 3, 1, 1),
+    )  # fmt: skip
+
+    def model(weight):
+        torch.manual_seed(1)
+        return VGGTForGeometryTraining(
+            config, loss_weights={"depth": 0, "points": 0}, camera_part_weights=(0, 0, 0), translation_direction_weight=weight
+        ).eval()
+
+    with torch.no_grad():
+        assert model(0.0)(**inputs).losses["camera"].item() == 0.0
+        weighted = model(2.0)
+        encodings = weighted.vggt(inputs["pixel_values"], compute_depth=False, compute_points=False).pose_enc_list
+        target = cameras_to_pose_encoding(extrinsics, inputs["intrinsics"], (84, 112))
+        steps = len(encodings)
+        expected = sum(
+            2.0 * weighted.camera_gamma ** (steps - 1 - i) * translation_direction_loss(e[..., :3], target[..., :3])
+            for i, e in enumerate(encodings)
+        )
+        torch.testing.assert_close(weighted(**inputs).losses["camera"], expected)
+    with pytest.raises(ValueError, match="translation_direction_weight must be >= 0, got -1"):
+        VGGTForGeometryTraining(config, translation_direction_weight=-1)

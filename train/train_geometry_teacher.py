@@ -52,6 +52,10 @@ class TeacherArguments(TeacherDataArguments):
     camera_part_weights: str = field(
         default="1,1,1", metadata={"help": "Weights of the camera loss's translation, rotation and fov parts (VGGT: 1,1,1)."}
     )
+    translation_direction_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of a 1 - cos term between predicted and true translations (0: VGGT's loss alone)."},
+    )
     depth_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the depth-map loss."})
     point_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the point-map loss."})
     readout_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the token read-out loss (0: off)."})
@@ -99,7 +103,7 @@ def main(argv=None) -> dict:
         problems.append(f"--camera_part_weights must be three weights >= 0 like 1,1,1, got {args.camera_part_weights!r}")
     if args.camera_loss_type not in ("huber", "l1"):
         problems.append(f"--camera_loss_type must be huber or l1, got {args.camera_loss_type!r}")
-    weights = ("camera_loss_weight", "depth_loss_weight", "point_loss_weight", "readout_loss_weight")
+    weights = ("camera_loss_weight", "translation_direction_weight", "depth_loss_weight", "point_loss_weight", "readout_loss_weight")
     problems += [f"--{name} must be >= 0, got {getattr(args, name)}" for name in weights if not getattr(args, name) >= 0]
     if problems:
         parser.error("; ".join(problems))  # one line and exit status 2: a user mistake, not a crash
@@ -119,6 +123,7 @@ def main(argv=None) -> dict:
         },
         camera_loss_type=args.camera_loss_type,
         camera_part_weights=part_weights,
+        translation_direction_weight=args.translation_direction_weight,
     )
     if args.init_from:
         from spa3_vlm import VGGTModel

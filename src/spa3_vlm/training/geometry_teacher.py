@@ -65,6 +65,15 @@ def world_points_from_depth(depth: torch.Tensor, extrinsics: torch.Tensor, intri
     return torch.einsum("bvij,bvhwj->bvhwi", to_world[..., :3, :3], camera_points) + to_world[..., None, None, :3, 3]
 
 
+def translation_direction_loss(predicted: torch.Tensor, target: torch.Tensor, min_length: float = 1e-6) -> torch.Tensor:
+    """Mean ``1 - cos`` between predicted and true translations ``[..., 3]`` over those at least ``min_length`` long
+    (the first view's is zero); 0 when there are none."""
+    moving = target.norm(dim=-1) >= min_length
+    if not moving.any():
+        return predicted.sum() * 0.0  # keeps the graph (and DDP) whole
+    return (1 - F.cosine_similarity(predicted[moving], target[moving], dim=-1, eps=1e-8)).mean()
+
+
 def pool_patches(maps: torch.Tensor, patch_size: int) -> torch.Tensor:
     """``[B, V, H, W, C]`` -> per-patch means ``[B, V, N, C]`` (row-major patches)."""
     batch, views, height, width, channels = maps.shape
@@ -113,6 +122,9 @@ class VGGTForGeometryTraining(VGGTPreTrainedModel):
         camera_part_weights: weights of the translation, rotation and field-of-view parts of the camera loss
             (VGGT: equal). Metric translations of a few decimetres give small residuals; weighing them up keeps the
             head from settling on near-zero translations.
+        translation_direction_weight: weight of an extra camera term, ``1 - cos`` between the predicted and the true
+            translation of every view but the first (0 = off, VGGT's loss). It does not shrink with the translation's
+            length, so a few centimetres of camera motion pull the direction as hard as metres do.
     """
 
     DEFAULT_LOSS_WEIGHTS = {"camera": 5.0, "depth": 1.0, "points": 1.0, "readout": 1.0}
@@ -125,8 +137,12 @@ class VGGTForGeometryTraining(VGGTPreTrainedModel):
         camera_gamma: float = 0.6,
         camera_loss_type: str = "huber",
         camera_part_weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
+        translation_direction_weight: float = 0.0,
     ):
         super().__init__(config)
+        if not translation_direction_weight >= 0:
+            raise ValueError(f"translation_direction_weight must be >= 0, got {translation_direction_weight!r}")
+        self.translation_direction_weight = float(translation_direction_weight)
         if len(camera_part_weights) != 3 or not all(w >= 0 for w in camera_part_weights):
             raise ValueError(f"camera_part_weights must be three weights >= 0 (translation, rotation, fov), got {camera_part_weights!r}")
         self.camera_part_weights = tuple(float(w) for w in camera_part_weights)
@@ -182,6 +198,10 @@ class VGGTForGeometryTraining(VGGTPreTrainedModel):
                 weight = self.camera_gamma ** (steps - 1 - index)
                 for part, part_weight in zip((slice(0, 3), slice(3, 7), slice(7, 9)), self.camera_part_weights):
                     camera = camera + weight * part_weight * self.camera_loss(encoding[..., part].float(), target[..., part])
+                if self.translation_direction_weight > 0:
+                    camera = camera + weight * self.translation_direction_weight * translation_direction_loss(
+                        encoding[..., :3].float(), target[..., :3]
+                    )
             losses["camera"] = camera
         if output.depth is not None:
             losses["depth"] = confidence_loss(output.depth.float(), depth[..., None].float(), output.depth_conf.float(), self.confidence_alpha)
