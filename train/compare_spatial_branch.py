@@ -31,7 +31,7 @@ alone, and processes given different --seeds can share a machine's cores, then o
 table.
 Defaults (one seed, two arms, 1000 steps of batch 8 on 256 training scenes, 1,205 held-out questions on 150 scenes)
 take 3.5-4 minutes per arm at one thread on a 2-core CPU (5 with three processes sharing it), plus rendering the
-scenes once; the README's ablation table (11 arms, 3 seeds) took 71 minutes that way.
+scenes once; the README's ablation table (10 arms, 3 seeds) took 71 minutes that way.
 """
 
 from __future__ import annotations
