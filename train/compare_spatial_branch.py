@@ -124,7 +124,8 @@ class CompareArguments:
     resume: bool = field(
         default=False,
         metadata={"help": "Reuse arm results that a run with the same settings left in --output_dir (the Spa3R weights "
-                  "included) instead of training those arms again."},
+                  "included) instead of training those arms again. The code is not part of the key: after changing "
+                  "it, run without --resume."},
     )
     bootstrap_resamples: int = field(default=2000, metadata={"help": "Scene-bootstrap draws per paired interval."})
     quick: bool = field(
