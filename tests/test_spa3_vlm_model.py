@@ -341,6 +341,9 @@ def test_latents_appended_as_tokens(config, tmp_path):
     tokens_config = Spa3VLMConfig.from_dict({**config.to_dict(), "spatial_fusion": "tokens"})
     model = build_model(tokens_config, seed=4)
     assert not hasattr(model, "geom_cross_attention") and not hasattr(model, "geometry_adaptor")
+    # The slot its processor must append: num_queries tokens; none for the cross-attention adapter. Not saved.
+    assert tokens_config.latent_slot_size == 16 and config.latent_slot_size == 0
+    assert "latent_slot_size" not in tokens_config.to_dict()
     slot = (8, 8)  # 16 merged tokens = the tiny encoder's num_queries
     batch = make_batch([[(4, 4), slot], [(4, 6), (6, 4), slot], []], text_lengths=[0, 2, 5], frames_per_sample=[2, 3, 0])
     geometry = batch.pop("geometry_pixel_values")

@@ -457,10 +457,8 @@ def main(argv=None) -> dict:
                 logger.info("seed %d: %s reused from %s", seed, name, folder)
                 runs[seed][name] = reused
                 continue
-            arm_processor = processor
-            if getattr(model.config, "spatial_fusion", None) == "tokens":  # the slot its latents fill
-                arm_processor = copy.copy(processor)
-                arm_processor.spatial_slot_tokens = model.config.spa3r_config.num_queries
+            arm_processor = copy.copy(processor)
+            arm_processor.spatial_slot_tokens = model.config.latent_slot_size  # the slot a "tokens" arm fills
             arm_train, arm_held_out = train, held_out
             if model.config.spatial_branch:
                 arm_train = add_spatial_latents(train, model, processor)

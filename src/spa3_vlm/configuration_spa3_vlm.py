@@ -117,6 +117,12 @@ class Spa3VLMConfigMixin(ValidatesKwargsMixin):
             raise ValueError(f"adapter_reduction={self.adapter_reduction} must divide the LLM hidden size {hidden}")
 
     @property
+    def latent_slot_size(self) -> int:
+        """Tokens of the latent slot the processor must append after each sample's frames: Spa3R's ``num_queries``
+        for ``spatial_fusion="tokens"``, else 0 (``Spa3VLMProcessor(spatial_slot_tokens=...)``)."""
+        return self.spa3r_config.num_queries if self.spatial_branch and self.spatial_fusion == "tokens" else 0
+
+    @property
     def adapter_hidden_size(self) -> int:
         """``D``: the LLM hidden size, in which visual tokens are adapted."""
         return self.text_config.hidden_size

@@ -110,12 +110,6 @@ def load_model(model_name_or_path: str, *, device: torch.device, dtype: torch.dt
     return model.to(device).eval()
 
 
-def _reads_latent_tokens(model) -> bool:
-    """A Spa3-VLM with ``spatial_fusion="tokens"``: its processor must append the latent-token slot."""
-    config = model.config
-    return getattr(config, "spatial_branch", False) and getattr(config, "spatial_fusion", None) == "tokens"
-
-
 def load_processor(processor_name_or_path: str) -> Spa3VLMProcessor:
     """``Spa3VLMProcessor`` from a Spa3-VLM folder or a plain Qwen folder (tokenizer + preprocessor config)."""
     try:
@@ -194,7 +188,8 @@ class Spa3VLMGenerator:
                 f"the processor's image token id ({processor.image_token_id}) differs from the model's "
                 f"({model.config.image_token_id}): processor and model come from different checkpoints"
             )
-        slots, given = (model.config.spa3r_config.num_queries if _reads_latent_tokens(model) else 0), getattr(processor, "spatial_slot_tokens", 0)
+        slots = getattr(model.config, "latent_slot_size", 0)  # a plain Qwen config has none
+        given = getattr(processor, "spatial_slot_tokens", 0)
         if given != slots:
             raise ValueError(
                 f"the processor appends a latent-token slot of {given} tokens after each sample's frames but the model "

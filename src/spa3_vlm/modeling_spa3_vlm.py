@@ -187,6 +187,13 @@ def assign_images_to_samples(
     return owners
 
 
+def _with_pooler_output(outputs, features: Sequence[torch.Tensor]):
+    """A copy of the vision tower's ``outputs`` with ``pooler_output`` (its per-image merged tokens) replaced."""
+    copy = type(outputs)(**dict(outputs.items()))
+    copy.pooler_output = tuple(features)
+    return copy
+
+
 class Spa3VLMMixin:
     """The Spa3R encoder and the gated geometry adapter on a Qwen VLM (see the module docstring); the model classes
     below put it on Qwen2.5-VL and Qwen3-VL.
@@ -408,7 +415,7 @@ class Spa3VLMMixin:
         """``spatial_fusion="tokens"``: sample -> index of its spatial slot, the last of its images, which must hold
         ``num_queries`` tokens (the processor appends it: ``Spa3VLMProcessor(spatial_slot_tokens=num_queries)``)."""
         slots = {owner: image for image, owner in enumerate(owners)}  # the last image of each sample wins
-        expected = self.config.spa3r_config.num_queries
+        expected = self.config.latent_slot_size
         wrong = {sample: tokens_per_image[image] for sample, image in slots.items() if tokens_per_image[image] != expected}
         if wrong:
             raise ValueError(
@@ -483,9 +490,7 @@ class Spa3VLMMixin:
             projected = self.geometry_projector(latents.to(device=features[0].device, dtype=dtype))
             for sample, image in slots.items():
                 features[image] = projected[samples.index(sample)].to(features[image].dtype)
-            copy = type(outputs)(**dict(outputs.items()))
-            copy.pooler_output = tuple(features)
-            adapted_outputs["image"] = copy
+            adapted_outputs["image"] = _with_pooler_output(outputs, features)
             return adapted_outputs
         for modality in present:
             outputs, features = encoder_outputs[modality], list(encoder_outputs[modality].pooler_output)
@@ -493,9 +498,7 @@ class Spa3VLMMixin:
             mine = sorted(set(owners[modality]))
             per_sample = [torch.cat([f for f, owner in zip(features, owners[modality]) if owner == b]) for b in mine]
             adapted = torch.cat(self.adapt_visual_tokens(per_sample, latents[[samples.index(b) for b in mine]]))
-            copy = type(outputs)(**dict(outputs.items()))
-            copy.pooler_output = tuple(torch.split(adapted, [f.shape[0] for f in features]))
-            adapted_outputs[modality] = copy
+            adapted_outputs[modality] = _with_pooler_output(outputs, torch.split(adapted, [f.shape[0] for f in features]))
         return adapted_outputs
 
     # ------------------------------------------------------------------------------------------ forward
@@ -602,9 +605,7 @@ class Spa3VLMMixin:
                 features.append(outputs.pooler_output[0].new_zeros(count, outputs.pooler_output[0].shape[-1]))
             else:
                 features.append(next(encoded))
-        copy = type(outputs)(**dict(outputs.items()))
-        copy.pooler_output = tuple(features)
-        return copy
+        return _with_pooler_output(outputs, features)
 
     def _expand_inputs_for_generation(self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids=None, **model_kwargs):
         # Beam search / num_return_sequences repeat every batch tensor; a per-sample list needs the same.

@@ -577,7 +577,6 @@ class Spa3VLMProcessor(ProcessorMixin):
 
         geometry_pixel_values, qwen_frames, tokens_per_unit = [], [], []
         image_sources: list[int] = []  # per image of the batch, in order: its entry in qwen_frames
-        slot_tokens: list[int] = []  # per sample: merged tokens of its spatial slot (0: none)
         slot_source = None  # every sample's slot is the same blank image
         # Samples showing the very same frame objects (several questions about one scene) share one pass: the
         # frames are resized and normalised once per call, and their outputs repeated.
@@ -585,7 +584,6 @@ class Spa3VLMProcessor(ProcessorMixin):
         patch, merge_length = self.image_processor.patch_size, self.image_processor.merge_size**2
         for index, units in enumerate(frames_per_unit):
             frames = [frame for unit in units for frame in unit]
-            slot_tokens.append(self.spatial_slot_tokens if frames else 0)
             if not frames:
                 geometry_pixel_values.append(None)
                 tokens_per_unit.append([])
@@ -633,15 +631,16 @@ class Spa3VLMProcessor(ProcessorMixin):
                 grids = grids[image_sources]
             data["pixel_values"] = pixel_values
             data["image_grid_thw"] = grids
-            expected = []
-            for sample, slot in zip(tokens_per_unit, slot_tokens):
-                expected += [n for unit in sample for n in unit] + ([slot] if slot else [])
+            expected = []  # each sample's frames, then its slot (a sample without frames has neither)
+            slot = [self.spatial_slot_tokens] if self.spatial_slot_tokens else []
+            for sample in tokens_per_unit:
+                expected += [n for unit in sample for n in unit] + (slot if sample else [])
             produced = (data["image_grid_thw"].prod(-1) // merge_length).tolist()
             if produced != expected:  # a guard against a future image processor resizing behind our back
                 raise RuntimeError(f"Image token counts {produced} differ from the planned {expected}.")
 
         if texts is not None:
-            expanded, offsets = self._expand_placeholders(texts, tokens_per_unit, slot_tokens)
+            expanded, offsets = self._expand_placeholders(texts, tokens_per_unit)
             self._check_truncation(expanded, text_kwargs)
             text_inputs = self.tokenizer(expanded, **text_kwargs)
             data.update(text_inputs)
@@ -669,13 +668,14 @@ class Spa3VLMProcessor(ProcessorMixin):
             return [list(item) for item in items]
         raise ValueError(f"Got an empty or unreadable {kind} input ({_describe(items)}); pass {kind}s=None or {kind}s.")
 
-    def _expand_placeholders(self, texts: list[str], tokens_per_unit: list[list[list[int]]], slot_tokens: list[int]):
+    def _expand_placeholders(self, texts: list[str], tokens_per_unit: list[list[list[int]]]):
         """Replace each image placeholder by its image tokens and each video block by one block per frame; a sample's
-        spatial slot block (``slot_tokens``) follows its last visual block, inside that block's replacement (so the
-        offsets that place assistant masks count it)."""
+        spatial slot block (``spatial_slot_tokens``) follows its last visual block, inside that block's replacement (so
+        the offsets that place assistant masks count it)."""
         pattern = self._placeholder_pattern()
+        slot = self.spatial_slot_tokens
         expanded, all_offsets = [], []
-        for text, units, slot in zip(texts, tokens_per_unit, slot_tokens):
+        for text, units in zip(texts, tokens_per_unit):
             pieces, offsets, last, shift = [], [], 0, 0
             for index, (match, unit_tokens) in enumerate(zip(pattern.finditer(text), units)):
                 start, end = match.span()
