@@ -22,7 +22,11 @@ import torch
 from transformers import AutoConfig, HfArgumentParser, TrainingArguments, set_seed
 
 from spa3_vlm.data.psfm import PSFMCollator, PSFMDataset
-from spa3_vlm.training.geometry_teacher import VGGTForGeometryTraining, evaluate_geometry_teacher, format_geometry_report
+from spa3_vlm.training.geometry_teacher import (
+    VGGTForGeometryTraining,
+    format_geometry_report,
+    score_geometry_teacher,
+)
 from spa3_vlm.training.flags import at_least
 from spa3_vlm.training.psfm import PSFMTrainer, train_resuming
 from spa3_vlm.training.teacher_runs import (
@@ -146,11 +150,7 @@ def main(argv=None) -> dict:
     results = {}
     if trainer.is_world_process_zero():
         held_out = teacher_scenes(args, training_args.seed, "test")
-        # Fixed 6-view samples with the training intervals, the same for every run.
-        eval_set = PSFMDataset(held_out, (6, 6), interval, samples_per_scene=2, seed=12345)
-        eval_collator = PSFMCollator(config.patch_size, mask_ratio=0.0, depth_maps=True)
-        batches = [eval_collator([eval_set[i] for i in range(s, min(s + 4, len(eval_set)))]) for s in range(0, len(eval_set), 4)]
-        results = evaluate_geometry_teacher(model.vggt, batches)
+        results = score_geometry_teacher(model.vggt, scenes, held_out)
         report = format_geometry_report(results)
         export_teacher_run(model.vggt, "geometry", report, results, args, training_args, argv, trainer.state.global_step)
     return results

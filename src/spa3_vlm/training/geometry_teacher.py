@@ -18,7 +18,9 @@ for real data of unknown scale.
 
 :func:`evaluate_geometry_teacher` scores depth (abs-rel, δ<1.25; metric and per-image median-scaled) against a
 constant per-image median depth, and cameras (rotation, translation direction and translation error of views
-1.. relative to view 0) against the identity pose.
+1.. relative to view 0) against the identity pose and, for the direction, against the training views' mean direction
+(:func:`mean_translation_direction`): camera walks move in a preferred direction, so a constant guess already
+scores well below the 90° of chance.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from ..configuration_vggt import VGGTConfig
+from ..data.psfm import PSFMCollator, PSFMDataset
 from ..modeling_geometry import cameras_to_pose_encoding, invert_intrinsics, invert_rigid, to_homogeneous
 from ..modeling_vggt import VGGTModel, VGGTPreTrainedModel
 
@@ -41,7 +44,9 @@ __all__ = [
     "confidence_loss",
     "evaluate_geometry_teacher",
     "format_geometry_report",
+    "mean_translation_direction",
     "pool_patches",
+    "score_geometry_teacher",
     "world_points_from_depth",
 ]
 
@@ -230,7 +235,22 @@ def _rotation_angle_deg(rotation: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_geometry_teacher(vggt: VGGTModel, batches: Iterable[dict]) -> dict:
+def mean_translation_direction(batches: Iterable[dict]) -> torch.Tensor:
+    """The mean direction ``[3]`` (unit length) of the camera centres of views 1.. in view 0's frame over
+    ``batches`` (collated samples with ``extrinsics``): the best constant guess of a translation's direction that
+    the training views allow, the baseline a camera head must beat."""
+    total = torch.zeros(3)
+    for batch in batches:
+        centres = invert_rigid(to_homogeneous(batch["extrinsics"].float())[:, 1:])[..., :3, 3].reshape(-1, 3).cpu()
+        total += F.normalize(centres, dim=-1, eps=1e-9).sum(0)
+    if not total.norm() > 0:
+        raise ValueError("the batches hold no moving camera (views 1.. of every sample sit at view 0's centre)")
+    return F.normalize(total, dim=0)
+
+
+def evaluate_geometry_teacher(
+    vggt: VGGTModel, batches: Iterable[dict], prior_direction: Optional[torch.Tensor] = None
+) -> dict:
     """Held-out scores of a VGGT teacher and its baselines.
 
     ``batches``: collated samples with ``pixel_values``, ``depth``, ``extrinsics`` and ``intrinsics`` (relative to
@@ -238,7 +258,8 @@ def evaluate_geometry_teacher(vggt: VGGTModel, batches: Iterable[dict]) -> dict:
     "num_views": ...}`` with depth methods ``model`` and ``median_baseline`` (every pixel = the image's true median
     depth) and camera methods ``model`` and ``identity`` over views 1.. of every sample: mean rotation error (°),
     mean translation-direction error (°, camera centre in view 0's frame; undefined for the identity) and mean
-    translation error (m).
+    translation error (m). With ``prior_direction`` (``[3]``, e.g. :func:`mean_translation_direction` of training
+    batches), camera method ``prior_direction`` scores that constant guess's translation direction (°).
     """
     vggt.eval()
     device = next(vggt.parameters()).device
@@ -292,6 +313,10 @@ def evaluate_geometry_teacher(vggt: VGGTModel, batches: Iterable[dict]) -> dict:
             },
             pairs,
         )
+        if prior_direction is not None:
+            prior = prior_direction.to(centres_true).expand_as(centres_true)
+            cosine = F.cosine_similarity(prior, centres_true, dim=-1, eps=1e-9).clamp(-1, 1)
+            add(("camera", "prior_direction"), {"translation_direction_deg": torch.rad2deg(torch.acos(cosine)).mean().item()}, pairs)
         count["camera"] += pairs
     if count["depth"] == 0:
         raise ValueError("no batches to evaluate")
@@ -303,6 +328,23 @@ def evaluate_geometry_teacher(vggt: VGGTModel, batches: Iterable[dict]) -> dict:
     results["num_views"] = count["depth"]
     results["num_relative_poses"] = count["camera"]
     return results
+
+
+def score_geometry_teacher(vggt: VGGTModel, train_scenes, test_scenes, num_prior_scenes: int = 512) -> dict:
+    """The report of ``train/train_geometry_teacher.py``: :func:`evaluate_geometry_teacher` on fixed 6-view samples
+    of ``test_scenes`` (SynthRooms rows: a ``datasets.Dataset`` or a list), 1-4 frames apart whatever the run's own intervals, so that the reports of
+    runs and of fine-tuning stages compare; the direction baseline is the mean direction of the same kind of samples
+    of the first ``num_prior_scenes`` of ``train_scenes``."""
+    collator = PSFMCollator(vggt.config.patch_size, mask_ratio=0.0, depth_maps=True)
+
+    def batches(rows):
+        samples = PSFMDataset(rows, (6, 6), (1, 4), samples_per_scene=2, seed=12345)
+        return [collator([samples[i] for i in range(s, min(s + 4, len(samples)))]) for s in range(0, len(samples), 4)]
+
+    first = range(min(num_prior_scenes, len(train_scenes)))
+    prior_rows = train_scenes.select(first) if hasattr(train_scenes, "select") else [train_scenes[i] for i in first]
+    prior = mean_translation_direction(batches(prior_rows))
+    return evaluate_geometry_teacher(vggt, batches(test_scenes), prior_direction=prior)
 
 
 def format_geometry_report(results: dict) -> str:
@@ -328,10 +370,16 @@ def format_geometry_report(results: dict) -> str:
             "| method | rotation (°) | translation direction (°) | translation (m) |",
             "|---|---|---|---|",
         ]
+        labels = {"model": "teacher", "identity": "identity pose", "prior_direction": "training views' mean direction"}
         for method, scores in camera.items():
-            direction = scores.get("translation_direction_deg")
-            direction = "undefined" if direction is None else f"{direction:.1f}"
-            label = "teacher" if method == "model" else "identity pose"
-            lines.append(f"| {label} | {scores['rotation_deg']:.1f} | {direction} | {scores['translation_m']:.3f} |")
+            rotation, direction, translation = (
+                scores.get(name) for name in ("rotation_deg", "translation_direction_deg", "translation_m")
+            )
+            cells = [
+                "–" if rotation is None else f"{rotation:.1f}",
+                "undefined" if direction is None else f"{direction:.1f}",
+                "–" if translation is None else f"{translation:.3f}",
+            ]
+            lines.append(f"| {labels.get(method, method)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
