@@ -248,6 +248,7 @@ def mean_translation_direction(batches: Iterable[dict]) -> torch.Tensor:
     return F.normalize(total, dim=0)
 
 
+@torch.no_grad()
 def evaluate_geometry_teacher(
     vggt: VGGTModel, batches: Iterable[dict], prior_direction: Optional[torch.Tensor] = None
 ) -> dict:
@@ -332,9 +333,9 @@ def evaluate_geometry_teacher(
 
 def score_geometry_teacher(vggt: VGGTModel, train_scenes, test_scenes, num_prior_scenes: int = 512) -> dict:
     """The report of ``train/train_geometry_teacher.py``: :func:`evaluate_geometry_teacher` on fixed 6-view samples
-    of ``test_scenes`` (SynthRooms rows: a ``datasets.Dataset`` or a list), 1-4 frames apart whatever the run's own intervals, so that the reports of
-    runs and of fine-tuning stages compare; the direction baseline is the mean direction of the same kind of samples
-    of the first ``num_prior_scenes`` of ``train_scenes``."""
+    of ``test_scenes`` (SynthRooms rows: a ``datasets.Dataset`` or a list), 1-4 frames apart whatever the run's own
+    intervals, so that the reports of runs and of fine-tuning stages compare; the direction baseline is the mean
+    direction of the same kind of samples of the first ``num_prior_scenes`` of ``train_scenes``."""
     collator = PSFMCollator(vggt.config.patch_size, mask_ratio=0.0, depth_maps=True)
 
     def batches(rows):
