@@ -143,6 +143,7 @@ class PerfectTeacher(torch.nn.Module):
         self.batches = iter(batches)
 
     def forward(self, pixel_values, **kwargs):
+        self.grad_enabled = torch.is_grad_enabled()
         batch = next(self.batches)
         return SimpleNamespace(
             depth=batch["depth"][..., None], extrinsics=batch["extrinsics"][..., :3, :], intrinsics=batch["intrinsics"]
@@ -152,7 +153,9 @@ class PerfectTeacher(torch.nn.Module):
 def test_geometry_evaluation_of_a_perfect_teacher_and_the_identity(test_rows):
     """With the true depth and cameras the errors are zero; the identity's rotation error is the true rotation."""
     batches = geometry_batches(test_rows[:2])
-    results = evaluate_geometry_teacher(PerfectTeacher(batches), batches)
+    teacher = PerfectTeacher(batches)
+    results = evaluate_geometry_teacher(teacher, batches)
+    assert teacher.grad_enabled is False  # evaluation builds no autograd graph
     assert results["depth"]["model"]["metric"]["abs_rel"] == pytest.approx(0.0, abs=1e-6)
     assert results["depth"]["model"]["metric"]["delta1"] == 1.0
     assert results["camera"]["model"]["rotation_deg"] == pytest.approx(0.0, abs=0.05)
