@@ -39,6 +39,21 @@ def test_dataset_is_deterministic_and_relative_to_the_first_view():
     assert torch.equal(cached[5]["pixel_values"], a["pixel_values"]) and torch.equal(cached[5]["depth"], a["depth"])
 
 
+def test_relative_extrinsics_are_the_samples_cameras_without_their_images():
+    import datasets
+
+    scenes = fake_scenes()
+    dataset = PSFMDataset(scenes, num_views=(3, 5), interval=(1, 2), samples_per_scene=4, seed=7)
+    table = PSFMDataset(datasets.Dataset.from_list(scenes), num_views=(3, 5), interval=(1, 2), samples_per_scene=4, seed=7)
+    cameras_only = PSFMDataset([{"extrinsics": s["extrinsics"]} for s in scenes], (3, 5), (1, 2), samples_per_scene=4, seed=7)
+    for index in range(len(dataset)):
+        expected = dataset[index]["extrinsics"]
+        for source in (dataset, table, cameras_only):
+            assert torch.equal(source.relative_extrinsics(index), expected)
+    with pytest.raises(IndexError, match="out of range"):
+        dataset.relative_extrinsics(len(dataset))
+
+
 def test_collator_aligns_views_and_sizes():
     big = PSFMDataset(fake_scenes(1, size=(42, 56)), num_views=(5, 5), seed=1)[0]
     small = PSFMDataset(fake_scenes(1, size=(28, 42), seed=1), num_views=(3, 3), seed=1)[0]

@@ -11,9 +11,9 @@ import torch
 from transformers import AutoConfig, DINOv3ViTModel
 
 from spa3_vlm import VGGTModel
-from spa3_vlm.data.psfm import PSFMCollator, PSFMDataset, sample_strided_frames
+from spa3_vlm.data.psfm import PSFMCollator, PSFMDataset
 from spa3_vlm.data.synthrooms import SynthRoomsConfig, generate_scene, render_scene_frames, scene_seed, scene_to_row
-from spa3_vlm.modeling_geometry import invert_rigid, relative_to_first
+from spa3_vlm.modeling_geometry import invert_rigid
 from spa3_vlm.training.geometry_teacher import (
     VGGTForGeometryTraining,
     confidence_loss,
@@ -272,15 +272,13 @@ def test_shipped_geometry_teacher_depth_beats_the_true_median_on_fresh_scenes(sh
     assert f"{reported['depth']['model']['median_scaled']['abs_rel']:.3f}" in card
 
 
-def walks_mean_direction(count, views, seed, interval=(1, 2)):
-    """:func:`mean_translation_direction` of ``count`` training scenes' walks sampled as :func:`geometry_batches`
+def walks_mean_direction(count, views, seed):
+    """:func:`mean_translation_direction` of ``count`` fresh training walks sampled as :func:`geometry_batches`
     samples them, from the scenes' cameras alone (no rendering: 500 scenes take about two seconds)."""
-    batches = []
-    for index in range(count):
-        scene = generate_scene(scene_seed(seed, "train", index), SynthRoomsConfig(frames_per_scene=8))
-        frames = sample_strided_frames(scene.num_frames, views, interval, np.random.default_rng([seed, index]))
-        batches.append({"extrinsics": relative_to_first(torch.as_tensor(scene.extrinsics[frames]))[None].float()})
-    return mean_translation_direction(batches)
+    config = SynthRoomsConfig(frames_per_scene=8)
+    rows = [{"extrinsics": generate_scene(scene_seed(seed, "train", i), config).extrinsics} for i in range(count)]
+    samples = PSFMDataset(rows, (views, views), (1, 2), samples_per_scene=1, seed=7)
+    return mean_translation_direction({"extrinsics": samples.relative_extrinsics(i)[None]} for i in range(len(samples)))
 
 
 @pytest.fixture(scope="module")

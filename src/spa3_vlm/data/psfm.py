@@ -98,6 +98,9 @@ class PSFMDataset(torch.utils.data.Dataset):
         self.samples_per_scene = samples_per_scene
         self.seed = seed
         self._cache: Optional[dict] = {} if cache_scenes else None
+        # relative_extrinsics reads the cameras alone: no image of a datasets.Dataset gets decoded for it.
+        has_columns = hasattr(scenes, "select_columns") and "extrinsics" in scenes.column_names
+        self._cameras = scenes.select_columns(["extrinsics"]) if has_columns else scenes
 
     def _scene(self, index: int) -> dict:
         if self._cache is None:
@@ -116,6 +119,25 @@ class PSFMDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.scenes) * self.samples_per_scene
 
+    def _frames(self, index: int, num_frames: int, scene: str, batch_views: Optional[int] = None) -> list[int]:
+        """The frames of sample ``index``: a view count, then strided frames, both drawn from ``(seed, index)``."""
+        rng = np.random.default_rng([self.seed, index])
+        num_views = int(rng.integers(self.num_views[0], self.num_views[1] + 1))
+        if batch_views is not None:
+            num_views = int(batch_views)
+        return sample_strided_frames(num_frames, num_views, self.interval, rng, scene)
+
+    def relative_extrinsics(self, index: int) -> torch.Tensor:
+        """The cameras of sample ``index`` alone, ``[V, 4, 4]`` in its first view's frame, as ``self[index]`` holds
+        them, without reading its images (scenes need only an ``extrinsics`` column)."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"sample index {index} out of range for {len(self)} samples")
+        extrinsics = self._cameras[index % len(self.scenes)]["extrinsics"]
+        if extrinsics is None:
+            raise ValueError(f"scene {index % len(self.scenes)} has no cameras (extrinsics)")
+        frames = self._frames(index, len(extrinsics), str(index % len(self.scenes)))
+        return relative_to_first(torch.as_tensor(np.stack([np.asarray(extrinsics[i], dtype=np.float64) for i in frames]))).float()
+
     def __getitem__(self, index) -> dict:
         """``index``, or ``(index, num_views)`` as :class:`ViewBudgetBatchSampler` yields (the view count of the whole
         batch, instead of one drawn for this sample)."""
@@ -124,11 +146,7 @@ class PSFMDataset(torch.utils.data.Dataset):
             raise IndexError(f"sample index {index} out of range for {len(self)} samples")
         row = self._scene(index % len(self.scenes))
         scene = str(row.get("scene_id", index % len(self.scenes)))
-        rng = np.random.default_rng([self.seed, index])
-        num_views = int(rng.integers(self.num_views[0], self.num_views[1] + 1))
-        if batch_views is not None:
-            num_views = int(batch_views)
-        frames = sample_strided_frames(len(row["images"]), num_views, self.interval, rng, scene)
+        frames = self._frames(index, len(row["images"]), scene, batch_views)
         images = [_to_float_image(row["images"][i]) for i in frames]
         sizes = {tuple(image.shape[1:]) for image in images}
         if len(sizes) != 1:

@@ -336,16 +336,16 @@ def score_geometry_teacher(vggt: VGGTModel, train_scenes, test_scenes, num_prior
     of ``test_scenes`` (SynthRooms rows: a ``datasets.Dataset`` or a list), 1-4 frames apart whatever the run's own
     intervals, so that the reports of runs and of fine-tuning stages compare; the direction baseline is the mean
     direction of the same kind of samples of the first ``num_prior_scenes`` of ``train_scenes``."""
-    collator = PSFMCollator(vggt.config.patch_size, mask_ratio=0.0, depth_maps=True)
-
-    def batches(rows):
-        samples = PSFMDataset(rows, (6, 6), (1, 4), samples_per_scene=2, seed=12345)
-        return [collator([samples[i] for i in range(s, min(s + 4, len(samples)))]) for s in range(0, len(samples), 4)]
+    def samples(rows):
+        return PSFMDataset(rows, (6, 6), (1, 4), samples_per_scene=2, seed=12345)
 
     first = range(min(num_prior_scenes, len(train_scenes)))
-    prior_rows = train_scenes.select(first) if hasattr(train_scenes, "select") else [train_scenes[i] for i in first]
-    prior = mean_translation_direction(batches(prior_rows))
-    return evaluate_geometry_teacher(vggt, batches(test_scenes), prior_direction=prior)
+    prior_samples = samples(train_scenes.select(first) if hasattr(train_scenes, "select") else [train_scenes[i] for i in first])
+    prior = mean_translation_direction({"extrinsics": prior_samples.relative_extrinsics(i)[None]} for i in range(len(prior_samples)))
+    collator = PSFMCollator(vggt.config.patch_size, mask_ratio=0.0, depth_maps=True)
+    held_out = samples(test_scenes)
+    batches = [collator([held_out[i] for i in range(s, min(s + 4, len(held_out)))]) for s in range(0, len(held_out), 4)]
+    return evaluate_geometry_teacher(vggt, batches, prior_direction=prior)
 
 
 def format_geometry_report(results: dict) -> str:
