@@ -1,4 +1,4 @@
-"""Paired scene-bootstrap intervals for VSI-Bench score differences."""
+"""Paired scene-bootstrap intervals for VSI-Bench score differences and per-item errors (camera poses)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from spa3_vlm.evaluation.scoring import vsibench_scores
-from spa3_vlm.evaluation.statistics import paired_scene_bootstrap
+from spa3_vlm.evaluation.statistics import paired_mean_difference, paired_scene_bootstrap
 
 TYPES = ["object_counting", "room_size_estimation", "object_rel_direction_easy", "object_rel_direction_hard"]
 
@@ -70,3 +70,32 @@ def test_bad_input_is_named():
         paired_scene_bootstrap(records, scores, scores, confidence=95)
     with pytest.raises(ValueError, match="no records"):
         paired_scene_bootstrap([], scores, scores)
+
+
+def test_paired_mean_difference_resamples_scenes():
+    # Two scenes of 50 poses: the model is 1 degree better on every pose of one and 1 worse on the other. Scenes are
+    # the unit: the draws are AA, AB, BA or BB, so the interval spans [-1, +1]; resampling poses would shrink it to ~0.
+    scenes = ["a"] * 50 + ["b"] * 50
+    baseline = np.linspace(10.0, 40.0, 100)
+    model = baseline + np.where(np.array(scenes) == "a", -1.0, 1.0)
+    result = paired_mean_difference(model, baseline, scenes, num_resamples=400)
+    assert result["difference"] == pytest.approx(0.0, abs=1e-12)
+    assert (result["low"], result["high"]) == pytest.approx((-1.0, 1.0))
+    assert (result["num_scenes"], result["num_items"]) == (2, 100)
+    per_pose = paired_mean_difference(model, baseline, list(range(100)), num_resamples=400)
+    assert per_pose["high"] - per_pose["low"] < 0.5
+    # A model better by exactly 2 on every pose has no spread, and the draws follow the seed.
+    shifted = paired_mean_difference(baseline - 2.0, baseline, scenes, num_resamples=50)
+    assert [shifted["difference"], shifted["low"], shifted["high"]] == pytest.approx([-2.0] * 3)
+    assert paired_mean_difference(model, baseline, scenes, seed=3) == paired_mean_difference(model, baseline, scenes, seed=3)
+
+
+def test_paired_mean_difference_names_bad_input():
+    with pytest.raises(ValueError, match=r"of one length, got \(3,\), \(3,\) and 2"):
+        paired_mean_difference([1, 2, 3], [1, 2, 3], ["a", "b"])
+    with pytest.raises(ValueError, match="must be finite"):
+        paired_mean_difference([1.0, float("nan")], [1.0, 2.0], ["a", "b"])
+    with pytest.raises(ValueError, match="no items"):
+        paired_mean_difference([], [], [])
+    with pytest.raises(ValueError, match="num_resamples must be a positive int"):
+        paired_mean_difference([1.0], [2.0], ["a"], num_resamples=0)

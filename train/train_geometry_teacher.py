@@ -26,6 +26,7 @@ from spa3_vlm.training.geometry_teacher import (
     VGGTForGeometryTraining,
     format_geometry_report,
     score_geometry_teacher,
+    training_walks,
 )
 from spa3_vlm.training.flags import at_least
 from spa3_vlm.training.psfm import PSFMTrainer, train_resuming
@@ -67,6 +68,13 @@ class TeacherArguments(TeacherDataArguments):
     init_from: Optional[str] = field(
         default=None, metadata={"help": "Start from this VGGTModel folder (a fine-tune) instead of a random init."}
     )
+    evaluate_only: bool = field(
+        default=False,
+        metadata={
+            "help": "Score the teacher at --init_from on --num_eval_scenes held-out scenes (test split of --seed) and "
+            "print the report; trains, renders no training scene and writes nothing."
+        },
+    )
     trainable: str = field(
         default="all",
         metadata={
@@ -97,6 +105,8 @@ def main(argv=None) -> dict:
             problems.append(f"--max_{name} ({high}) must be >= --min_{name} ({low})")
     if args.trainable not in ("all", "camera_head"):
         problems.append(f"--trainable must be all or camera_head, got {args.trainable!r}")
+    if args.evaluate_only and not args.init_from:
+        problems.append("--evaluate_only scores a trained teacher: pass --init_from")
     if args.trainable == "camera_head" and not args.init_from:
         problems.append("--trainable camera_head fine-tunes a trained teacher: pass --init_from")
     try:
@@ -115,6 +125,13 @@ def main(argv=None) -> dict:
     if args.cpu_threads > 0 and not torch.cuda.is_available():
         torch.set_num_threads(args.cpu_threads)
     set_seed(training_args.seed)
+    if args.evaluate_only:
+        from spa3_vlm import VGGTModel
+
+        walks = training_walks(512, args.frames_per_scene, training_args.seed)  # the direction prior's cameras
+        results = score_geometry_teacher(VGGTModel.from_pretrained(args.init_from), walks, teacher_scenes(args, training_args.seed, "test"))
+        print("\n" + format_geometry_report(results))
+        return results
 
     config = AutoConfig.from_pretrained(args.config_name)
     model = VGGTForGeometryTraining(

@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,6 +36,8 @@ from transformers.utils import ModelOutput
 
 from ..configuration_vggt import VGGTConfig
 from ..data.psfm import PSFMCollator, PSFMDataset
+from ..data.synthrooms import SynthRoomsConfig, generate_scene, scene_seed
+from ..evaluation.statistics import paired_mean_difference
 from ..modeling_geometry import cameras_to_pose_encoding, invert_intrinsics, invert_rigid, to_homogeneous
 from ..modeling_vggt import VGGTModel, VGGTPreTrainedModel
 
@@ -47,6 +50,7 @@ __all__ = [
     "mean_translation_direction",
     "pool_patches",
     "score_geometry_teacher",
+    "training_walks",
     "world_points_from_depth",
 ]
 
@@ -234,6 +238,11 @@ def _rotation_angle_deg(rotation: torch.Tensor) -> torch.Tensor:
     return torch.rad2deg(torch.acos(((trace - 1) / 2).clamp(-1, 1)))
 
 
+def _angle_deg(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Angle (°) between the vectors ``a [..., 3]`` and ``b [..., 3]``."""
+    return torch.rad2deg(torch.acos(F.cosine_similarity(a, b, dim=-1, eps=1e-9).clamp(-1, 1)))
+
+
 @torch.no_grad()
 def mean_translation_direction(batches: Iterable[dict]) -> torch.Tensor:
     """The mean direction ``[3]`` (unit length) of the camera centres of views 1.. in view 0's frame over
@@ -261,11 +270,18 @@ def evaluate_geometry_teacher(
     mean translation-direction error (°, camera centre in view 0's frame; undefined for the identity) and mean
     translation error (m). With ``prior_direction`` (``[3]``, e.g. :func:`mean_translation_direction` of training
     batches), camera method ``prior_direction`` scores that constant guess's translation direction (°).
+
+    ``camera_vs_baselines`` says whether the camera beats its baselines beyond chance: the teacher's error minus the
+    baseline's on the same poses (``rotation_deg`` against the identity, ``translation_direction_deg`` against
+    ``prior_direction``), with a 95% interval from resampling scenes (:func:`~spa3_vlm.evaluation.statistics.
+    paired_mean_difference`; a scene's poses move alike). A batch's ``scene_id`` list names each sample's scene;
+    without it every sample counts as a scene of its own.
     """
     vggt.eval()
     device = next(vggt.parameters()).device
     sums: dict = {}
     count = {"depth": 0, "camera": 0}
+    per_pose: dict[str, list] = {name: [] for name in ("rotation", "rotation_identity", "direction", "direction_prior", "scene")}
 
     def add(path: tuple, values: dict, weight: int) -> None:
         node = sums
@@ -293,31 +309,30 @@ def evaluate_geometry_teacher(
         if gt.shape[1] == 0:
             continue
         pred = to_homogeneous(output.extrinsics.float())[:, 1:]
-        relative = pred[..., :3, :3] @ gt[..., :3, :3].transpose(-1, -2)
         centres_true, centres_pred = invert_rigid(gt)[..., :3, 3], invert_rigid(pred)[..., :3, 3]  # camera centres
-        direction = F.cosine_similarity(centres_pred, centres_true, dim=-1, eps=1e-9).clamp(-1, 1)
+        rotation = _rotation_angle_deg(pred[..., :3, :3] @ gt[..., :3, :3].transpose(-1, -2))
+        rotation_identity = _rotation_angle_deg(gt[..., :3, :3])
+        direction = _angle_deg(centres_pred, centres_true)
         pairs = gt.shape[0] * gt.shape[1]
         add(
             ("camera", "model"),
             {
-                "rotation_deg": _rotation_angle_deg(relative).mean().item(),
-                "translation_direction_deg": torch.rad2deg(torch.acos(direction)).mean().item(),
+                "rotation_deg": rotation.mean().item(),
+                "translation_direction_deg": direction.mean().item(),
                 "translation_m": (centres_pred - centres_true).norm(dim=-1).mean().item(),
             },
             pairs,
         )
-        add(
-            ("camera", "identity"),
-            {
-                "rotation_deg": _rotation_angle_deg(gt[..., :3, :3]).mean().item(),
-                "translation_m": centres_true.norm(dim=-1).mean().item(),
-            },
-            pairs,
-        )
+        add(("camera", "identity"), {"rotation_deg": rotation_identity.mean().item(), "translation_m": centres_true.norm(dim=-1).mean().item()}, pairs)
+        scenes = batch.get("scene_id") or [f"sample {count['camera'] + i}" for i in range(gt.shape[0])]
+        per_pose["scene"] += [str(scene) for scene in scenes for _ in range(gt.shape[1])]
+        per_pose["rotation"].append(rotation.flatten().cpu())
+        per_pose["rotation_identity"].append(rotation_identity.flatten().cpu())
+        per_pose["direction"].append(direction.flatten().cpu())
         if prior_direction is not None:
-            prior = prior_direction.to(centres_true).expand_as(centres_true)
-            cosine = F.cosine_similarity(prior, centres_true, dim=-1, eps=1e-9).clamp(-1, 1)
-            add(("camera", "prior_direction"), {"translation_direction_deg": torch.rad2deg(torch.acos(cosine)).mean().item()}, pairs)
+            prior_error = _angle_deg(prior_direction.to(centres_true).expand_as(centres_true), centres_true)
+            add(("camera", "prior_direction"), {"translation_direction_deg": prior_error.mean().item()}, pairs)
+            per_pose["direction_prior"].append(prior_error.flatten().cpu())
         count["camera"] += pairs
     if count["depth"] == 0:
         raise ValueError("no batches to evaluate")
@@ -326,9 +341,30 @@ def evaluate_geometry_teacher(
         return {key: average(value, total) if isinstance(value, dict) else value / total for key, value in node.items()}
 
     results = {part: average(sums[part], count[part]) for part in sums}
+    if count["camera"]:
+        gains = {"rotation_deg": ("rotation", "rotation_identity"), "translation_direction_deg": ("direction", "direction_prior")}
+        results["camera_vs_baselines"] = {
+            name: paired_mean_difference(torch.cat(per_pose[model]), torch.cat(per_pose[baseline]), per_pose["scene"])
+            for name, (model, baseline) in gains.items()
+            if per_pose[baseline]
+        }
     results["num_views"] = count["depth"]
     results["num_relative_poses"] = count["camera"]
     return results
+
+
+def training_walks(num_scenes: int, frames_per_scene: int = 16, seed: int = 0) -> list[dict]:
+    """The cameras of the first ``num_scenes`` SynthRooms training scenes of ``seed``, without rendering (``scene_id``
+    and float32 ``extrinsics``, as :func:`~spa3_vlm.data.synthrooms.load_synthrooms` rows hold them): enough for
+    :meth:`PSFMDataset.relative_extrinsics`, hence for the direction prior of :func:`score_geometry_teacher`."""
+    config = SynthRoomsConfig(frames_per_scene=frames_per_scene)
+    return [
+        {
+            "scene_id": f"train-{index:05d}",
+            "extrinsics": generate_scene(scene_seed(seed, "train", index), config).extrinsics.astype(np.float32),
+        }
+        for index in range(num_scenes)
+    ]
 
 
 def score_geometry_teacher(vggt: VGGTModel, train_scenes, test_scenes, num_prior_scenes: int = 512) -> dict:
@@ -344,7 +380,10 @@ def score_geometry_teacher(vggt: VGGTModel, train_scenes, test_scenes, num_prior
     prior = mean_translation_direction({"extrinsics": prior_samples.relative_extrinsics(i)[None]} for i in range(len(prior_samples)))
     collator = PSFMCollator(vggt.config.patch_size, mask_ratio=0.0, depth_maps=True)
     held_out = samples(test_scenes)
-    batches = [collator([held_out[i] for i in range(s, min(s + 4, len(held_out)))]) for s in range(0, len(held_out), 4)]
+    batches = []
+    for start in range(0, len(held_out), 4):
+        chunk = [held_out[i] for i in range(start, min(start + 4, len(held_out)))]
+        batches.append({**collator(chunk), "scene_id": [sample["scene_id"] for sample in chunk]})
     return evaluate_geometry_teacher(vggt, batches, prior_direction=prior)
 
 
@@ -382,5 +421,22 @@ def format_geometry_report(results: dict) -> str:
                 "–" if translation is None else f"{translation:.3f}",
             ]
             lines.append(f"| {labels.get(method, method)} | " + " | ".join(cells) + " |")
+    gains = results.get("camera_vs_baselines")
+    if gains:
+        baselines = {"rotation_deg": ("rotation", "identity pose"), "translation_direction_deg": ("translation direction", "mean direction")}
+        first = next(iter(gains.values()))
+        lines += [
+            "",
+            f"Teacher minus baseline on the same poses, with a {first['confidence']:.0%} interval from "
+            f"{first['num_resamples']:,} resamples of the {first['num_scenes']} held-out scenes (it beats the baseline "
+            "when the whole interval is below 0):",
+            "",
+        ]
+        for name, gain in gains.items():
+            what, baseline = baselines[name]
+            verdict = "beats it" if gain["high"] < 0 else ("worse" if gain["low"] > 0 else "not distinguishable")
+            lines.append(
+                f"- {what} against the {baseline}: {gain['difference']:+.1f}° [{gain['low']:+.1f}, {gain['high']:+.1f}]: {verdict}"
+            )
     return "\n".join(lines)
 
