@@ -220,6 +220,9 @@ def test_camera_gains_over_the_baselines_come_with_scene_intervals(test_rows):
     assert direction["difference"] == pytest.approx(-results["camera"]["prior_direction"]["translation_direction_deg"], abs=0.05)
     report = format_geometry_report(results)
     assert "95% interval from 2,000 resamples of the 2 held-out scenes" in report
+    short = [{**batches[0], "scene_id": ["room"]}]  # one name for a batch of two samples
+    with pytest.raises(ValueError, match="scene_id names 1 scenes for its 2 samples"):
+        evaluate_geometry_teacher(PerfectTeacher(short), short)
     assert f"- rotation against the identity pose: {results['camera_vs_baselines']['rotation_deg']['difference']:+.1f}°" in report
     assert report.count(": beats it") == 2
 

@@ -8,6 +8,10 @@ scores the teacher on held-out scenes against a median-depth and an identity-pos
 hub-style folder (``<output_dir>/teacher``: config, safetensors, model card, ``eval.json``) that
 ``VGGTModel.from_pretrained`` loads. ``hub_configs/vggt-tiny-synthrooms`` is this script's output with the
 defaults. Every ``TrainingArguments`` flag works; an interrupted run resumes from its last checkpoint.
+
+    python train/train_geometry_teacher.py --evaluate_only --init_from hub_configs/vggt-tiny-synthrooms --num_eval_scenes 160
+
+scores a saved teacher on more held-out scenes without training.
 """
 
 from __future__ import annotations
@@ -72,7 +76,7 @@ class TeacherArguments(TeacherDataArguments):
         default=False,
         metadata={
             "help": "Score the teacher at --init_from on --num_eval_scenes held-out scenes (test split of --seed) and "
-            "print the report; trains, renders no training scene and writes nothing."
+            "print the report; trains nothing, renders no training scene and writes nothing."
         },
     )
     trainable: str = field(

@@ -20,7 +20,8 @@ for real data of unknown scale.
 constant per-image median depth, and cameras (rotation, translation direction and translation error of views
 1.. relative to view 0) against the identity pose and, for the direction, against the training views' mean direction
 (:func:`mean_translation_direction`): camera walks move in a preferred direction, so a constant guess already
-scores well below the 90° of chance.
+scores well below the 90° of chance. Whether the camera beats them is the paired difference of errors on the same
+poses with a 95% interval from resampling the held-out scenes, not a comparison of two means.
 """
 
 from __future__ import annotations
@@ -282,6 +283,7 @@ def evaluate_geometry_teacher(
     sums: dict = {}
     count = {"depth": 0, "camera": 0}
     per_pose: dict[str, list] = {name: [] for name in ("rotation", "rotation_identity", "direction", "direction_prior", "scene")}
+    samples_seen = 0
 
     def add(path: tuple, values: dict, weight: int) -> None:
         node = sums
@@ -324,7 +326,10 @@ def evaluate_geometry_teacher(
             pairs,
         )
         add(("camera", "identity"), {"rotation_deg": rotation_identity.mean().item(), "translation_m": centres_true.norm(dim=-1).mean().item()}, pairs)
-        scenes = batch.get("scene_id") or [f"sample {count['camera'] + i}" for i in range(gt.shape[0])]
+        scenes = batch.get("scene_id") or [f"sample {samples_seen + i}" for i in range(gt.shape[0])]
+        if len(scenes) != gt.shape[0]:
+            raise ValueError(f"a batch's scene_id names {len(scenes)} scenes for its {gt.shape[0]} samples: one per sample")
+        samples_seen += gt.shape[0]
         per_pose["scene"] += [str(scene) for scene in scenes for _ in range(gt.shape[1])]
         per_pose["rotation"].append(rotation.flatten().cpu())
         per_pose["rotation_identity"].append(rotation_identity.flatten().cpu())
