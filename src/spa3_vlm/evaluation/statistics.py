@@ -80,16 +80,16 @@ def paired_mean_difference(
         raise ValueError("no items to compare")
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         raise ValueError("values_a and values_b must be finite")
-    scene_names = sorted({str(scene) for scene in scenes})
-    codes = np.array([scene_names.index(str(scene)) for scene in scenes])
+    code_of = {name: code for code, name in enumerate(sorted({str(scene) for scene in scenes}))}
+    codes = np.array([code_of[str(scene)] for scene in scenes])
     gaps = a - b
-    draws = np.array([(weights @ gaps) / weights.sum() for weights in _scene_weight_draws(codes, len(scene_names), num_resamples, seed)])
+    draws = np.array([(weights @ gaps) / weights.sum() for weights in _scene_weight_draws(codes, len(code_of), num_resamples, seed)])
     low, high = _interval(draws, confidence)
     return {
         "difference": float(gaps.mean()),
         "low": low,
         "high": high,
-        "num_scenes": len(scene_names),
+        "num_scenes": len(code_of),
         "num_items": len(a),
         "num_resamples": num_resamples,
         "confidence": confidence,
