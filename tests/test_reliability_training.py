@@ -45,8 +45,9 @@ def test_dataset_errors_name_the_scene():
         PSFMDataset(scenes, num_views=(8, 8))[0]
     scenes = fake_scenes(1)
     scenes[0]["extrinsics"][2] = np.full((4, 4), np.nan, dtype=np.float32)
-    with pytest.raises(ValueError, match="scene fake-0 has NaN or infinite camera poses"):
-        PSFMDataset(scenes, num_views=(8, 8))[0]
+    for read in (lambda dataset: dataset[0], lambda dataset: dataset.relative_extrinsics(0)):
+        with pytest.raises(ValueError, match="scene fake-0 has NaN or infinite camera poses"):
+            read(PSFMDataset(scenes, num_views=(8, 8)))
     with pytest.raises(ValueError, match="fewer than the 9 views requested"):
         PSFMDataset(fake_scenes(1), num_views=(9, 9))[0]
 

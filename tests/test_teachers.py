@@ -20,6 +20,7 @@ from spa3_vlm.training.geometry_teacher import (
     evaluate_geometry_teacher,
     format_geometry_report,
     mean_translation_direction,
+    training_walks,
     world_points_from_depth,
 )
 from spa3_vlm.training.psfm import PSFMTrainer
@@ -299,9 +300,7 @@ def test_shipped_geometry_teacher_depth_beats_the_true_median_on_fresh_scenes(sh
 def walks_mean_direction(count, views, seed):
     """:func:`mean_translation_direction` of ``count`` fresh training walks sampled as :func:`geometry_batches`
     samples them, from the scenes' cameras alone (no rendering: 500 scenes take about two seconds)."""
-    config = SynthRoomsConfig(frames_per_scene=8)
-    rows = [{"extrinsics": generate_scene(scene_seed(seed, "train", i), config).extrinsics} for i in range(count)]
-    samples = PSFMDataset(rows, (views, views), (1, 2), samples_per_scene=1, seed=7)
+    samples = PSFMDataset(training_walks(count, frames_per_scene=8, seed=seed), (views, views), (1, 2), samples_per_scene=1, seed=7)
     return mean_translation_direction({"extrinsics": samples.relative_extrinsics(i)[None]} for i in range(len(samples)))
 
 
@@ -420,7 +419,7 @@ def test_evaluate_only_scores_a_saved_teacher_and_writes_nothing(tmp_path, capsy
     """`--evaluate_only` prints the report of the teacher at --init_from (exactly score_geometry_teacher's, its
     direction prior read from the training walks' cameras without rendering them) and creates no file."""
     from spa3_vlm.data.synthrooms import load_synthrooms
-    from spa3_vlm.training.geometry_teacher import score_geometry_teacher, training_walks
+    from spa3_vlm.training.geometry_teacher import score_geometry_teacher
 
     rendered = load_synthrooms(3, 6, (28, 42), seed=0, split="train")
     walks = training_walks(3, frames_per_scene=6, seed=0)

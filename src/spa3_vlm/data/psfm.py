@@ -64,6 +64,15 @@ def _to_float_image(image) -> torch.Tensor:
     return tensor.permute(2, 0, 1)
 
 
+def _relative_cameras(extrinsics, frames: list[int], scene: str) -> torch.Tensor:
+    """``[V, 4, 4]`` float32 world-to-camera of ``frames`` expressed in the first one's frame, as VGGT predicts them
+    (view 0 = identity); composed in float64, so that far-from-origin scenes lose nothing."""
+    stacked = torch.as_tensor(np.stack([np.asarray(extrinsics[i], dtype=np.float64) for i in frames]))
+    if not torch.isfinite(stacked).all():
+        raise ValueError(f"scene {scene} has NaN or infinite camera poses in frames {frames}")
+    return relative_to_first(stacked).float()
+
+
 class PSFMDataset(torch.utils.data.Dataset):
     """Multi-view samples drawn from scenes.
 
@@ -100,7 +109,7 @@ class PSFMDataset(torch.utils.data.Dataset):
         self._cache: Optional[dict] = {} if cache_scenes else None
         # relative_extrinsics reads the cameras alone: no image of a datasets.Dataset gets decoded for it.
         has_columns = hasattr(scenes, "select_columns") and "extrinsics" in scenes.column_names
-        self._cameras = scenes.select_columns(["extrinsics"]) if has_columns else scenes
+        self._cameras = scenes.select_columns([c for c in ("scene_id", "extrinsics") if c in scenes.column_names]) if has_columns else scenes
 
     def _scene(self, index: int) -> dict:
         if self._cache is None:
@@ -132,11 +141,11 @@ class PSFMDataset(torch.utils.data.Dataset):
         them, without reading its images (scenes need only an ``extrinsics`` column)."""
         if not 0 <= index < len(self):
             raise IndexError(f"sample index {index} out of range for {len(self)} samples")
-        extrinsics = self._cameras[index % len(self.scenes)]["extrinsics"]
+        row = self._cameras[index % len(self.scenes)]
+        scene, extrinsics = str(row.get("scene_id", index % len(self.scenes))), row.get("extrinsics")
         if extrinsics is None:
-            raise ValueError(f"scene {index % len(self.scenes)} has no cameras (extrinsics)")
-        frames = self._frames(index, len(extrinsics), str(index % len(self.scenes)))
-        return relative_to_first(torch.as_tensor(np.stack([np.asarray(extrinsics[i], dtype=np.float64) for i in frames]))).float()
+            raise ValueError(f"scene {scene} has no cameras (extrinsics)")
+        return _relative_cameras(extrinsics, self._frames(index, len(extrinsics), scene), scene)
 
     def __getitem__(self, index) -> dict:
         """``index``, or ``(index, num_views)`` as :class:`ViewBudgetBatchSampler` yields (the view count of the whole
@@ -153,12 +162,10 @@ class PSFMDataset(torch.utils.data.Dataset):
             raise ValueError(f"scene {scene} mixes image sizes {sorted(sizes)} across its frames")
         sample = {"index": index, "scene_id": scene, "pixel_values": torch.stack(images)}
         if row.get("extrinsics") is not None:  # sources without cameras need pose_source="backbone"
-            extrinsics = torch.as_tensor(np.stack([np.asarray(row["extrinsics"][i], dtype=np.float64) for i in frames]))
             intrinsics = torch.as_tensor(np.stack([np.asarray(row["intrinsics"][i], dtype=np.float32) for i in frames]))
-            if not (torch.isfinite(extrinsics).all() and torch.isfinite(intrinsics).all()):
-                raise ValueError(f"scene {scene} has NaN or infinite camera poses in frames {frames}")
-            # Express every camera in the first sampled view's frame, as VGGT predicts them (view 0 = identity).
-            sample["extrinsics"] = relative_to_first(extrinsics).float()
+            if not torch.isfinite(intrinsics).all():
+                raise ValueError(f"scene {scene} has NaN or infinite camera intrinsics in frames {frames}")
+            sample["extrinsics"] = _relative_cameras(row["extrinsics"], frames, scene)
             sample["intrinsics"] = intrinsics
         if "depths" in row and row["depths"] is not None:
             sample["depth"] = torch.stack([torch.as_tensor(np.asarray(row["depths"][i], dtype=np.float32)) for i in frames])
